@@ -1,0 +1,22 @@
+// swift-tools-version:6.0
+// lunfs: a storage virtualization engine (LunEngine) with a FUSE face (LunMount) and a CLI.
+// No package dependencies: libfuse3 comes in through the CFuse3 system-library module map.
+import PackageDescription
+
+let package = Package(
+    name: "lunfs",
+    products: [
+        .executable(name: "lunfs", targets: ["lunfs"]),
+        .library(name: "LunEngine", targets: ["LunEngine"]),
+    ],
+    targets: [
+        .target(name: "CLunSys"),
+        .target(name: "LunEngine", dependencies: ["CLunSys"]),
+        .target(name: "LunEngineTesting", dependencies: ["LunEngine"]),
+        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        .target(name: "LunMount", dependencies: ["LunEngine", "CFuse3"]),
+        .executableTarget(name: "lunfs", dependencies: ["LunEngine", "LunMount"]),
+        .testTarget(name: "LunEngineTests", dependencies: ["LunEngine", "LunEngineTesting"]),
+        .testTarget(name: "LunMountTests", dependencies: ["LunEngine", "LunEngineTesting", "lunfs"]),
+    ]
+)

@@ -1,0 +1,10 @@
+// System calls that glibc hides behind _GNU_SOURCE, which Swift's Glibc module does not set.
+#ifndef LUNFS_LUNSYS_H
+#define LUNFS_LUNSYS_H
+#include <stdint.h>
+
+/// fallocate(2); returns 0 or -1 with errno set.
+int lunsys_fallocate(int fd, int mode, int64_t offset, int64_t length);
+/// The caller's thread id, for log lines.
+int lunsys_gettid(void);
+#endif

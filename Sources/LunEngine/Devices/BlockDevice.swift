@@ -1,0 +1,18 @@
+// What the engine needs from a drive: positional reads and writes, a durability barrier and
+// a way to zero a range. The engine is written against this protocol only, so tests can hand
+// it in-memory drives that inject faults (LunEngineTesting) instead of files.
+
+public protocol BlockDevice: AnyObject, Sendable {
+    /// Size of the drive; the engine uses whole PSEGs below it.
+    var sizeBytes: UInt64 { get }
+    /// A short name for log lines and `lunfs status` (a path for file drives).
+    var name: String { get }
+    /// Fills all of `buffer` from `offset`. Reads past the end of a sparse file read zeros.
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(LunError)
+    /// Writes all of `buffer` at `offset`.
+    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError)
+    /// Makes every completed write durable (fdatasync).
+    func sync() throws(LunError)
+    /// Makes the range read as zeros (a hole punched in a file, or zeros written).
+    func zero(at offset: UInt64, length: UInt64) throws(LunError)
+}

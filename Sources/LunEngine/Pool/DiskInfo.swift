@@ -1,0 +1,48 @@
+// What callers outside the engine (the FUSE layer, the CLI, tests) see of a logical disk and
+// of the pool: plain values, copied out under the engine's locks.
+
+public typealias DiskID = UInt32
+
+public struct DiskInfo: Sendable, Equatable {
+    public var id: DiskID
+    public var name: String
+    /// The directory this disk lives in: nil for a disk at the pool's root, otherwise the disk
+    /// it is a snapshot of (`mkdir vm/monday` makes monday's parent vm).
+    public var parent: DiskID?
+    public var sizeBytes: UInt64
+    public var raid: RAIDLevel
+    /// False once the image was deleted (`rm vm/disk.img`) while snapshots remain below it.
+    public var hasImage: Bool
+    /// Unix seconds.
+    public var createdAt: UInt64
+    /// Segments this disk maps, its own plus those it shares, times the segment size.
+    public var allocatedBytes: UInt64
+    /// Bytes held by this disk alone (no share bit set).
+    public var uniqueBytes: UInt64
+    /// Bytes shared with a neighbour in the sharing chain.
+    public var sharedBytes: UInt64
+    /// Neighbours in the sharing chain (older = predecessor, newer = successor).
+    public var predecessor: DiskID?
+    public var successor: DiskID?
+    /// Segments set aside for a fully reserved snapshot and not used yet.
+    public var reservedBytes: UInt64
+    /// The RAID level can change only before the first write.
+    public var hasWritten: Bool
+}
+
+public struct PoolUsage: Sendable, Equatable {
+    public var driveCount: Int
+    public var missingDrives: Int
+    /// Bytes users can write at RAID 0 efficiency: all PSEGs outside quorum space.
+    public var capacityBytes: UInt64
+    /// PSEG bytes that belong to RStores (including their parity and mirror copies).
+    public var rawUsedBytes: UInt64
+    /// Logical bytes mapped by all disks (each segment counted once).
+    public var usedBytes: UInt64
+    /// Logical bytes still allocatable at the pool's default RAID level.
+    public var freeBytes: UInt64
+    /// Part of the free space held back for fully reserved snapshots.
+    public var reservedBytes: UInt64
+    public var defaultRAID: RAIDLevel
+    public var segmentSizeBytes: UInt64
+}
