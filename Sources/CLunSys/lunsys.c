@@ -10,3 +10,12 @@ int lunsys_fallocate(int fd, int mode, int64_t offset, int64_t length) {
 }
 
 int lunsys_gettid(void) { return (int)syscall(SYS_gettid); }
+
+int lunsys_rwlock_init_writer_preferring(pthread_rwlock_t *lock) {
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    int rc = pthread_rwlock_init(lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
+    return rc;
+}

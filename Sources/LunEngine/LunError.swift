@@ -25,6 +25,8 @@ public enum LunError: Error, Equatable, CustomStringConvertible, Sendable {
     case stale(String)
     /// A drive failed (EIO) and redundancy could not hide it.
     case io(String)
+    /// An offset or size past the largest disk the format maps.
+    case tooLarge(String)
     /// Metadata failed its checksum on every copy, or the format is unknown.
     case corrupt(String)
 
@@ -42,6 +44,7 @@ public enum LunError: Error, Equatable, CustomStringConvertible, Sendable {
         case .stale: return ESTALE
         case .io: return EIO
         case .corrupt: return EIO
+        case .tooLarge: return EFBIG
         }
     }
 
@@ -58,6 +61,14 @@ public enum LunError: Error, Equatable, CustomStringConvertible, Sendable {
         case .stale(let s): return "stale: \(s)"
         case .io(let s): return "I/O error: \(s)"
         case .corrupt(let s): return "corrupt metadata: \(s)"
+        case .tooLarge(let s): return "too large: \(s)"
         }
     }
+}
+
+/// Runs a closure that only throws LunError through an API that erases the error type
+/// (the standard library's `withUnsafeBytes` and friends).
+@inline(__always)
+func typed<T>(_ body: () throws -> T) throws(LunError) -> T {
+    do { return try body() } catch let e as LunError { throw e } catch { preconditionFailure("unexpected error \(error)") }
 }

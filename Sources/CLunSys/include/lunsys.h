@@ -7,4 +7,10 @@
 int lunsys_fallocate(int fd, int mode, int64_t offset, int64_t length);
 /// The caller's thread id, for log lines.
 int lunsys_gettid(void);
+
+
+#include <pthread.h>
+/// Initialises a read-write lock that makes new readers wait while a writer waits, so a
+/// snapshot's quiesce is not starved by a stream of I/O.
+int lunsys_rwlock_init_writer_preferring(pthread_rwlock_t *lock);
 #endif

@@ -1,60 +1,312 @@
 // The engine's front door: a pool of drives holding thin logical disks and their snapshots.
-// Everything above the engine (FUSE, CLI, tests) goes through this class; it owns the locks.
+// Everything above the engine (FUSE, CLI, tests) goes through this class. It owns the locks:
+// a family lock per sharing chain (I/O shared, map changes exclusive), `commitLock` to
+// serialise commits, and `stateLock` around the metadata; always taken in that order.
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
 
 public final class Pool: @unchecked Sendable {
     public let directory: String
+    public let readOnly: Bool
+    let log: @Sendable (String) -> Void
+    let drives: DriveSet
+    let state: PoolState
+    let storeIO: StoreIO
+    let metadata: MetadataStore
+    let stateLock = Lock()
+    let commitLock = Lock()
+    private var lockFD: Int32 = -1
+    private var closed = false
+    private var committer: Thread?
+    private let committerStop = NSCondition()
+    private var committerStopping = false
+    /// What recovery noticed when the pool was opened (damaged copies it worked around).
+    public private(set) var openNotes: [String] = []
 
-    init(directory: String) { self.directory = directory }
+    /// Seconds between background commits of a mounted pool, like ext4's commit interval.
+    public static let backgroundCommitSeconds = 5.0
+    static let driveListName = "drives.list"
+    static let lockName = "lock"
+
+    init(directory: String, readOnly: Bool, drives: DriveSet, state: PoolState, metadata: MetadataStore,
+         log: @escaping @Sendable (String) -> Void) {
+        self.directory = directory
+        self.readOnly = readOnly
+        self.drives = drives
+        self.state = state
+        self.metadata = metadata
+        self.log = log
+        self.storeIO = StoreIO(table: state.rsds, drives: drives, geometry: state.geometry)
+    }
+
+    var geometry: PoolGeometry { state.geometry }
+    var defaultRAID: RAIDLevel { metadata.superblock.defaultRAID }
+
+    // MARK: Create and open
+
+    /// True when `directory` holds a pool (its drive list exists).
+    public static func exists(directory: String) -> Bool {
+        FileManager.default.fileExists(atPath: directory + "/" + driveListName)
+    }
 
     /// Creates the pool directory's drives, formats them and opens the pool.
     /// The directory may be missing or empty; anything else is `.exists`.
-    public static func create(directory: String, options: PoolOptions, log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool { fatalError("unimplemented") }
-    /// Opens an existing pool: picks the newest good metadata copy, replays the journal,
-    /// takes the pool lock (`.busy` if another process holds it).
-    public static func open(directory: String, log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool { fatalError("unimplemented") }
-    /// True when `directory` holds a pool (its drive list file exists).
-    public static func exists(directory: String) -> Bool { fatalError("unimplemented") }
+    public static func create(directory: String, options: PoolOptions,
+                              log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        if fm.fileExists(atPath: directory, isDirectory: &isDir) {
+            guard isDir.boolValue else { throw .invalid("\(directory) is a file, not a pool directory") }
+            let entries = (try? fm.contentsOfDirectory(atPath: directory)) ?? []
+            guard entries.filter({ $0 != "lunfs.log" }).isEmpty else { throw .exists("\(directory) is not empty") }
+        } else {
+            do { try fm.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
+                throw .invalid("cannot create \(directory): \(error.localizedDescription)")
+            }
+        }
+        var paths = options.drivePaths
+        var devices: [BlockDevice] = []
+        if paths.isEmpty {
+            guard (1...64).contains(options.driveCount) else { throw .invalid("drive count must be 1 to 64") }
+            for i in 0..<options.driveCount {
+                let name = String(format: "drive-%02d.img", i)
+                devices.append(try FileDevice.createFile(path: directory + "/" + name, sizeBytes: options.driveSizeBytes))
+                paths.append(name)
+            }
+        } else {
+            for p in paths { devices.append(try FileDevice(path: p)) }
+        }
+        let level = options.raid ?? PoolOptions.defaultRAID(drives: devices.count)
+        try format(devices: devices, raid: level, psegSizeBytes: options.psegSizeBytes)
+        let list = zip(paths, devices).map { "\($0) \($1.sizeBytes)" }.joined(separator: "\n") + "\n"
+        guard fm.createFile(atPath: directory + "/" + driveListName, contents: Data(list.utf8)) else {
+            throw .io("cannot write \(directory)/\(driveListName)")
+        }
+        devices.removeAll()
+        return try open(directory: directory, log: log)
+    }
+
+    /// Writes a new, empty pool onto `devices` (files, block devices or simulated drives).
+    public static func format(devices: [BlockDevice], raid: RAIDLevel, psegSizeBytes: UInt64 = PoolGeometry.defaultPSEGSizeBytes) throws(LunError) {
+        guard !devices.isEmpty, devices.count <= 255 else { throw .invalid("a pool needs 1 to 255 drives") }
+        let needed: Int = raid == .raid5 ? 5 : raid == .raid1 ? 2 : 1
+        guard devices.count >= needed else { throw .invalid("\(raid) needs at least \(needed) drives, the pool has \(devices.count)") }
+        let smallest = devices.map(\.sizeBytes).min()!
+        let geometry = PoolGeometry(psegSizeBytes: psegSizeBytes,
+                                    quorumPSEGs: PoolGeometry.defaultQuorumPSEGs(driveSizeBytes: smallest, psegSizeBytes: psegSizeBytes))
+        guard geometry.isValid, smallest / psegSizeBytes > UInt64(geometry.quorumPSEGs) else {
+            throw .invalid("drives of \(smallest) bytes are too small: each needs more than \(geometry.quorumPSEGs) segments of \(psegSizeBytes) bytes")
+        }
+        var uuid = [UInt8](repeating: 0, count: 16)
+        for i in 0..<16 { uuid[i] = UInt8.random(in: 0...255) }
+        let mirrors = (0..<min(3, devices.count)).map(UInt32.init)
+        let template = Superblock(poolUUID: uuid, generation: 0, driveIndex: 0, driveCount: UInt32(devices.count),
+                                  geometry: geometry, defaultRAID: raid, mirrors: mirrors, checkpointSlot: 0,
+                                  checkpointSeq: 0, checkpointLength: 0, checkpointCRC: 0, journalStart: 0,
+                                  createdAt: UInt64(time(nil)), driveSizeBytes: 0)
+        let drives = DriveSet(devices: devices, log: { _ in })
+        let empty = PoolState(geometry: geometry, psegCount: devices.map { Int($0.sizeBytes / psegSizeBytes) })
+        _ = try MetadataStore.format(drives: drives, template: template, sizes: devices.map(\.sizeBytes),
+                                     checkpoint: empty.encodeCheckpoint())
+    }
+
+    /// Opens an existing pool directory: picks the newest good metadata copy, replays the
+    /// journal and takes the pool lock (`.busy` if another process holds it). A read-only open
+    /// takes no lock and writes nothing: it shows the last committed state of a mounted pool.
+    public static func open(directory: String, readOnly: Bool = false,
+                            log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDir) else { throw .notFound("no pool at \(directory)") }
+        guard isDir.boolValue else { throw .invalid("\(directory) is a file, not a pool directory") }
+        guard let list = try? String(contentsOfFile: directory + "/" + driveListName, encoding: .utf8) else {
+            throw .notFound("\(directory) holds no pool (no \(driveListName))")
+        }
+        var lockFD: Int32 = -1
+        if !readOnly {
+            lockFD = Glibc.open(directory + "/" + lockName, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+            guard lockFD >= 0 else { throw .io("cannot open \(directory)/\(lockName)") }
+            if flock(lockFD, LOCK_EX | LOCK_NB) != 0 {
+                let holder = (try? String(contentsOfFile: directory + "/" + lockName, encoding: .utf8))?
+                    .trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+                Glibc.close(lockFD)
+                throw .busy("pool \(directory) is in use by another lunfs process (pid \(holder))")
+            }
+            let pid = "\(getpid())\n"
+            _ = ftruncate(lockFD, 0)
+            _ = pid.withCString { pwrite(lockFD, $0, strlen($0), 0) }
+        }
+        var devices: [BlockDevice?] = []
+        var sizes: [UInt64] = []
+        var notes: [String] = []
+        for line in list.split(separator: "\n") where !line.isEmpty {
+            let parts = line.split(separator: " ")
+            let path = String(parts[0])
+            let full = path.hasPrefix("/") ? path : directory + "/" + path
+            sizes.append(parts.count > 1 ? UInt64(parts[1]) ?? 0 : 0)
+            do { devices.append(try FileDevice(path: full)) } catch {
+                notes.append("drive \(devices.count) (\(full)) is missing: \(error)")
+                devices.append(nil)
+            }
+        }
+        do {
+            let pool = try open(devices: devices, sizes: sizes, directory: directory, readOnly: readOnly, log: log)
+            pool.lockFD = lockFD
+            pool.openNotes = notes + pool.openNotes
+            for n in notes { log(n) }
+            return pool
+        } catch {
+            if lockFD >= 0 { Glibc.close(lockFD) }
+            throw error
+        }
+    }
+
+    /// Opens a pool on devices (nil for a missing drive); `sizes` gives every drive's size,
+    /// needed for the missing ones. Used directly by tests on simulated drives.
+    public static func open(devices: [BlockDevice?], sizes: [UInt64]? = nil, directory: String = "(memory)", readOnly: Bool = false,
+                            log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
+        let drives = DriveSet(devices: devices, log: log)
+        let recovered = try MetadataStore.recover(drives: drives)
+        let sb = recovered.superblock
+        guard Int(sb.driveCount) == devices.count else {
+            throw .corrupt("the pool has \(sb.driveCount) drives, \(devices.count) were given")
+        }
+        let geometry = sb.geometry
+        let driveSizes = (0..<devices.count).map { i in devices[i]?.sizeBytes ?? sizes?[i] ?? 0 }
+        let state = PoolState(geometry: geometry, psegCount: driveSizes.map { Int($0 / geometry.psegSizeBytes) })
+        try state.loadCheckpoint(recovered.checkpoint)
+        for record in recovered.records { try state.replay(record) }
+        try state.rebuildDerivedState()
+        state.journal = ByteWriter()
+        state.journalOpCount = 0
+        let metadata = MetadataStore(drives: drives, superblock: sb, nextSeq: recovered.lastSeq + 1,
+                                     writePosition: recovered.journalEnd)
+        let pool = Pool(directory: directory, readOnly: readOnly, drives: drives, state: state, metadata: metadata, log: log)
+        pool.openNotes = recovered.notes
+        for n in recovered.notes { log(n) }
+        if !readOnly {
+            // A fresh checkpoint puts every mirror back in step and empties the journal.
+            try pool.commitLock.withLock { () throws(LunError) in try pool.checkpointLocked() }
+            log("opened pool \(directory): \(state.disks.count) nodes, \(recovered.records.count) journal records replayed")
+        }
+        return pool
+    }
+
+    // MARK: Commit
+
+    /// Makes every completed write and every metadata change durable (fsync of any image).
+    public func commit() throws(LunError) {
+        guard !readOnly else { return }
+        try commitLock.withLock { () throws(LunError) in try commitLocked() }
+    }
+
+    func commitLocked() throws(LunError) {
+        stateLock.lock()
+        let payload = state.journal.bytes
+        let freed = state.pendingFree
+        let handoffs = state.pendingHandoffs
+        let tooBig = !metadata.fits(recordBytes: metadata.recordSize(payloadBytes: payload.count))
+        if tooBig {
+            defer { stateLock.unlock() }
+            try checkpointWithStateLocked()
+            return
+        }
+        state.journal = ByteWriter(capacity: 4096)
+        state.journalOpCount = 0
+        state.pendingFree = []
+        state.pendingHandoffs = []
+        stateLock.unlock()
+        do {
+            // Data first: every op in the record was logged after its data writes completed.
+            try drives.syncDirty()
+            if !payload.isEmpty { try metadata.append(payload) }
+        } catch {
+            stateLock.withLock {
+                var w = ByteWriter(capacity: payload.count + state.journal.bytes.count)
+                w.raw(payload); w.raw(state.journal.bytes)
+                state.journal = w
+                state.pendingFree = freed + state.pendingFree
+                state.pendingHandoffs.formUnion(handoffs)
+            }
+            log("commit failed: \(error)")
+            throw error
+        }
+        stateLock.withLock {
+            for f in freed { state.releaseRSEG(store: f.store, rseg: f.rseg) }
+        }
+        if metadata.journalBytesSinceCheckpoint * 2 > metadata.layout.journalCapacity {
+            try checkpointLocked()
+        }
+    }
+
+    /// Writes the whole state as a checkpoint. Caller holds `commitLock`.
+    func checkpointLocked() throws(LunError) {
+        stateLock.lock()
+        defer { stateLock.unlock() }
+        try checkpointWithStateLocked()
+    }
+
+    private func checkpointWithStateLocked() throws(LunError) {
+        try drives.syncDirty()
+        let payload = state.encodeCheckpoint()
+        try metadata.writeCheckpoint(payload)
+        let freed = state.pendingFree
+        state.journal = ByteWriter(capacity: 4096)
+        state.journalOpCount = 0
+        state.pendingFree = []
+        state.pendingHandoffs = []
+        // Releasing may empty stores; their freeStore ops go into the next record.
+        for f in freed { state.releaseRSEG(store: f.store, rseg: f.rseg) }
+    }
+
+    /// Starts committing every few seconds in the background (the mounted daemon does this).
+    public func startBackgroundCommits(intervalSeconds: Double = Pool.backgroundCommitSeconds) {
+        guard !readOnly, committer == nil else { return }
+        let t = Thread { [weak self] in
+            while let self {
+                self.committerStop.lock()
+                if !self.committerStopping { _ = self.committerStop.wait(until: Date(timeIntervalSinceNow: intervalSeconds)) }
+                let stop = self.committerStopping
+                self.committerStop.unlock()
+                if stop { return }
+                do { try self.commit() } catch { self.log("background commit failed: \(error)") }
+            }
+        }
+        t.name = "lunfs-commit"
+        committer = t
+        t.start()
+    }
 
     /// Commits everything and releases the drives and the lock. The pool is unusable after.
-    public func close() throws(LunError) { fatalError("unimplemented") }
-    /// Makes every completed write and every metadata change durable (fsync of any image).
-    public func commit() throws(LunError) { fatalError("unimplemented") }
+    public func close() throws(LunError) {
+        if closed { return }
+        committerStop.lock()
+        committerStopping = true
+        committerStop.broadcast()
+        committerStop.unlock()
+        if !readOnly { try commit() }
+        closed = true
+        if lockFD >= 0 { Glibc.close(lockFD); lockFD = -1 }
+    }
 
-    public func usage() -> PoolUsage { fatalError("unimplemented") }
-    /// Every node, images and hollow ones, in id order.
-    public func disks() -> [DiskInfo] { fatalError("unimplemented") }
-    public func info(_ id: DiskID) -> DiskInfo? { fatalError("unimplemented") }
-    /// The node named `name` in directory `parent` (nil = the pool's root).
-    public func child(named name: String, of parent: DiskID?) -> DiskID? { fatalError("unimplemented") }
-    public func children(of parent: DiskID?) -> [DiskID] { fatalError("unimplemented") }
+    deinit {
+        if lockFD >= 0 { Glibc.close(lockFD) }
+    }
 
-    /// mkdir at the root: a new, empty (size 0) disk.
-    public func createDisk(named name: String, raid: RAIDLevel? = nil) throws(LunError) -> DiskID { fatalError("unimplemented") }
-    /// mkdir inside a disk: the predecessor/successor split. `.busy` if writes do not drain
-    /// within the timeout; `.noSpace` if `reserved` and the pool cannot set the space aside.
-    public func createSnapshot(of id: DiskID, named name: String, reserved: Bool? = nil, quiesceTimeoutSeconds: Double = 5) throws(LunError) -> DiskID { fatalError("unimplemented") }
-    /// unlink of disk.img: drops the disk's data; the directory stays (hollow) for its snapshots.
-    public func deleteImage(_ id: DiskID) throws(LunError) { fatalError("unimplemented") }
-    /// rmdir: removes a node with no children, its image too. `.notEmpty` if it has children.
-    public func removeNode(_ id: DiskID) throws(LunError) { fatalError("unimplemented") }
-    /// Renames within the same directory. `.exists` if the name is taken.
-    public func rename(_ id: DiskID, to name: String) throws(LunError) { fatalError("unimplemented") }
-    /// `.notPermitted` once the disk has been written.
-    public func setRAID(_ id: DiskID, _ level: RAIDLevel) throws(LunError) { fatalError("unimplemented") }
-    /// Reserve (or release) space for the whole disk; `.noSpace` if the pool cannot.
-    public func setReserved(_ id: DiskID, _ reserved: Bool) throws(LunError) { fatalError("unimplemented") }
-    /// Whether snapshots taken of this disk are created reserved by default.
-    public func setReserveSnapshots(_ id: DiskID, _ on: Bool) throws(LunError) { fatalError("unimplemented") }
-    /// truncate: grows (new space reads zeros) or shrinks (frees segments) the disk.
-    public func resize(_ id: DiskID, to sizeBytes: UInt64) throws(LunError) { fatalError("unimplemented") }
+    // MARK: Looking things up
 
-    /// Reads up to `buffer.count` bytes at `offset`; returns fewer at the end of the disk.
-    public func read(_ id: DiskID, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) -> Int { fatalError("unimplemented") }
-    /// Writes all of `buffer` at `offset`, growing the disk if it ends past the size.
-    public func write(_ id: DiskID, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError) { fatalError("unimplemented") }
-    /// Makes a range read as zeros, unmapping whole segments (fallocate PUNCH_HOLE).
-    public func discard(_ id: DiskID, at offset: UInt64, length: UInt64) throws(LunError) { fatalError("unimplemented") }
-    /// lseek SEEK_DATA (`data` true) or SEEK_HOLE from `offset`, at segment granularity;
-    /// nil when there is no such position before the end of the disk (ENXIO).
-    public func seek(_ id: DiskID, from offset: UInt64, data: Bool) throws(LunError) -> UInt64? { fatalError("unimplemented") }
+    func now() -> UInt64 { UInt64(time(nil)) }
+
+    /// The disk with `id`, or `.notFound`/`.stale`.
+    func liveDisk(_ id: DiskID) throws(LunError) -> Disk {
+        try stateLock.withLock { () throws(LunError) -> Disk in
+            guard let d = state.disk(id) else { throw .stale("disk \(id) no longer exists") }
+            return d
+        }
+    }
+
+    func checkWritable() throws(LunError) {
+        if readOnly { throw .notPermitted("the pool is open read-only") }
+    }
 }

@@ -1,0 +1,189 @@
+// The offline checker (in the spirit of thin_check): verifies the metadata copies' checksums,
+// that every mapped segment has exactly one holder and is allocated exactly once, that share
+// bits pair up along each chain, that free space adds up, and, with `scrub`, that every
+// mirror copy and RAID 5 parity agrees with its data.
+#if canImport(Glibc)
+import Glibc
+#endif
+
+public struct CheckReport: Sendable {
+    /// Inconsistencies: any one makes `lunfs check` exit non-zero.
+    public var problems: [String] = []
+    /// Things worth knowing that are not inconsistencies (a damaged copy that a mirror covers).
+    public var notes: [String] = []
+    public var disksChecked = 0
+    public var segmentsChecked = 0
+    public var storesChecked = 0
+    public var rsegsScrubbed = 0
+}
+
+public struct PoolChecker {
+    let pool: Pool
+    public var scrub: Bool
+
+    public init(pool: Pool, scrub: Bool = false) { self.pool = pool; self.scrub = scrub }
+
+    public func run() throws(LunError) -> CheckReport {
+        var report = CheckReport()
+        report.notes = pool.openNotes
+        checkMetadataCopies(&report)
+        pool.commitLock.lock()
+        defer { pool.commitLock.unlock() }
+        pool.stateLock.lock()
+        defer { pool.stateLock.unlock() }
+        checkMaps(&report)
+        checkSpace(&report)
+        if scrub { scrubStores(&report) }
+        for d in 0..<pool.drives.count where !pool.drives.isAvailable(d) {
+            report.problems.append("drive \(d) (\(pool.drives.name(d))) is missing or failed; redundant disks run degraded")
+        }
+        return report
+    }
+
+    /// Every mirror's superblock and current checkpoint copy, not only the first good one.
+    private func checkMetadataCopies(_ report: inout CheckReport) {
+        let sb = pool.metadata.superblock
+        let layout = pool.metadata.layout
+        for m in sb.mirrors.map(Int.init) where pool.drives.isAvailable(m) {
+            let slot = Superblock.slotOffsets[Int(sb.generation % 2)]
+            if let block = try? pool.drives.readBytes(m, count: Superblock.blockSize, at: slot),
+               let copy = try? Superblock.decode(block), copy.generation == sb.generation {
+            } else {
+                report.problems.append("drive \(m): superblock generation \(sb.generation) is missing or damaged")
+            }
+            let offset = layout.checkpointOffsets[Int(sb.checkpointSlot)]
+            if let bytes = try? pool.drives.readBytes(m, count: Int(sb.checkpointLength), at: offset),
+               CRC32C.checksum(bytes) == sb.checkpointCRC {
+            } else {
+                report.problems.append("drive \(m): metadata checkpoint copy fails its checksum")
+            }
+        }
+    }
+
+    private func checkMaps(_ report: inout CheckReport) {
+        let state = pool.state
+        let seg = state.geometry.rsegSizeBytes
+        var holders: [UInt32: DiskID] = [:]
+        for d in state.disks.values.sorted(by: { $0.id < $1.id }) {
+            report.disksChecked += 1
+            if let s = d.successor, s.predecessor !== d { report.problems.append("disk \(d.id): successor \(s.id) does not link back") }
+            if let p = d.predecessor, p.successor !== d { report.problems.append("disk \(d.id): predecessor \(p.id) does not link back") }
+            if !d.hasImage && (d.map.mappedCount > 0 || d.predecessor != nil || d.successor != nil) {
+                report.problems.append("disk \(d.id): hollow node still maps segments or sits in a chain")
+            }
+            if let parent = d.parent, state.disks[parent] == nil {
+                report.problems.append("disk \(d.id): its directory parent \(parent) does not exist")
+            }
+            d.map.forEachMapped { k, e in
+                report.segmentsChecked += 1
+                let at = "disk \(d.id) (\(d.name)) segment \(k)"
+                if !e.isWellFormed { report.problems.append("\(at): malformed entry \(e.raw)") }
+                if UInt64(k) * seg >= d.sizeBytes { report.problems.append("\(at): mapped past the disk's end") }
+                if e.ss {
+                    if let s = d.successor {
+                        let se = s.map.entry(k)
+                        if !se.isMapped || !se.sp { report.problems.append("\(at): Ss set but successor \(s.id) has no Sp") }
+                    } else { report.problems.append("\(at): Ss set without a successor") }
+                } else {
+                    let loc = PoolState.location(e)
+                    if let other = holders[loc] {
+                        report.problems.append("\(at): RSEG \(e.store).\(e.rseg) is also held by disk \(other)")
+                    }
+                    holders[loc] = d.id
+                    if !state.rsds.isLive(Int(e.store)) || e.rseg >= state.geometry.rsegsPerStore {
+                        report.problems.append("\(at): RSEG \(e.store).\(e.rseg) is not in a defined store")
+                    } else if !state.rsds.isUsed(Int(e.store), rseg: e.rseg) {
+                        report.problems.append("\(at): RSEG \(e.store).\(e.rseg) is mapped but marked free")
+                    }
+                }
+                if e.sp {
+                    if let p = d.predecessor {
+                        if !p.map.entry(k).ss { report.problems.append("\(at): Sp set but predecessor \(p.id) has no Ss") }
+                    } else { report.problems.append("\(at): Sp set without a predecessor") }
+                }
+            }
+        }
+        // Every RSEG marked used is held by someone or waiting for a commit to be freed.
+        let pending = Set(state.pendingFree.map { UInt32($0.store) << 3 | UInt32($0.rseg) })
+        var used = 0
+        for id in 0..<state.rsds.highWater where state.rsds.isLive(id) {
+            report.storesChecked += 1
+            for r in 0..<state.geometry.rsegsPerStore where state.rsds.isUsed(id, rseg: r) {
+                used += 1
+                let loc = UInt32(id) << 3 | UInt32(r)
+                if holders[loc] == nil && !pending.contains(loc) {
+                    report.problems.append("RSEG \(id).\(r) is allocated but no disk maps it (leaked)")
+                }
+            }
+        }
+        if used != state.usedRSEGs {
+            report.problems.append("used RSEG count is \(state.usedRSEGs), the stores say \(used)")
+        }
+    }
+
+    private func checkSpace(_ report: inout CheckReport) {
+        let state = pool.state
+        var psegsInStores = 0
+        var seen = Set<UInt64>()
+        for id in 0..<state.rsds.highWater where state.rsds.isLive(id) {
+            for m in state.rsds.memberList(id) {
+                psegsInStores += 1
+                if !seen.insert(UInt64(m.drive) << 32 | UInt64(m.pseg)).inserted {
+                    report.problems.append("PSEG \(m.drive):\(m.pseg) belongs to two stores")
+                }
+                if !state.psegs.isUsed(drive: m.drive, pseg: m.pseg) {
+                    report.problems.append("PSEG \(m.drive):\(m.pseg) is in store \(id) but marked free")
+                }
+            }
+        }
+        let total = state.psegs.psegCount.reduce(0, +)
+        let quorum = state.psegs.psegCount.reduce(0) { $0 + min($1, state.geometry.quorumPSEGs) }
+        if quorum + psegsInStores + state.psegs.totalFree != total {
+            report.problems.append("PSEGs do not add up: \(quorum) quorum + \(psegsInStores) in stores + \(state.psegs.totalFree) free != \(total)")
+        }
+        let reserved = state.disks.values.reduce(0) { $0 + $1.reservedSegments }
+        if reserved != state.reservedTotal {
+            report.problems.append("reservations do not add up: disks hold \(reserved), the pool counts \(state.reservedTotal)")
+        }
+    }
+
+    /// Reads every used RSEG from every member: RAID 1 copies must match, RAID 5 members must
+    /// XOR to zero. A mismatch means a drive returned wrong bytes at some point.
+    private func scrubStores(_ report: inout CheckReport) {
+        let state = pool.state
+        let geometry = state.geometry
+        let unit = Int(geometry.stripeUnitBytes)
+        let a = scratchBuffer(unit), b = scratchBuffer(unit)
+        defer { a.deallocate(); b.deallocate() }
+        for id in 0..<state.rsds.highWater where state.rsds.isLive(id) {
+            guard let level = state.rsds.level(id), level != .raid0 else { continue }
+            let members = state.rsds.memberList(id)
+            for r in 0..<geometry.rsegsPerStore where state.rsds.isUsed(id, rseg: r) {
+                report.rsegsScrubbed += 1
+                func offset(_ m: StoreMember) -> UInt64 { UInt64(m.pseg) * geometry.psegSizeBytes + UInt64(r) * geometry.stripeUnitBytes }
+                let groups: [[Int]] = level == .raid1 ? (0..<4).map { [$0, $0 + 4] } : [Array(0..<5)]
+                for group in groups {
+                    guard group.allSatisfy({ pool.drives.isAvailable(members[$0].drive) }) else { continue }
+                    do {
+                        try pool.drives.read(members[group[0]].drive, into: a, at: offset(members[group[0]]))
+                        for m in group.dropFirst() {
+                            try pool.drives.read(members[m].drive, into: b, at: offset(members[m]))
+                            if level == .raid1 {
+                                if memcmp(a.baseAddress!, b.baseAddress!, unit) != 0 {
+                                    report.problems.append("store \(id) RSEG \(r): mirror copies on drives \(members[group[0]].drive) and \(members[m].drive) differ")
+                                }
+                            } else {
+                                xorBytes(into: a.baseAddress!, from: b.baseAddress!, count: unit)
+                            }
+                        }
+                        if level == .raid5 && a.contains(where: { $0 != 0 }) {
+                            report.problems.append("store \(id) RSEG \(r): RAID 5 parity does not match its data")
+                        }
+                    } catch {
+                        report.problems.append("store \(id) RSEG \(r): read failed: \(error)")
+                    }
+                }
+            }
+        }
+    }
+}

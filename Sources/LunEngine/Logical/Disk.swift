@@ -1,0 +1,59 @@
+// A logical disk (a LUN) in memory: its directory entry, its place in the sharing chain and
+// its map. Disks linked by a chain share one `SharingFamily`, whose read-write lock guards
+// their maps: I/O takes it shared, anything that changes a map takes it exclusive.
+
+final class SharingFamily: @unchecked Sendable {
+    let lock = ReadWriteLock()
+}
+
+final class Disk: @unchecked Sendable {
+    let id: DiskID
+    var name: String
+    /// The directory this node lives in (nil: the pool's root).
+    var parent: DiskID?
+    var family: SharingFamily
+    /// Older neighbour in the sharing chain (the snapshot taken just before this state).
+    var predecessor: Disk?
+    /// Newer neighbour in the sharing chain.
+    var successor: Disk?
+    var sizeBytes: UInt64
+    var raid: RAIDLevel
+    var hasImage: Bool
+    var hasWritten: Bool
+    var createdAt: UInt64
+    /// Segments still set aside for this (fully reserved) snapshot.
+    var reservedSegments: Int
+    /// New snapshots of this disk are created reserved.
+    var reserveSnapshots: Bool
+    var map: DiskMap
+    /// Set when the node is gone, so open handles answer ESTALE.
+    var removed = false
+
+    init(id: DiskID, name: String, parent: DiskID?, family: SharingFamily, sizeBytes: UInt64, raid: RAIDLevel,
+         createdAt: UInt64, entriesPerLMap: Int) {
+        self.id = id
+        self.name = name
+        self.parent = parent
+        self.family = family
+        self.sizeBytes = sizeBytes
+        self.raid = raid
+        self.hasImage = true
+        self.hasWritten = false
+        self.createdAt = createdAt
+        self.reservedSegments = 0
+        self.reserveSnapshots = false
+        self.map = DiskMap(entriesPerLMap: entriesPerLMap)
+    }
+
+    /// The entry that holds segment k's data for this disk: follow successors while Ss is set.
+    func holderEntry(_ k: Int) -> LMapEntry {
+        var d = self
+        var e = map.entry(k)
+        while e.ss {
+            guard let s = d.successor else { preconditionFailure("disk \(d.id) segment \(k): Ss set without successor") }
+            d = s
+            e = d.map.entry(k)
+        }
+        return e
+    }
+}

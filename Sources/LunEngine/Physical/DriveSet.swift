@@ -1,0 +1,93 @@
+// The pool's drives as the engine sees them: each slot holds a device, or nothing when the
+// drive is missing, and a drive that fails a write is taken out of service for the session
+// so that no later read trusts bytes it may not hold.
+import Synchronization
+
+final class DriveSet: @unchecked Sendable {
+    private let devices: [BlockDevice?]
+    private let failed: [AtomicFlag]
+    private let dirty: [AtomicFlag]
+    /// Errors hidden by redundancy or reported to callers, for `status` and `check`.
+    let errorCount = Atomic<Int>(0)
+    let log: @Sendable (String) -> Void
+
+    init(devices: [BlockDevice?], log: @escaping @Sendable (String) -> Void) {
+        self.devices = devices
+        self.failed = devices.map { AtomicFlag($0 == nil) }
+        self.dirty = devices.map { _ in AtomicFlag(false) }
+        self.log = log
+    }
+
+    var count: Int { devices.count }
+
+    /// The device in slot `i` when it is present and in service.
+    func device(_ i: Int) -> BlockDevice? {
+        failed[i].value.load(ordering: .acquiring) ? nil : devices[i]
+    }
+
+    func isAvailable(_ i: Int) -> Bool { device(i) != nil }
+    var availableCount: Int { (0..<count).filter(isAvailable).count }
+    var missingCount: Int { count - availableCount }
+
+    func name(_ i: Int) -> String { devices[i]?.name ?? "drive \(i) (missing)" }
+
+    func markFailed(_ i: Int, _ why: LunError) {
+        if !failed[i].value.exchange(true, ordering: .acquiringAndReleasing) {
+            log("drive \(i) (\(name(i))) taken out of service: \(why)")
+        }
+        errorCount.add(1, ordering: .relaxed)
+    }
+
+    func noteError() { errorCount.add(1, ordering: .relaxed) }
+
+    func read(_ i: Int, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(LunError) {
+        guard let d = device(i) else { throw .io("drive \(i) is not available") }
+        try d.read(into: buffer, at: offset)
+    }
+
+    /// Writes to a drive; a failing drive is taken out of service and the error rethrown.
+    func write(_ i: Int, _ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
+        guard let d = device(i) else { throw .io("drive \(i) is not available") }
+        dirty[i].value.store(true, ordering: .releasing)
+        do { try d.write(buffer, at: offset) } catch { markFailed(i, error); throw error }
+    }
+
+    func write(_ i: Int, bytes: [UInt8], at offset: UInt64) throws(LunError) {
+        try typed { try bytes.withUnsafeBytes { try write(i, $0, at: offset) } }
+    }
+
+    func readBytes(_ i: Int, count: Int, at offset: UInt64) throws(LunError) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        try typed { try bytes.withUnsafeMutableBytes { try read(i, into: $0, at: offset) } }
+        return bytes
+    }
+
+    func zero(_ i: Int, at offset: UInt64, length: UInt64) throws(LunError) {
+        guard let d = device(i) else { throw .io("drive \(i) is not available") }
+        dirty[i].value.store(true, ordering: .releasing)
+        do { try d.zero(at: offset, length: length) } catch { markFailed(i, error); throw error }
+    }
+
+    /// fdatasync every drive written since the last call. A drive that fails to sync is taken
+    /// out of service; the call fails only if that leaves data without a durable copy, which
+    /// the caller cannot know here, so it reports the error and lets redundancy decide on read.
+    func syncDirty() throws(LunError) {
+        for i in 0..<count where dirty[i].value.exchange(false, ordering: .acquiringAndReleasing) {
+            guard let d = device(i) else { continue }
+            do { try d.sync() } catch { markFailed(i, error) }
+        }
+    }
+
+    /// fdatasync one drive (metadata mirrors).
+    func sync(_ i: Int) throws(LunError) {
+        guard let d = device(i) else { throw .io("drive \(i) is not available") }
+        dirty[i].value.store(false, ordering: .releasing)
+        do { try d.sync() } catch { markFailed(i, error); throw error }
+    }
+}
+
+/// An atomic Bool that can live in an array.
+final class AtomicFlag: Sendable {
+    let value: Atomic<Bool>
+    init(_ v: Bool) { value = Atomic(v) }
+}

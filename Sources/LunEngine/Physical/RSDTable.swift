@@ -1,0 +1,106 @@
+// The RSDs (redundancy store descriptors, 003 [0069]): for every RStore, its RAID level and
+// the (drive, PSEG) of each member, plus which of its RSEGs are in use. Fixed-capacity arrays
+// allocated once at open, so readers can look members up while another thread adds a store.
+//
+// Member order is the layout: RAID 0 members 0-3 are data columns 0-3; RAID 1 column c lives
+// on members c and c+4; RAID 5 puts parity on member `id % 5` and column c on member
+// `(parity + 1 + c) % 5`, so parity rotates from store to store.
+
+struct StoreMember: Equatable {
+    var drive: Int
+    var pseg: Int
+    var packed: UInt32 { UInt32(drive) << 24 | UInt32(pseg) }
+    init(drive: Int, pseg: Int) { self.drive = drive; self.pseg = pseg }
+    init(packed: UInt32) { drive = Int(packed >> 24); pseg = Int(packed & 0xFF_FFFF) }
+}
+
+final class RSDTable: @unchecked Sendable {
+    static let maxMembers = 8
+    static let freeLevel: UInt8 = 0xFF
+    let capacity: Int
+    private let levels: UnsafeMutablePointer<UInt8>
+    private let usedMasks: UnsafeMutablePointer<UInt8>
+    private let members: UnsafeMutablePointer<UInt32>
+    /// One past the highest store id ever defined.
+    private(set) var highWater = 0
+    private(set) var liveCount = 0
+
+    init(capacity: Int) {
+        self.capacity = capacity
+        levels = .allocate(capacity: capacity)
+        levels.initialize(repeating: Self.freeLevel, count: capacity)
+        usedMasks = .allocate(capacity: capacity)
+        usedMasks.initialize(repeating: 0, count: capacity)
+        members = .allocate(capacity: capacity * Self.maxMembers)
+        members.initialize(repeating: 0, count: capacity * Self.maxMembers)
+    }
+
+    deinit { levels.deallocate(); usedMasks.deallocate(); members.deallocate() }
+
+    func level(_ id: Int) -> RAIDLevel? {
+        id < capacity ? RAIDLevel(rawValue: levels[id]) : nil
+    }
+
+    func isLive(_ id: Int) -> Bool { id < capacity && levels[id] != Self.freeLevel }
+
+    @inline(__always) func member(_ id: Int, _ m: Int) -> StoreMember {
+        StoreMember(packed: members[id * Self.maxMembers + m])
+    }
+
+    func memberList(_ id: Int) -> [StoreMember] {
+        guard let level = level(id) else { return [] }
+        return (0..<level.memberCount).map { member(id, $0) }
+    }
+
+    func define(_ id: Int, level: RAIDLevel, members list: [StoreMember]) {
+        precondition(id < capacity && list.count == level.memberCount)
+        if levels[id] == Self.freeLevel { liveCount += 1 }
+        levels[id] = level.rawValue
+        usedMasks[id] = 0
+        for m in 0..<Self.maxMembers {
+            members[id * Self.maxMembers + m] = m < list.count ? list[m].packed : 0
+        }
+        highWater = max(highWater, id + 1)
+    }
+
+    func undefine(_ id: Int) {
+        precondition(isLive(id) && usedMasks[id] == 0, "freeing store \(id) that is in use")
+        levels[id] = Self.freeLevel
+        liveCount -= 1
+    }
+
+    func usedMask(_ id: Int) -> UInt8 { usedMasks[id] }
+    func isUsed(_ id: Int, rseg: Int) -> Bool { usedMasks[id] & (1 << UInt8(rseg)) != 0 }
+
+    func markUsed(_ id: Int, rseg: Int) {
+        precondition(!isUsed(id, rseg: rseg), "RSEG \(id).\(rseg) allocated twice")
+        usedMasks[id] |= 1 << UInt8(rseg)
+    }
+
+    func release(_ id: Int, rseg: Int) {
+        precondition(isUsed(id, rseg: rseg), "RSEG \(id).\(rseg) freed twice")
+        usedMasks[id] &= ~(1 << UInt8(rseg))
+    }
+
+    /// Lowest store id not in use, or nil when the table is full.
+    func firstFreeID() -> Int? {
+        for id in 0..<capacity where levels[id] == Self.freeLevel { return id }
+        return nil
+    }
+
+    /// Bytes of memory per live store that this table costs.
+    static let bytesPerStore = 2 + maxMembers * 4
+}
+
+extension RAIDLevel {
+    /// Member that holds parity of RAID 5 store `id`.
+    static func parityMember(store id: Int) -> Int { id % 5 }
+
+    /// Member holding data column `column` (the primary copy for RAID 1).
+    func dataMember(store id: Int, column: Int) -> Int {
+        switch self {
+        case .raid0, .raid1: return column
+        case .raid5: return (Self.parityMember(store: id) + 1 + column) % 5
+        }
+    }
+}

@@ -1,0 +1,224 @@
+// The pool's directory tree: creating disks and snapshots, removing, renaming, and the
+// per-disk settings (RAID level, reservations). Each of these commits before it returns, as
+// mkdir and rename do on a journaling file system: a crash never undoes what a user saw done.
+
+extension Pool {
+    /// Reserved inside every disk directory for the disk's image.
+    public static let imageName = "disk.img"
+
+    static func validate(name: String) throws(LunError) {
+        guard !name.isEmpty, name != ".", name != ".." else { throw .invalid("empty or dot name") }
+        guard name.utf8.count <= 255 else { throw .nameTooLong("\(name.utf8.count) bytes; at most 255") }
+        guard !name.contains("/"), !name.utf8.contains(0) else { throw .invalid("name \(name.debugDescription) contains '/' or NUL") }
+        guard name != imageName else { throw .invalid("\(imageName) is reserved for the image") }
+    }
+
+    func info(of d: Disk) -> DiskInfo {
+        var unique = 0, shared = 0
+        d.map.forEachMapped { _, e in if e.sp || e.ss { shared += 1 } else { unique += 1 } }
+        let seg = geometry.rsegSizeBytes
+        return DiskInfo(id: d.id, name: d.name, parent: d.parent, sizeBytes: d.sizeBytes, raid: d.raid,
+                        hasImage: d.hasImage, createdAt: d.createdAt,
+                        allocatedBytes: UInt64(d.map.mappedCount) * seg, uniqueBytes: UInt64(unique) * seg,
+                        sharedBytes: UInt64(shared) * seg, predecessor: d.predecessor?.id, successor: d.successor?.id,
+                        reservedBytes: UInt64(d.reservedSegments) * seg, hasWritten: d.hasWritten)
+    }
+
+    public func disks() -> [DiskInfo] {
+        stateLock.withLock { state.disks.keys.sorted().map { info(of: state.disks[$0]!) } }
+    }
+
+    public func info(_ id: DiskID) -> DiskInfo? {
+        stateLock.withLock { state.disk(id).map(info(of:)) }
+    }
+
+    public func child(named name: String, of parent: DiskID?) -> DiskID? {
+        stateLock.withLock { state.disks.values.first { $0.parent == parent && $0.name == name }?.id }
+    }
+
+    public func children(of parent: DiskID?) -> [DiskID] {
+        stateLock.withLock { state.disks.values.filter { $0.parent == parent }.map(\.id).sorted() }
+    }
+
+    public func usage() -> PoolUsage {
+        stateLock.withLock {
+            let seg = geometry.rsegSizeBytes
+            let dataPSEGs = state.psegs.psegCount.reduce(0) { $0 + max(0, $1 - geometry.quorumPSEGs) }
+            let rawUsed = UInt64(dataPSEGs - state.psegs.totalFree) * geometry.psegSizeBytes
+            let free = max(0, state.freeSegments(level: defaultRAID) - state.reservedTotal)
+            return PoolUsage(driveCount: drives.count, missingDrives: drives.missingCount,
+                             capacityBytes: UInt64(dataPSEGs) * geometry.psegSizeBytes, rawUsedBytes: rawUsed,
+                             usedBytes: UInt64(state.usedRSEGs) * seg, freeBytes: UInt64(free) * seg,
+                             reservedBytes: UInt64(state.reservedTotal) * seg, defaultRAID: defaultRAID,
+                             segmentSizeBytes: seg)
+        }
+    }
+
+    /// mkdir at the root: a new, empty (size 0) disk.
+    public func createDisk(named name: String, raid: RAIDLevel? = nil) throws(LunError) -> DiskID {
+        try checkWritable()
+        try Self.validate(name: name)
+        let level = raid ?? defaultRAID
+        try checkRAIDPossible(level)
+        let id = try stateLock.withLock { () throws(LunError) -> DiskID in
+            guard !state.disks.values.contains(where: { $0.parent == nil && $0.name == name }) else { throw .exists(name) }
+            let d = state.newDisk(name: name, parent: nil, family: SharingFamily(), size: 0, raid: level, now: now())
+            state.logDisk(d)
+            return d.id
+        }
+        try commit()
+        log("created disk \(name) (id \(id), \(level))")
+        return id
+    }
+
+    func checkRAIDPossible(_ level: RAIDLevel) throws(LunError) {
+        let needed = level == .raid5 ? 5 : level == .raid1 ? 2 : 1
+        guard drives.count >= needed else { throw .invalid("\(level) needs \(needed) drives; the pool has \(drives.count)") }
+    }
+
+    /// mkdir inside a disk: the predecessor/successor split. In-flight writes finish and new
+    /// ones wait (the family lock taken exclusive); `.busy` if that takes longer than the
+    /// timeout. No data moves; the cost is one pass over the map and one commit.
+    public func createSnapshot(of id: DiskID, named name: String, reserved: Bool? = nil,
+                               quiesceTimeoutSeconds: Double = 5) throws(LunError) -> DiskID {
+        try checkWritable()
+        try Self.validate(name: name)
+        let x = try liveDisk(id)
+        guard x.hasImage else { throw .notPermitted("\(x.name) has no image to snapshot") }
+        guard x.family.lock.lockExclusive(timeoutSeconds: quiesceTimeoutSeconds) else {
+            throw .busy("writes to \(x.name) did not drain within \(quiesceTimeoutSeconds) s")
+        }
+        defer { x.family.lock.unlock() }
+        guard !x.removed, x.hasImage else { throw .stale("disk \(id) was removed") }
+        let p = try stateLock.withLock { () throws(LunError) -> Disk in
+            guard !state.disks.values.contains(where: { $0.parent == id && $0.name == name }) else { throw .exists(name) }
+            let reserve = (reserved ?? x.reserveSnapshots) ? x.map.mappedCount : 0
+            if reserve > 0 {
+                let free = state.freeSegments(level: x.raid) - state.reservedTotal
+                guard free >= reserve else {
+                    throw .noSpace("a reserved snapshot of \(x.name) needs \(reserve) segments; \(max(0, free)) are free")
+                }
+            }
+            let p = state.newDisk(name: name, parent: id, family: x.family, size: x.sizeBytes, raid: x.raid, now: now())
+            p.hasWritten = x.hasWritten
+            p.reservedSegments = reserve
+            state.reservedTotal += reserve
+            state.logDisk(p)
+            state.applySplit(x, p)
+            return p
+        }
+        try commit()
+        log("snapshot \(name) of \(x.name) (id \(p.id)) taken")
+        return p.id
+    }
+
+    /// unlink of disk.img: the disk leaves its chain (its neighbours keep their bytes) and its
+    /// segments are freed; the directory stays, hollow, for the snapshots below it.
+    public func deleteImage(_ id: DiskID) throws(LunError) {
+        try checkWritable()
+        let x = try liveDisk(id)
+        x.family.lock.lockExclusive()
+        defer { x.family.lock.unlock() }
+        try stateLock.withLock { () throws(LunError) in
+            guard !x.removed else { throw .stale("disk \(id) was removed") }
+            guard x.hasImage else { throw .notFound("\(x.name) has no image") }
+            dropImageLocked(x)
+        }
+        try commit()
+        log("deleted image of \(x.name) (id \(id))")
+    }
+
+    private func dropImageLocked(_ x: Disk) {
+        let freed = state.applyUnlink(x)
+        state.pendingFree += freed
+        state.reservedTotal -= x.reservedSegments
+        x.reservedSegments = 0
+        x.hasImage = false
+        x.sizeBytes = 0
+        state.logDisk(x)
+    }
+
+    /// rmdir: removes a node with no children, and its image. `.notEmpty` if it has children.
+    public func removeNode(_ id: DiskID) throws(LunError) {
+        try checkWritable()
+        let x = try liveDisk(id)
+        x.family.lock.lockExclusive()
+        defer { x.family.lock.unlock() }
+        try stateLock.withLock { () throws(LunError) in
+            guard !x.removed else { throw .stale("disk \(id) was removed") }
+            guard !state.disks.values.contains(where: { $0.parent == id }) else {
+                throw .notEmpty("\(x.name) has snapshots below it")
+            }
+            if x.hasImage { dropImageLocked(x) }
+            state.applyDropDisk(x)
+        }
+        try commit()
+        log("removed \(x.name) (id \(id))")
+    }
+
+    /// Renames within the same directory. `.exists` if the name is taken.
+    public func rename(_ id: DiskID, to name: String) throws(LunError) {
+        try checkWritable()
+        try Self.validate(name: name)
+        try stateLock.withLock { () throws(LunError) in
+            guard let d = state.disk(id) else { throw .notFound("disk \(id)") }
+            if d.name == name { return }
+            guard !state.disks.values.contains(where: { $0.parent == d.parent && $0.name == name }) else { throw .exists(name) }
+            d.name = name
+            state.logDisk(d)
+        }
+        try commit()
+    }
+
+    /// Changes a disk's RAID level; `.notPermitted` once it has been written.
+    public func setRAID(_ id: DiskID, _ level: RAIDLevel) throws(LunError) {
+        try checkWritable()
+        try checkRAIDPossible(level)
+        let d = try liveDisk(id)
+        d.family.lock.lockExclusive()
+        defer { d.family.lock.unlock() }
+        try stateLock.withLock { () throws(LunError) in
+            if d.raid == level { return }
+            guard !d.hasWritten, d.map.mappedCount == 0, d.predecessor == nil, d.successor == nil else {
+                throw .notPermitted("the RAID level of \(d.name) is fixed once it has been written or snapshotted")
+            }
+            d.raid = level
+            state.logDisk(d)
+        }
+        try commit()
+    }
+
+    /// Reserves (or releases) a segment for every segment the disk shares, which is all that
+    /// copy-on-write can ever need on its behalf. `.noSpace` if the pool cannot set it aside.
+    public func setReserved(_ id: DiskID, _ reserved: Bool) throws(LunError) {
+        try checkWritable()
+        let d = try liveDisk(id)
+        d.family.lock.lockExclusive()
+        defer { d.family.lock.unlock() }
+        try stateLock.withLock { () throws(LunError) in
+            var shared = 0
+            d.map.forEachMapped { _, e in if e.sp || e.ss { shared += 1 } }
+            let want = reserved ? shared : 0
+            let extra = want - d.reservedSegments
+            if extra > 0 {
+                let free = state.freeSegments(level: d.raid) - state.reservedTotal
+                guard free >= extra else { throw .noSpace("reserving \(d.name) needs \(extra) more segments; \(max(0, free)) are free") }
+            }
+            state.reservedTotal += extra
+            d.reservedSegments = want
+            state.logDisk(d)
+        }
+        try commit()
+    }
+
+    /// Whether snapshots taken of this disk are created reserved.
+    public func setReserveSnapshots(_ id: DiskID, _ on: Bool) throws(LunError) {
+        try checkWritable()
+        try stateLock.withLock { () throws(LunError) in
+            guard let d = state.disk(id) else { throw .notFound("disk \(id)") }
+            d.reserveSnapshots = on
+            state.logDisk(d)
+        }
+        try commit()
+    }
+}

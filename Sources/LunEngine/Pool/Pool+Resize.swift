@@ -1,0 +1,131 @@
+// Changing how much of a disk exists: truncate (grow or shrink), discard of a range
+// (fallocate PUNCH_HOLE) and the SEEK_DATA/SEEK_HOLE view of what is mapped. Dropping a
+// segment follows the same sharing rules as a write, so neighbours keep their bytes.
+
+extension Pool {
+    /// truncate: grows (new space reads zeros) or shrinks (frees segments) the disk.
+    public func resize(_ id: DiskID, to sizeBytes: UInt64) throws(LunError) {
+        try checkWritable()
+        guard sizeBytes <= PoolGeometry.maxDiskSizeBytes else {
+            throw .tooLarge("\(sizeBytes) bytes is past the largest disk size \(PoolGeometry.maxDiskSizeBytes)")
+        }
+        let d = try liveDisk(id)
+        let seg = geometry.rsegSizeBytes
+        // Bytes past the new end inside the last kept segment must read zeros if it grows again.
+        let oldSize = try withShared(d) { () throws(LunError) -> UInt64 in d.sizeBytes }
+        if sizeBytes < oldSize && sizeBytes % seg != 0 {
+            let tailEnd = min(oldSize, (sizeBytes / seg + 1) * seg)
+            let mapped = try withShared(d) { () throws(LunError) -> Bool in d.holderEntry(Int(sizeBytes / seg)).isMapped }
+            if mapped { try writeZeros(id, from: sizeBytes, to: tailEnd) }
+        }
+        d.family.lock.lockExclusive()
+        defer { d.family.lock.unlock() }
+        guard !d.removed, d.hasImage else { throw .stale("disk \(id) was deleted") }
+        if sizeBytes < d.sizeBytes {
+            let firstDropped = Int((sizeBytes + seg - 1) / seg)
+            try dropSegments(d, d.map.mappedSegments(from: firstDropped))
+        }
+        stateLock.withLock {
+            d.sizeBytes = sizeBytes
+            state.logDisk(d)
+        }
+    }
+
+    /// Makes a range read as zeros: whole segments are unmapped, partial ones overwritten.
+    public func discard(_ id: DiskID, at offset: UInt64, length: UInt64) throws(LunError) {
+        try checkWritable()
+        let d = try liveDisk(id)
+        let size = try withShared(d) { () throws(LunError) -> UInt64 in d.sizeBytes }
+        let (rawEnd, overflow) = offset.addingReportingOverflow(length)
+        let end = min(overflow ? UInt64.max : rawEnd, size)
+        guard offset < end else { return }
+        let seg = geometry.rsegSizeBytes
+        let firstWhole = (offset + seg - 1) / seg, endWhole = end / seg
+        if firstWhole >= endWhole {
+            try writeZeros(id, from: offset, to: end)
+            return
+        }
+        if offset < firstWhole * seg { try writeZeros(id, from: offset, to: firstWhole * seg) }
+        if endWhole * seg < end { try writeZeros(id, from: endWhole * seg, to: end) }
+        d.family.lock.lockExclusive()
+        defer { d.family.lock.unlock() }
+        guard !d.removed, d.hasImage else { throw .stale("disk \(id) was deleted") }
+        try dropSegments(d, d.map.mappedSegments(from: Int(firstWhole)).filter { $0 < Int(endWhole) })
+    }
+
+    /// lseek SEEK_DATA (`data` true) or SEEK_HOLE from `offset`, at segment granularity;
+    /// nil when there is no such position before the end of the disk (ENXIO).
+    public func seek(_ id: DiskID, from offset: UInt64, data: Bool) throws(LunError) -> UInt64? {
+        let d = try liveDisk(id)
+        return try withShared(d) { () throws(LunError) -> UInt64? in
+            guard d.hasImage else { throw .stale("disk \(id) was deleted") }
+            guard offset < d.sizeBytes else { return nil }
+            let seg = geometry.rsegSizeBytes
+            let limit = Int((d.sizeBytes + seg - 1) / seg)
+            let k = Int(offset / seg)
+            guard let found = d.map.firstSegment(from: k, limit: limit, mapped: data) else {
+                return data ? nil : d.sizeBytes
+            }
+            return min(max(offset, UInt64(found) * seg), d.sizeBytes)
+        }
+    }
+
+    func withShared<T>(_ d: Disk, _ body: () throws(LunError) -> T) throws(LunError) -> T {
+        d.family.lock.lockShared()
+        defer { d.family.lock.unlock() }
+        guard !d.removed else { throw .stale("disk \(d.id) was deleted") }
+        return try body()
+    }
+
+    private func writeZeros(_ id: DiskID, from start: UInt64, to end: UInt64) throws(LunError) {
+        guard end > start else { return }
+        let zeros = scratchBuffer(Int(end - start))
+        defer { zeros.deallocate() }
+        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        try write(id, at: start, from: UnsafeRawBufferPointer(zeros))
+    }
+
+    /// Unmaps segments of `d`, handing what neighbours need to them. A segment that both
+    /// neighbours read through `d` needs a copy for the predecessor, allocated up front so
+    /// that `.noSpace` changes nothing. Caller holds the family lock exclusive.
+    private func dropSegments(_ d: Disk, _ segments: [Int]) throws(LunError) {
+        let middle = segments.filter { let e = d.map.entry($0); return e.ss && e.sp }
+        var copies = try allocate(middle.count, for: d, sharedSegments: middle)
+        defer { if !copies.isEmpty { stateLock.withLock { for c in copies { state.releaseRSEG(store: c.store, rseg: c.rseg) } } } }
+        var copied: [Int: (store: Int, rseg: Int)] = [:]
+        if !middle.isEmpty {
+            let buf = scratchBuffer(segmentBytes)
+            defer { buf.deallocate() }
+            for k in middle {
+                let holder = d.holderEntry(k)
+                let c = copies.removeLast()
+                do throws(LunError) {
+                    try storeIO.read(store: Int(holder.store), rseg: holder.rseg, offset: 0, into: buf)
+                    try storeIO.write(store: c.store, rseg: c.rseg, offset: 0, from: UnsafeRawBufferPointer(buf))
+                } catch { copies.append(c); throw error }
+                copied[k] = c
+            }
+        }
+        stateLock.withLock {
+            for k in segments {
+                let e = d.map.entry(k)
+                guard e.isMapped else { continue }
+                if e.holdsData {
+                    if e.sp, let p = d.predecessor {
+                        state.applySetEntry(p, k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
+                        state.pendingHandoffs.insert(PoolState.location(e))
+                    } else {
+                        state.pendingFree.append((Int(e.store), e.rseg))
+                    }
+                } else {
+                    let s = d.successor!
+                    state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
+                    if e.sp, let p = d.predecessor, let c = copied[k] {
+                        state.applySetEntry(p, k, .held(store: UInt32(c.store), rseg: c.rseg, sp: p.map.entry(k).sp))
+                    }
+                }
+                state.applySetEntry(d, k, .unmapped)
+            }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+// Helpers shared by the engine tests: pools on in-memory drives, seeded random bytes, and
+// whole-image comparison.
+import XCTest
+@testable import LunEngine
+import LunEngineTesting
+
+struct TestRandom: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func bytes(_ n: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: n)
+        var i = 0
+        while i < n {
+            var v = next()
+            for _ in 0..<8 where i < n { out[i] = UInt8(truncatingIfNeeded: v); v >>= 8; i += 1 }
+        }
+        return out
+    }
+}
+
+/// Drives that outlive the pools opened on them, so a test can close and reopen.
+final class MemoryDrives {
+    let devices: [MemoryDevice]
+    init(count: Int, sizeBytes: UInt64) {
+        devices = (0..<count).map { MemoryDevice(name: "mem\($0)", sizeBytes: sizeBytes) }
+    }
+    func format(raid: RAIDLevel) throws {
+        try Pool.format(devices: devices, raid: raid)
+    }
+    func open(missing: Set<Int> = []) throws -> Pool {
+        try Pool.open(devices: devices.enumerated().map { missing.contains($0.offset) ? nil : $0.element },
+                      sizes: devices.map(\.sizeBytes))
+    }
+}
+
+extension Pool {
+    func write(_ id: DiskID, at offset: UInt64, _ bytes: [UInt8]) throws {
+        try bytes.withUnsafeBytes { try write(id, at: offset, from: $0) }
+    }
+    func readBytes(_ id: DiskID, at offset: UInt64, count: Int) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0xEE, count: count)
+        let n = try out.withUnsafeMutableBytes { try read(id, at: offset, into: $0) }
+        return Array(out[0..<n])
+    }
+    func image(_ id: DiskID) throws -> [UInt8] {
+        try readBytes(id, at: 0, count: Int(info(id)!.sizeBytes))
+    }
+}
