@@ -1,1 +1,27 @@
-print("lunfs")
+// The lunfs command line: dispatches each verb to the file that implements it.
+#if canImport(Glibc)
+import Glibc
+#endif
+import LunMount
+
+let usage = """
+usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive PATH ...]
+       lunfs mount POOL MOUNTPOINT [--foreground] [-o OPTIONS]
+       lunfs unmount MOUNTPOINT
+       lunfs status POOL [--json]
+       lunfs check POOL [--scrub]
+"""
+
+let arguments = CommandLine.arguments
+let rest = Array(arguments.dropFirst(2))
+switch arguments.count > 1 ? arguments[1] : "" {
+case "init": exit(runInit(rest))
+case "mount": exit(runMountCommand(rest))
+case "unmount", "umount": exit(runUnmountCommand(rest))
+case "status": exit(runStatus(rest))
+case "check": exit(runCheck(rest))
+case "help", "--help", "-h": print(usage); exit(0)
+default:
+    printError(usage)
+    exit(2)
+}

@@ -53,3 +53,19 @@ extension Pool {
         try readBytes(id, at: 0, count: Int(info(id)!.sizeBytes))
     }
 }
+
+/// Byte-for-byte equality that stays fast in debug builds and prints the first difference,
+/// not two multi-megabyte arrays.
+func assertSameBytes(_ actual: [UInt8], _ expected: [UInt8], _ message: @autoclosure () -> String = "",
+                     file: StaticString = #filePath, line: UInt = #line) {
+    if sameBytes(actual, expected) { return }
+    let first = (0..<min(actual.count, expected.count)).first { actual[$0] != expected[$0] }
+    XCTFail("\(message()): sizes \(actual.count) and \(expected.count), first difference at \(first.map(String.init) ?? "the end")",
+            file: file, line: line)
+}
+
+func sameBytes(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    guard a.count == b.count else { return false }
+    if a.isEmpty { return true }
+    return a.withUnsafeBytes { x in b.withUnsafeBytes { y in memcmp(x.baseAddress!, y.baseAddress!, a.count) == 0 } }
+}

@@ -21,10 +21,10 @@ final class PoolTests: XCTestCase {
                 model.replaceSubrange(offset..<offset + size, with: bytes)
             }
             let size = Int(pool.info(id)!.sizeBytes)
-            XCTAssertEqual(try pool.image(id), Array(model[0..<size]), "\(level) before reopen")
+            assertSameBytes(try pool.image(id), Array(model[0..<size]), "\(level) before reopen")
             try pool.close()
             pool = try drives.open()
-            XCTAssertEqual(try pool.image(id), Array(model[0..<size]), "\(level) after reopen")
+            assertSameBytes(try pool.image(id), Array(model[0..<size]), "\(level) after reopen")
             XCTAssertEqual(try PoolChecker(pool: pool).run().problems, [], "\(level)")
             try pool.close()
         }
@@ -36,7 +36,7 @@ final class PoolTests: XCTestCase {
         let pool = try drives.open()
         let id = try pool.createDisk(named: "d")
         try pool.resize(id, to: 10 << 20)
-        XCTAssertEqual(try pool.image(id), [UInt8](repeating: 0, count: 10 << 20))
+        assertSameBytes(try pool.image(id), [UInt8](repeating: 0, count: 10 << 20))
         try pool.write(id, at: 3 << 20, [UInt8](repeating: 0xAB, count: 3 << 20))
         let usedBefore = pool.usage().usedBytes
         XCTAssertEqual(usedBefore, 3 << 20)
@@ -44,7 +44,7 @@ final class PoolTests: XCTestCase {
         try pool.resize(id, to: 10 << 20)
         var expected = [UInt8](repeating: 0, count: 10 << 20)
         for i in (3 << 20)..<((3 << 20) + 100) { expected[i] = 0xAB }
-        XCTAssertEqual(try pool.image(id), expected)
+        assertSameBytes(try pool.image(id), expected)
         try pool.commit()
         XCTAssertEqual(pool.usage().usedBytes, 1 << 20)
     }

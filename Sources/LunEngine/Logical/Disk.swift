@@ -11,6 +11,8 @@ final class Disk: @unchecked Sendable {
     var name: String
     /// The directory this node lives in (nil: the pool's root).
     var parent: DiskID?
+    /// Fixed once the disk is visible to other threads (set at creation or while loading), so
+    /// a lock taken through it is the lock released through it.
     var family: SharingFamily
     /// Older neighbour in the sharing chain (the snapshot taken just before this state).
     var predecessor: Disk?

@@ -1,6 +1,7 @@
 // The pool's directory tree: creating disks and snapshots, removing, renaming, and the
 // per-disk settings (RAID level, reservations). Each of these commits before it returns, as
 // mkdir and rename do on a journaling file system: a crash never undoes what a user saw done.
+import Synchronization
 
 extension Pool {
     /// Reserved inside every disk directory for the disk's image.
@@ -221,4 +222,26 @@ extension Pool {
         }
         try commit()
     }
+}
+
+extension Pool {
+    /// Heap bytes of the in-memory map (L2MAPs, LMAPs, RSDs, PSEG bitmaps) and the MiB it maps.
+    public func mapMemory() -> (bytes: Int, allocatedMiB: Int) {
+        stateLock.withLock {
+            var bytes = state.rsds.liveCount * RSDTable.bytesPerStore
+            bytes += state.psegs.psegCount.reduce(0) { $0 + ($1 + 63) / 64 * 8 }
+            for d in state.disks.values { bytes += d.map.memoryBytes }
+            return (bytes, Int((UInt64(state.usedRSEGs) * geometry.rsegSizeBytes) >> 20))
+        }
+    }
+
+    /// Drives as `status` shows them: name, size, and whether they are in service.
+    public func driveStates() -> [(name: String, available: Bool)] {
+        (0..<drives.count).map { (drives.name($0), drives.isAvailable($0)) }
+    }
+
+    /// Errors that redundancy hid or that reached a caller since the pool was opened.
+    public var driveErrorCount: Int { drives.errorCount.load(ordering: .relaxed) }
+
+    public var poolGeometry: PoolGeometry { geometry }
 }

@@ -88,7 +88,8 @@ final class PoolState: @unchecked Sendable {
         x.predecessor?.successor = p
         p.successor = x
         x.predecessor = p
-        p.family = x.family
+        if replaying { p.family = x.family }   // nobody else sees the disks during replay
+        precondition(p.family === x.family, "a snapshot is created in its disk's family")
         x.map.forEachMapped { k, e in
             p.map.set(k, .sharedWithSuccessor(sp: e.sp))
             x.map.set(k, e.with(sp: true))
@@ -121,7 +122,8 @@ final class PoolState: @unchecked Sendable {
         s?.predecessor = p
         x.predecessor = nil
         x.successor = nil
-        x.family = SharingFamily()
+        // x keeps its family: other threads may hold that lock through x, and a disk out of
+        // a chain has no image, so sharing a lock with its old chain costs nothing.
         log(.unlink) { $0.varint(UInt64(x.id)) }
         return freed
     }
