@@ -23,6 +23,12 @@ public struct Superblock: Equatable, Sendable {
     public var journalStart: UInt64         // ring offset of the first record after the checkpoint
     public var createdAt: UInt64
     public var driveSizeBytes: UInt64
+    /// Bit 0: the pool was closed cleanly after this checkpoint. Cleared by every open, so
+    /// an open that finds it clear knows a crash may have left mirrors or parity out of step.
+    public var flags: UInt32 = 0
+    public static let cleanFlag: UInt32 = 1
+
+    public var isClean: Bool { flags & Self.cleanFlag != 0 }
 
     public func encode() -> [UInt8] {
         var w = ByteWriter(capacity: Self.blockSize)
@@ -47,6 +53,7 @@ public struct Superblock: Equatable, Sendable {
         w.u64(journalStart)                  // 116
         w.u64(createdAt)                     // 124
         w.u64(driveSizeBytes)                // 132
+        w.u32(flags)                         // 140
         w.pad(toMultipleOf: Self.blockSize)
         var bytes = w.bytes
         let crc = CRC32C.checksum(bytes)
@@ -84,7 +91,7 @@ public struct Superblock: Equatable, Sendable {
                           geometry: geometry, defaultRAID: raid, mirrors: mirrors,
                           checkpointSlot: try r.u32(), checkpointSeq: try r.u64(), checkpointLength: try r.u64(),
                           checkpointCRC: try r.u32(), journalStart: try r.u64(), createdAt: try r.u64(),
-                          driveSizeBytes: try r.u64())
+                          driveSizeBytes: try r.u64(), flags: try r.u32())
     }
 }
 

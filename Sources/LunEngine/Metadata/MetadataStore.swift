@@ -80,7 +80,7 @@ final class MetadataStore: @unchecked Sendable {
     // MARK: Checkpoint
 
     /// Writes the full state to the idle slot, then a new superblock generation that points at it.
-    func writeCheckpoint(_ payload: [UInt8]) throws(LunError) {
+    func writeCheckpoint(_ payload: [UInt8], clean: Bool = false) throws(LunError) {
         var w = ByteWriter(capacity: payload.count + 16)
         w.raw(Self.checkpointMagic)
         w.u64(nextSeq - 1)
@@ -97,6 +97,7 @@ final class MetadataStore: @unchecked Sendable {
         sb.checkpointLength = UInt64(bytes.count)
         sb.checkpointCRC = CRC32C.checksum(bytes)
         sb.journalStart = writePosition
+        sb.flags = clean ? Superblock.cleanFlag : 0
         try writeToMirrors(bytes, at: layout.checkpointOffsets[Int(sb.checkpointSlot)])
         var landed = 0
         for m in mirrors where drives.isAvailable(m) {

@@ -69,13 +69,15 @@ final class DriveSet: @unchecked Sendable {
     }
 
     /// fdatasync every drive written since the last call. A drive that fails to sync is taken
-    /// out of service; the call fails only if that leaves data without a durable copy, which
-    /// the caller cannot know here, so it reports the error and lets redundancy decide on read.
+    /// out of service and the call fails: the caller must not commit metadata that points at
+    /// data which may not be durable.
     func syncDirty() throws(LunError) {
+        var failure: LunError?
         for i in 0..<count where dirty[i].value.exchange(false, ordering: .acquiringAndReleasing) {
             guard let d = device(i) else { continue }
-            do { try d.sync() } catch { markFailed(i, error) }
+            do { try d.sync() } catch { markFailed(i, error); failure = error }
         }
+        if let failure { throw failure }
     }
 
     /// fdatasync one drive (metadata mirrors).

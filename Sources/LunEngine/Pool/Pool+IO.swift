@@ -52,7 +52,7 @@ extension Pool {
         }
         let d = try liveDisk(id)
         d.family.lock.lockShared()
-        var fast = !d.removed && d.hasImage && end <= d.sizeBytes && state.handoffCount.load(ordering: .acquiring) == 0
+        var fast = !d.removed && d.hasImage && end <= d.sizeBytes && state.unsharedCount.load(ordering: .acquiring) == 0
         if fast {
             var k = Int(offset / geometry.rsegSizeBytes)
             let last = buffer.isEmpty ? k - 1 : Int((end - 1) / geometry.rsegSizeBytes)
@@ -113,13 +113,14 @@ extension Pool {
         var mustCommitFirst = false
         try forEachSegmentPiece(offset: offset, count: buffer.count) { k, within, at, len throws(LunError) in
             let p = plan(d.map.entry(k))
-            if case .inPlace(let e) = p, state.handoffCount.load(ordering: .acquiring) > 0 {
-                mustCommitFirst = mustCommitFirst || stateLock.withLock { state.pendingHandoffs.contains(PoolState.location(e)) }
+            if case .inPlace(let e) = p, state.unsharedCount.load(ordering: .acquiring) > 0 {
+                mustCommitFirst = mustCommitFirst || stateLock.withLock { state.pendingUnshared.contains(PoolState.location(e)) }
             }
             needed += p.segmentsNeeded
             plans.append((k, within, at, len, p))
         }
-        // The old holder of a handed-off segment must not see these bytes after a crash.
+        // A disk that still shares the segment in the committed maps must not see these bytes
+        // after a crash.
         if mustCommitFirst { try commit() }
         var fresh = try allocate(needed, for: d, sharedSegments: plans.filter { $0.plan.segmentsNeeded > 0 && !($0.plan.isFresh) }.map(\.k))
         defer { if !fresh.isEmpty { stateLock.withLock { for f in fresh { state.releaseRSEG(store: f.store, rseg: f.rseg) } } } }
@@ -176,12 +177,14 @@ extension Pool {
                 case .handOff(let e):
                     let p = d.predecessor!
                     state.applySetEntry(p, k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
-                    state.pendingHandoffs.insert(PoolState.location(e))
+                    state.pendingUnshared.insert(PoolState.location(e))
                 case .copyIn:
                     let s = d.successor!
+                    state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
                     state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
                 case .copyInAndOut:
                     let p = d.predecessor!, s = d.successor!
+                    state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
                     state.applySetEntry(p, k, .held(store: UInt32(theirs!.store), rseg: theirs!.rseg, sp: p.map.entry(k).sp))
                     state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
                 }

@@ -113,12 +113,13 @@ extension Pool {
                 if e.holdsData {
                     if e.sp, let p = d.predecessor {
                         state.applySetEntry(p, k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
-                        state.pendingHandoffs.insert(PoolState.location(e))
+                        state.pendingUnshared.insert(PoolState.location(e))
                     } else {
                         state.pendingFree.append((Int(e.store), e.rseg))
                     }
                 } else {
                     let s = d.successor!
+                    state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
                     state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
                     if e.sp, let p = d.predecessor, let c = copied[k] {
                         state.applySetEntry(p, k, .held(store: UInt32(c.store), rseg: c.rseg, sp: p.map.entry(k).sp))

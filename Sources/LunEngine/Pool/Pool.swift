@@ -6,6 +6,7 @@
 import Glibc
 #endif
 import Foundation
+import Synchronization
 
 public final class Pool: @unchecked Sendable {
     public let directory: String
@@ -22,6 +23,9 @@ public final class Pool: @unchecked Sendable {
     private var committer: Thread?
     private let committerStop = NSCondition()
     private var committerStopping = false
+    /// Commits made since the pool was opened (journal records and checkpoints).
+    public var commitCount: Int { commits.load(ordering: .relaxed) }
+    private let commits = Atomic<Int>(0)
     /// What recovery noticed when the pool was opened (damaged copies it worked around).
     public private(set) var openNotes: [String] = []
 
@@ -186,6 +190,10 @@ public final class Pool: @unchecked Sendable {
         pool.openNotes = recovered.notes
         for n in recovered.notes { log(n) }
         if !readOnly {
+            if !sb.isClean {
+                let fixed = pool.resynchronizeRedundancy()
+                if fixed > 0 { pool.openNotes.append("after an unclean shutdown, \(fixed) mirror or parity chunks were brought back in step") }
+            }
             // A fresh checkpoint puts every mirror back in step and empties the journal.
             try pool.commitLock.withLock { () throws(LunError) in try pool.checkpointLocked() }
             log("opened pool \(directory): \(state.disks.count) nodes, \(recovered.records.count) journal records replayed")
@@ -205,7 +213,7 @@ public final class Pool: @unchecked Sendable {
         stateLock.lock()
         let payload = state.journal.bytes
         let freed = state.pendingFree
-        let handoffs = state.pendingHandoffs
+        let handoffs = state.pendingUnshared
         let tooBig = !metadata.fits(recordBytes: metadata.recordSize(payloadBytes: payload.count))
         if tooBig {
             defer { stateLock.unlock() }
@@ -215,7 +223,7 @@ public final class Pool: @unchecked Sendable {
         state.journal = ByteWriter(capacity: 4096)
         state.journalOpCount = 0
         state.pendingFree = []
-        state.pendingHandoffs = []
+        state.pendingUnshared = []
         stateLock.unlock()
         do {
             // Data first: every op in the record was logged after its data writes completed.
@@ -227,11 +235,12 @@ public final class Pool: @unchecked Sendable {
                 w.raw(payload); w.raw(state.journal.bytes)
                 state.journal = w
                 state.pendingFree = freed + state.pendingFree
-                state.pendingHandoffs.formUnion(handoffs)
+                state.pendingUnshared.formUnion(handoffs)
             }
             log("commit failed: \(error)")
             throw error
         }
+        commits.add(1, ordering: .relaxed)
         stateLock.withLock {
             for f in freed { state.releaseRSEG(store: f.store, rseg: f.rseg) }
         }
@@ -241,21 +250,22 @@ public final class Pool: @unchecked Sendable {
     }
 
     /// Writes the whole state as a checkpoint. Caller holds `commitLock`.
-    func checkpointLocked() throws(LunError) {
+    func checkpointLocked(clean: Bool = false) throws(LunError) {
         stateLock.lock()
         defer { stateLock.unlock() }
-        try checkpointWithStateLocked()
+        try checkpointWithStateLocked(clean: clean)
     }
 
-    private func checkpointWithStateLocked() throws(LunError) {
+    private func checkpointWithStateLocked(clean: Bool = false) throws(LunError) {
         try drives.syncDirty()
         let payload = state.encodeCheckpoint()
-        try metadata.writeCheckpoint(payload)
+        try metadata.writeCheckpoint(payload, clean: clean)
+        commits.add(1, ordering: .relaxed)
         let freed = state.pendingFree
         state.journal = ByteWriter(capacity: 4096)
         state.journalOpCount = 0
         state.pendingFree = []
-        state.pendingHandoffs = []
+        state.pendingUnshared = []
         // Releasing may empty stores; their freeStore ops go into the next record.
         for f in freed { state.releaseRSEG(store: f.store, rseg: f.rseg) }
     }
@@ -285,7 +295,13 @@ public final class Pool: @unchecked Sendable {
         committerStopping = true
         committerStop.broadcast()
         committerStop.unlock()
-        if !readOnly { try commit() }
+        if !readOnly {
+            // The last checkpoint says "clean": the next open can skip the resync.
+            try commitLock.withLock { () throws(LunError) in
+                try commitLocked()
+                try checkpointLocked(clean: true)
+            }
+        }
         closed = true
         if lockFD >= 0 { Glibc.close(lockFD); lockFD = -1 }
     }

@@ -17,11 +17,13 @@ final class PoolState: @unchecked Sendable {
     var journalOpCount = 0
     /// RSEGs freed by ops in `journal`: reusable only once that record is durable.
     var pendingFree: [(store: Int, rseg: Int)] = []
-    /// RSEGs whose holder changed by ops in `journal` without moving data: writing them in
-    /// place before the commit would change what the old committed holder shows after a crash.
-    var pendingHandoffs = Set<UInt32>() { didSet { handoffCount.store(pendingHandoffs.count, ordering: .releasing) } }
-    /// `pendingHandoffs.count`, readable without the state lock by the in-place write path.
-    let handoffCount = Atomic<Int>(0)
+    /// RSEGs that ops in `journal` made less shared than the committed state says: a handoff
+    /// to a predecessor, or a neighbour that took its own copy. Their new sole holder must not
+    /// write them in place before the commit, or a crash would show the bytes to a disk that
+    /// still shares them in the committed maps. Such a write commits first.
+    var pendingUnshared = Set<UInt32>() { didSet { unsharedCount.store(pendingUnshared.count, ordering: .releasing) } }
+    /// `pendingUnshared.count`, readable without the state lock by the in-place write path.
+    let unsharedCount = Atomic<Int>(0)
     /// Segments set aside for fully reserved snapshots (sum of their `reservedSegments`).
     var reservedTotal = 0
     /// RSEGs in use or pending free.
@@ -109,11 +111,12 @@ final class PoolState: @unchecked Sendable {
             if e.holdsData {
                 if e.sp, let p {
                     p.map.set(k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
-                    pendingHandoffs.insert(Self.location(e))
+                    pendingUnshared.insert(Self.location(e))
                 } else {
                     freed.append((Int(e.store), e.rseg))
                 }
             } else if !e.sp, let s {
+                pendingUnshared.insert(Self.location(x.holderEntry(k)))
                 s.map.set(k, s.map.entry(k).with(sp: false))
             }
         }
@@ -397,6 +400,6 @@ final class PoolState: @unchecked Sendable {
                 applyUnlink(try disk(try r.varint()))
             }
         }
-        pendingHandoffs.removeAll()
+        pendingUnshared.removeAll()
     }
 }
