@@ -1,0 +1,121 @@
+// How nodes of the tree look to stat(2) and the pool to statfs(2): directories 0755, images
+// 0644 with the disk's size and allocation, everything owned by the user who mounted.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFuse3
+import LunEngine
+
+/// A node of the tree together with the engine's view of its disk.
+enum ResolvedNode {
+    case root
+    case directory(DiskInfo)
+    case image(DiskInfo)
+}
+
+/// Names longer than this are refused with ENAMETOOLONG, as local file systems do.
+let maximumNameBytes = 255
+/// stat's st_blocks counts 512-byte units whatever the block size.
+let statBlockUnitBytes: UInt64 = 512
+/// statfs reports the pool in blocks of this size.
+let statfsBlockSizeBytes: UInt64 = 4096
+/// The I/O size stat suggests for images (cp and friends size their buffers from it); the
+/// same as the largest read and write request the session accepts.
+let preferredImageIOSizeBytes = 1 << 20
+
+extension FileSystem {
+    /// The node an inode number names, or ENOENT if it names nothing (any more).
+    func resolve(_ ino: fuse_ino_t) throws(FuseFailure) -> ResolvedNode {
+        guard let node = MountedNode(inodeNumber: ino) else {
+            throw FuseFailure(ENOENT, "inode number names no node")
+        }
+        switch node {
+        case .root:
+            return .root
+        case .directory(let id):
+            guard let info = pool.info(id) else { throw FuseFailure(ENOENT, "disk \(id) is gone") }
+            return .directory(info)
+        case .image(let id):
+            guard let info = pool.info(id) else { throw FuseFailure(ENOENT, "disk \(id) is gone") }
+            guard info.hasImage else { throw FuseFailure(ENOENT, "disk \(info.name) has no image") }
+            return .image(info)
+        }
+    }
+
+    /// The disk a directory inode stands for (nil for the root); ENOTDIR for an image.
+    func directoryDisk(_ ino: fuse_ino_t) throws(FuseFailure) -> DiskInfo? {
+        switch try resolve(ino) {
+        case .root: return nil
+        case .directory(let info): return info
+        case .image: throw FuseFailure(ENOTDIR, "disk.img is not a directory")
+        }
+    }
+
+    func attributes(of node: ResolvedNode) -> stat {
+        var attributes = stat()
+        attributes.st_uid = ownerUID
+        attributes.st_gid = ownerGID
+        switch node {
+        case .root:
+            attributes.st_ino = UInt(MountedNode.rootInodeNumber)
+            attributes.st_mode = S_IFDIR | 0o755
+            attributes.st_nlink = UInt(2 + pool.children(of: nil).count)
+            attributes.st_size = 4096
+            setTimes(&attributes, mountedAt)
+        case .directory(let info):
+            attributes.st_ino = UInt(MountedNode.directory(info.id).inodeNumber)
+            attributes.st_mode = S_IFDIR | 0o755
+            attributes.st_nlink = UInt(2 + pool.children(of: info.id).count)
+            attributes.st_size = 4096
+            setTimes(&attributes, timespec(tv_sec: Int(truncatingIfNeeded: info.createdAt), tv_nsec: 0))
+        case .image(let info):
+            attributes.st_ino = UInt(MountedNode.image(info.id).inodeNumber)
+            attributes.st_mode = S_IFREG | 0o644
+            attributes.st_nlink = 1
+            attributes.st_size = Int(truncatingIfNeeded: info.sizeBytes)
+            attributes.st_blocks = Int(truncatingIfNeeded: info.allocatedBytes / statBlockUnitBytes)
+            attributes.st_blksize = preferredImageIOSizeBytes
+            setTimes(&attributes, modificationTime(of: info))
+        }
+        return attributes
+    }
+
+    private func setTimes(_ attributes: inout stat, _ time: timespec) {
+        attributes.st_atim = time
+        attributes.st_mtim = time
+        attributes.st_ctim = time
+    }
+
+    /// What `lookup`, `mkdir` and `create` hand the kernel for a node.
+    func entry(for node: ResolvedNode) -> fuse_entry_param {
+        var entry = fuse_entry_param()
+        let attributes = attributes(of: node)
+        entry.ino = fuse_ino_t(attributes.st_ino)
+        switch node {
+        case .root: entry.generation = 0
+        case .directory(let info): entry.generation = generation(of: .directory(info.id))
+        case .image(let info): entry.generation = generation(of: .image(info.id))
+        }
+        entry.attr = attributes
+        entry.attr_timeout = options.attributeTimeoutSeconds
+        entry.entry_timeout = options.entryTimeoutSeconds
+        return entry
+    }
+
+    func fileSystemStatistics() -> statvfs {
+        let usage = pool.usage()
+        var statistics = statvfs()
+        statistics.f_bsize = UInt(statfsBlockSizeBytes)
+        statistics.f_frsize = UInt(statfsBlockSizeBytes)
+        statistics.f_blocks = UInt(usage.capacityBytes / statfsBlockSizeBytes)
+        statistics.f_bfree = UInt(min(usage.freeBytes, usage.capacityBytes) / statfsBlockSizeBytes)
+        statistics.f_bavail = statistics.f_bfree
+        // Inodes are not a resource here: their numbers come from 32-bit disk ids. Counting the
+        // nodes would cost a walk of the engine's tables on every df, so none are reported used.
+        statistics.f_files = 2 * UInt(DiskID.max) + 2
+        statistics.f_ffree = statistics.f_files
+        statistics.f_favail = statistics.f_ffree
+        statistics.f_namemax = UInt(maximumNameBytes)
+        return statistics
+    }
+}

@@ -1,0 +1,164 @@
+// The user.lunfs.* extended attributes of a disk's directory: the knobs of a disk (RAID level,
+// reservation) and read-only facts the engine knows (size, allocation, sharing, neighbours).
+// Values are ASCII decimal numbers or names, without a trailing newline.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFuse3
+import LunEngine
+
+enum ExtendedAttribute: String, CaseIterable {
+    /// RAID level of new allocations: "0", "1" or "5"; settable until the disk's first write.
+    case raid = "user.lunfs.raid"
+    /// "1" if the disk's whole size is set aside in the pool, "0" if thin; settable.
+    case reserved = "user.lunfs.reserved"
+    /// "1" if snapshots taken of this disk are created reserved; settable.
+    case reserveSnapshots = "user.lunfs.reserve_snapshots"
+    /// Size of the disk in bytes (the same as disk.img's st_size).
+    case size = "user.lunfs.size"
+    /// Bytes of segments the disk maps, its own plus shared ones.
+    case allocated = "user.lunfs.allocated"
+    /// Bytes held by this disk alone.
+    case unique = "user.lunfs.unique"
+    /// Bytes shared with a neighbour in the sharing chain.
+    case shared = "user.lunfs.shared"
+    /// Creation time, Unix seconds.
+    case created = "user.lunfs.created"
+    /// Path (from the mount's root) of the older neighbour in the sharing chain; absent if none.
+    case predecessor = "user.lunfs.predecessor"
+    /// Path of the newer neighbour; absent if none.
+    case successor = "user.lunfs.successor"
+
+    static let namespacePrefix = "user.lunfs."
+
+    var isSettable: Bool {
+        switch self {
+        case .raid, .reserved, .reserveSnapshots: return true
+        default: return false
+        }
+    }
+}
+
+/// What getxattr and listxattr send: the size a caller must allocate, or the bytes.
+enum AttributeReply {
+    case size(Int)
+    case bytes([UInt8])
+}
+
+extension FileSystem {
+    /// The attributes live on disk directories only; the root and images have none.
+    private func attributeDisk(_ ino: fuse_ino_t) throws(FuseFailure) -> DiskInfo? {
+        if case .directory(let info) = try resolve(ino) { return info }
+        return nil
+    }
+
+    func attributeValue(_ attribute: ExtendedAttribute, of info: DiskInfo) -> String? {
+        switch attribute {
+        case .raid: return String(info.raid.rawValue)
+        case .reserved: return reservationFlags(of: info).reserved ? "1" : "0"
+        case .reserveSnapshots: return reservationFlags(of: info).reserveSnapshots ? "1" : "0"
+        case .size: return String(info.sizeBytes)
+        case .allocated: return String(info.allocatedBytes)
+        case .unique: return String(info.uniqueBytes)
+        case .shared: return String(info.sharedBytes)
+        case .created: return String(info.createdAt)
+        case .predecessor: return info.predecessor.flatMap(path(of:))
+        case .successor: return info.successor.flatMap(path(of:))
+        }
+    }
+
+    /// "vm/monday" for snapshot monday of disk vm; nil if the node is gone.
+    func path(of id: DiskID) -> String? {
+        var names: [String] = []
+        var next: DiskID? = id
+        while let current = next {
+            guard let info = pool.info(current), names.count <= 1 << 16 else { return nil }
+            names.append(info.name)
+            next = info.parent
+        }
+        return names.reversed().joined(separator: "/")
+    }
+
+    func getAttribute(_ ino: fuse_ino_t, name: String, capacity: Int) throws(FuseFailure) -> AttributeReply {
+        // The kernel asks for security.capability before every buffered write: answer
+        // names outside our namespace without a trip into the engine.
+        guard name.hasPrefix(ExtendedAttribute.namespacePrefix) else { throw FuseFailure.absentAttribute(name) }
+        guard let info = try attributeDisk(ino),
+              let attribute = ExtendedAttribute(rawValue: name),
+              let value = attributeValue(attribute, of: info) else {
+            throw FuseFailure.absentAttribute(name)
+        }
+        return try fitted(Array(value.utf8), capacity: capacity)
+    }
+
+    func listAttributes(_ ino: fuse_ino_t, capacity: Int) throws(FuseFailure) -> AttributeReply {
+        var list: [UInt8] = []
+        if let info = try attributeDisk(ino) {
+            for attribute in ExtendedAttribute.allCases where attributeValue(attribute, of: info) != nil {
+                list += Array(attribute.rawValue.utf8)
+                list.append(0)
+            }
+        }
+        return try fitted(list, capacity: capacity)
+    }
+
+    /// The getxattr/listxattr convention: capacity 0 asks for the size; too small is ERANGE.
+    private func fitted(_ bytes: [UInt8], capacity: Int) throws(FuseFailure) -> AttributeReply {
+        if capacity == 0 { return .size(bytes.count) }
+        guard bytes.count <= capacity else { throw FuseFailure(ERANGE, "value of \(bytes.count) bytes, buffer of \(capacity)") }
+        return .bytes(bytes)
+    }
+
+    func setAttribute(_ ino: fuse_ino_t, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws(FuseFailure) {
+        guard let info = try attributeDisk(ino), let attribute = ExtendedAttribute(rawValue: name) else {
+            // Arbitrary attributes cannot be stored; EOPNOTSUPP lets cp -a carry on quietly.
+            throw FuseFailure(EOPNOTSUPP, "no attribute \(name) can be set here")
+        }
+        guard attribute.isSettable else { throw FuseFailure(EPERM, "\(name) is read-only") }
+        if flags & LUNFS_XATTR_CREATE != 0 { throw FuseFailure(EEXIST, "\(name) always exists") }
+        let text = String(decoding: value, as: UTF8.self)
+            .trimmingEdges(of: " \t\n\r\0")
+        switch attribute {
+        case .raid:
+            guard let level = RAIDLevel(text: text) else { throw FuseFailure(EINVAL, "RAID level \"\(text)\" is not 0, 1 or 5") }
+            try engine { () throws(LunError) in try pool.setRAID(info.id, level) }
+        case .reserved:
+            let on = try flag(text, name: name)
+            try engine { () throws(LunError) in try pool.setReserved(info.id, on) }
+            remember(info.id, reserved: on)
+        case .reserveSnapshots:
+            let on = try flag(text, name: name)
+            try engine { () throws(LunError) in try pool.setReserveSnapshots(info.id, on) }
+            remember(info.id, reserveSnapshots: on)
+        default:
+            preconditionFailure("\(name) is not settable")
+        }
+        log.write("setxattr: \(name)=\(text) on \(info.name) (disk \(info.id))")
+    }
+
+    private func flag(_ text: String, name: String) throws(FuseFailure) -> Bool {
+        switch text {
+        case "1": return true
+        case "0": return false
+        default: throw FuseFailure(EINVAL, "\(name) takes 0 or 1, not \"\(text)\"")
+        }
+    }
+
+    func removeAttribute(_ ino: fuse_ino_t, name: String) throws(FuseFailure) {
+        guard try attributeDisk(ino) != nil, ExtendedAttribute(rawValue: name) != nil else {
+            throw FuseFailure.absentAttribute(name)
+        }
+        throw FuseFailure(EPERM, "\(name) cannot be removed")
+    }
+}
+
+extension String {
+    /// The string without any of `characters` at either end (Foundation-free).
+    func trimmingEdges(of characters: String) -> String {
+        let set = Set(characters.unicodeScalars)
+        var scalars = Substring(self).unicodeScalars
+        while let first = scalars.first, set.contains(first) { scalars.removeFirst() }
+        while let last = scalars.last, set.contains(last) { scalars.removeLast() }
+        return String(scalars)
+    }
+}

@@ -1,0 +1,198 @@
+// The disk.img files: open, read, write, sync, truncate, fallocate and SEEK_DATA/SEEK_HOLE,
+// each a direct call into the engine. The file handle names the disk and the generation it
+// was opened in, so a handle outlives neither its disk nor its image (ESTALE).
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFuse3
+import LunEngine
+
+/// What an open image's file handle (`fuse_file_info.fh`) holds: the disk id in the low 32
+/// bits, the disk's generation (see `FileSystem.retire`) above.
+struct OpenImage {
+    var id: DiskID
+    var generation: UInt64
+
+    init(id: DiskID, generation: UInt64) {
+        self.id = id
+        self.generation = generation
+    }
+
+    init(handle: UInt64) {
+        self.id = DiskID(truncatingIfNeeded: handle)
+        self.generation = handle >> 32
+    }
+
+    var handle: UInt64 {
+        assert(generation < 1 << 32, "generation overflows the file handle")
+        return generation << 32 | UInt64(id)
+    }
+}
+
+extension FileSystem {
+    func openImage(_ ino: fuse_ino_t, flags: Int32) throws(FuseFailure) -> OpenImage {
+        guard case .image(let info) = try resolve(ino) else {
+            throw FuseFailure(EISDIR, "directories hold no data")
+        }
+        // The kernel hands O_TRUNC to open (ATOMIC_O_TRUNC) instead of sending a setattr.
+        if flags & O_TRUNC != 0 && flags & O_ACCMODE != O_RDONLY && info.sizeBytes != 0 {
+            try engine { () throws(LunError) in try pool.resize(info.id, to: 0) }
+            touch(info.id)
+        }
+        return OpenImage(id: info.id, generation: generation(of: .image(info.id)))
+    }
+
+    /// The disk behind a file handle, or ESTALE if its image was deleted since it was opened.
+    @inline(__always)
+    func disk(of handle: UInt64) throws(FuseFailure) -> DiskID {
+        let opened = OpenImage(handle: handle)
+        guard generation(of: .image(opened.id)) == opened.generation else {
+            throw FuseFailure(ESTALE, "disk \(opened.id) was deleted while open")
+        }
+        return opened.id
+    }
+
+    func read(handle: UInt64, size: Int, offset: off_t) throws(FuseFailure) -> ReplyBuffer {
+        let id = try disk(of: handle)
+        guard offset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
+        var buffer = ReplyBuffer(capacity: size)
+        do {
+            let target = UnsafeMutableRawBufferPointer(start: buffer.base, count: size)
+            buffer.count = try engine { () throws(LunError) in try pool.read(id, at: UInt64(offset), into: target) }
+        } catch {
+            buffer.discard()
+            throw error
+        }
+        assert(buffer.count <= size, "the engine read more than asked")
+        return buffer
+    }
+
+    func write(handle: UInt64, bytes: UnsafeRawBufferPointer, offset: off_t) throws(FuseFailure) -> Int {
+        let id = try disk(of: handle)
+        guard offset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
+        guard UInt64(offset) + UInt64(bytes.count) <= PoolGeometry.maxDiskSizeBytes else {
+            throw FuseFailure(EFBIG, "write past the largest disk size")
+        }
+        try engine { () throws(LunError) in try pool.write(id, at: UInt64(offset), from: bytes) }
+        touch(id)
+        return bytes.count
+    }
+
+    /// copy_file_range(2) between images of this mount (cp uses it): reads and writes in
+    /// 1 MiB pieces inside the daemon instead of a round trip through the caller for each.
+    /// Short at the source's end; a failure after some bytes were copied returns that count.
+    func copyRange(from sourceHandle: UInt64, at sourceOffset: off_t, to targetHandle: UInt64, at targetOffset: off_t, length: Int) throws(FuseFailure) -> Int {
+        let source = try disk(of: sourceHandle)
+        let target = try disk(of: targetHandle)
+        guard sourceOffset >= 0, targetOffset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
+        guard UInt64(targetOffset) + UInt64(length) <= PoolGeometry.maxDiskSizeBytes else {
+            throw FuseFailure(EFBIG, "copy past the largest disk size")
+        }
+        let pieceBytes = min(length, Int(maximumRequestBytes))
+        let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: max(pieceBytes, 1), alignment: 4096)
+        defer { piece.deallocate() }
+        var copied = 0
+        do {
+            while copied < length {
+                let wanted = min(pieceBytes, length - copied)
+                let room = UnsafeMutableRawBufferPointer(rebasing: piece[..<wanted])
+                let got = try engine { () throws(LunError) in try pool.read(source, at: UInt64(sourceOffset) + UInt64(copied), into: room) }
+                if got == 0 { break }
+                let bytes = UnsafeRawBufferPointer(rebasing: piece[..<got])
+                try engine { () throws(LunError) in try pool.write(target, at: UInt64(targetOffset) + UInt64(copied), from: bytes) }
+                copied += got
+                if got < wanted { break }
+            }
+        } catch {
+            guard copied > 0 else { throw error }
+            log.failure(op: "copy_file_range", subject: "disk \(source) to disk \(target) after \(copied) bytes", error)
+        }
+        if copied > 0 { touch(target) }
+        return copied
+    }
+
+    /// fsync and fsyncdir: the engine's commit makes every completed write durable.
+    func synchronize() throws(FuseFailure) {
+        try engine { () throws(LunError) in try pool.commit() }
+    }
+
+    /// fallocate(2). Allocation in the engine is lazy, so mode 0 only grows the size. Punching
+    /// a hole and zeroing a range both become a discard (the range then reads zeros); other
+    /// modes are EOPNOTSUPP, which tells fsx and friends to stop trying them.
+    func allocate(handle: UInt64, mode: Int32, offset: off_t, length: off_t) throws(FuseFailure) {
+        let id = try disk(of: handle)
+        guard offset >= 0, length > 0 else { throw FuseFailure(EINVAL, "bad range") }
+        let end = UInt64(offset) + UInt64(length)
+        guard end <= PoolGeometry.maxDiskSizeBytes else { throw FuseFailure(EFBIG, "range past the largest disk size") }
+        guard let info = pool.info(id) else { throw FuseFailure(ESTALE, "disk \(id) is gone") }
+        let keepSize = mode & LUNFS_FALLOC_FL_KEEP_SIZE != 0
+        switch mode & ~LUNFS_FALLOC_FL_KEEP_SIZE {
+        case 0:
+            if !keepSize && end > info.sizeBytes {
+                try engine { () throws(LunError) in try pool.resize(id, to: end) }
+            }
+        case LUNFS_FALLOC_FL_PUNCH_HOLE where keepSize, LUNFS_FALLOC_FL_ZERO_RANGE:
+            let oldSize = info.sizeBytes
+            if !keepSize && end > oldSize {
+                // New space reads zeros already; only the part inside the old size needs a discard.
+                try engine { () throws(LunError) in try pool.resize(id, to: end) }
+            }
+            let discardEnd = min(end, oldSize)
+            if UInt64(offset) < discardEnd {
+                try engine { () throws(LunError) in try pool.discard(id, at: UInt64(offset), length: discardEnd - UInt64(offset)) }
+            }
+        default:
+            throw FuseFailure(EOPNOTSUPP, "fallocate mode 0x\(String(mode, radix: 16)) is not supported")
+        }
+        touch(id)
+    }
+
+    /// lseek(2) for SEEK_DATA and SEEK_HOLE; the kernel answers the other kinds itself.
+    func seek(handle: UInt64, offset: off_t, whence: Int32) throws(FuseFailure) -> off_t {
+        let id = try disk(of: handle)
+        guard whence == LUNFS_SEEK_DATA || whence == LUNFS_SEEK_HOLE else {
+            throw FuseFailure(EINVAL, "lseek whence \(whence)")
+        }
+        guard offset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
+        let found = try engine { () throws(LunError) in
+            try pool.seek(id, from: UInt64(offset), data: whence == LUNFS_SEEK_DATA)
+        }
+        guard let found else { throw FuseFailure(ENXIO, "no \(whence == LUNFS_SEEK_DATA ? "data" : "hole") after \(offset)") }
+        return off_t(found)
+    }
+
+    /// setattr: the size of an image is the disk's size (truncate); modification times are kept
+    /// for this mount; mode and owner cannot change, but "changing" them to what they already
+    /// are succeeds (cp -p, install and tar do that).
+    func setAttributes(_ ino: fuse_ino_t, _ wanted: stat, fields: Int32) throws(FuseFailure) -> stat {
+        let node = try resolve(ino)
+        let current = attributes(of: node)
+        if fields & FUSE_SET_ATTR_MODE != 0 && wanted.st_mode & 0o7777 != current.st_mode & 0o7777 {
+            throw FuseFailure(EPERM, "modes are fixed (0755 directories, 0644 images)")
+        }
+        if fields & FUSE_SET_ATTR_UID != 0 && wanted.st_uid != current.st_uid
+            || fields & FUSE_SET_ATTR_GID != 0 && wanted.st_gid != current.st_gid {
+            throw FuseFailure(EPERM, "owners are fixed (the mounting user)")
+        }
+        if fields & FUSE_SET_ATTR_SIZE != 0 {
+            guard case .image(let info) = node else { throw FuseFailure(EISDIR, "directories have no size") }
+            guard wanted.st_size >= 0 else { throw FuseFailure(EINVAL, "negative size") }
+            guard UInt64(wanted.st_size) <= PoolGeometry.maxDiskSizeBytes else { throw FuseFailure(EFBIG, "larger than the largest disk") }
+            // fsx and others truncate to the current size; that must be a cheap success.
+            if UInt64(wanted.st_size) != info.sizeBytes {
+                try engine { () throws(LunError) in try pool.resize(info.id, to: UInt64(wanted.st_size)) }
+            }
+            touch(info.id)
+        }
+        if case .image(let info) = node {
+            if fields & FUSE_SET_ATTR_MTIME_NOW != 0 {
+                touch(info.id)
+            } else if fields & FUSE_SET_ATTR_MTIME != 0 {
+                setModificationTime(of: info.id, to: wanted.st_mtim)
+            }
+        }
+        // Access times are not kept (they read as the modification time); directories keep
+        // their creation time. Both kinds of change are accepted and dropped.
+        return attributes(of: try resolve(ino))
+    }
+}

@@ -1,0 +1,194 @@
+// The tree's names: looking them up and listing them, and the directory operations that map
+// onto the engine (mkdir = new disk or snapshot, rmdir = remove node, unlink disk.img = drop
+// the image, rename = rename within a directory). Everything else that would create a name
+// is refused with EPERM: the tree holds only disks, snapshots and their images.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFuse3
+import LunEngine
+
+/// The one file name inside a disk's directory.
+let imageFileName = "disk.img"
+
+/// One line of a directory listing.
+struct DirectoryEntry {
+    var name: String
+    var inodeNumber: fuse_ino_t
+    var isDirectory: Bool
+}
+
+extension FileSystem {
+    /// A name from the kernel as a Swift string: ENAMETOOLONG past 255 bytes, EINVAL if it is
+    /// not UTF-8 (the engine stores names as strings).
+    func checkedName(_ name: UnsafePointer<CChar>) throws(FuseFailure) -> String {
+        let length = strlen(name)
+        guard length <= maximumNameBytes else {
+            throw FuseFailure(ENAMETOOLONG, "name of \(length) bytes")
+        }
+        guard let text = String(validatingCString: name) else {
+            throw FuseFailure(EINVAL, "name is not UTF-8")
+        }
+        return text
+    }
+
+    func lookup(parent: fuse_ino_t, name: String) throws(FuseFailure) -> fuse_entry_param {
+        let directory = try directoryDisk(parent)
+        if let directory, name == imageFileName {
+            guard directory.hasImage else { throw FuseFailure(ENOENT, "\(directory.name) is hollow (its image was deleted)") }
+            return entry(for: .image(directory))
+        }
+        guard let id = pool.child(named: name, of: directory?.id), let info = pool.info(id) else {
+            // The normal answer before every mkdir and create: not worth a log line.
+            var failure = FuseFailure(ENOENT, "no such name")
+            failure.isRoutineProbe = true
+            throw failure
+        }
+        return entry(for: .directory(info))
+    }
+
+    func directoryEntries(_ ino: fuse_ino_t) throws(FuseFailure) -> [DirectoryEntry] {
+        let directory = try directoryDisk(ino)
+        let selfNumber = directory.map { MountedNode.directory($0.id).inodeNumber } ?? MountedNode.rootInodeNumber
+        let parentNumber = directory?.parent.map { MountedNode.directory($0).inodeNumber } ?? MountedNode.rootInodeNumber
+        var entries = [
+            DirectoryEntry(name: ".", inodeNumber: selfNumber, isDirectory: true),
+            DirectoryEntry(name: "..", inodeNumber: parentNumber, isDirectory: true),
+        ]
+        if let directory, directory.hasImage {
+            entries.append(DirectoryEntry(name: imageFileName, inodeNumber: MountedNode.image(directory.id).inodeNumber, isDirectory: false))
+        }
+        for id in pool.children(of: directory?.id) {
+            guard let child = pool.info(id) else { continue }  // removed since the listing was taken
+            entries.append(DirectoryEntry(name: child.name, inodeNumber: MountedNode.directory(id).inodeNumber, isDirectory: true))
+        }
+        return entries
+    }
+
+    /// Packs the listing from position `offset` into a reply of at most `capacity` bytes. The
+    /// offset the kernel gives back is the index of the next entry.
+    func readDirectory(_ request: fuse_req_t?, ino: fuse_ino_t, capacity: Int, offset: Int) throws(FuseFailure) -> ReplyBuffer {
+        let entries = try directoryEntries(ino)
+        var buffer = ReplyBuffer(capacity: capacity)
+        var index = max(0, offset)
+        while index < entries.count {
+            let listed = entries[index]
+            var attributes = stat()
+            attributes.st_ino = UInt(listed.inodeNumber)
+            attributes.st_mode = listed.isDirectory ? S_IFDIR : S_IFREG
+            let remaining = capacity - buffer.count
+            let needed = listed.name.withCString { name in
+                fuse_add_direntry(request, buffer.end, remaining, name, &attributes, off_t(index + 1))
+            }
+            guard needed <= remaining else { break }
+            buffer.count += needed
+            index += 1
+        }
+        return buffer
+    }
+
+    func makeDirectory(parent: fuse_ino_t, name: String) throws(FuseFailure) -> fuse_entry_param {
+        let id: DiskID
+        if let directory = try directoryDisk(parent) {
+            if name == imageFileName {
+                throw directory.hasImage
+                    ? FuseFailure(EEXIST, "disk.img exists")
+                    : FuseFailure(EPERM, "disk.img is reserved for the image")
+            }
+            id = try engine { () throws(LunError) in
+                try pool.createSnapshot(of: directory.id, named: name, reserved: nil, quiesceTimeoutSeconds: 5)
+            }
+            log.write("mkdir: snapshot \(name) of \(directory.name) created (disk \(id))")
+        } else {
+            id = try engine { () throws(LunError) in try pool.createDisk(named: name, raid: nil) }
+            log.write("mkdir: disk \(name) created (disk \(id))")
+        }
+        guard let info = pool.info(id) else { throw FuseFailure(EIO, "new disk \(id) vanished") }
+        return entry(for: .directory(info))
+    }
+
+    func removeDirectory(parent: fuse_ino_t, name: String) throws(FuseFailure) {
+        let directory = try directoryDisk(parent)
+        if directory != nil, name == imageFileName {
+            throw FuseFailure(ENOTDIR, "disk.img is not a directory")
+        }
+        guard let id = pool.child(named: name, of: directory?.id), let info = pool.info(id) else {
+            throw FuseFailure(ENOENT, "no such name")
+        }
+        // POSIX rmdir removes empty directories only: delete disk.img first (rm -r does).
+        guard !info.hasImage else { throw FuseFailure(ENOTEMPTY, "\(name) still holds disk.img") }
+        try engine { () throws(LunError) in try pool.removeNode(id) }
+        retire(id, imageOnly: false)
+        log.write("rmdir: \(name) removed (disk \(id))")
+    }
+
+    func unlink(parent: fuse_ino_t, name: String) throws(FuseFailure) {
+        let directory = try directoryDisk(parent)
+        guard let directory, name == imageFileName else {
+            if pool.child(named: name, of: directory?.id) != nil {
+                throw FuseFailure(EISDIR, "\(name) is a directory")
+            }
+            throw FuseFailure(ENOENT, "no such file")
+        }
+        guard directory.hasImage else { throw FuseFailure(ENOENT, "\(directory.name) is hollow") }
+        try engine { () throws(LunError) in try pool.deleteImage(directory.id) }
+        retire(directory.id, imageOnly: true)
+        log.write("unlink: image of \(directory.name) deleted (disk \(directory.id))")
+    }
+
+    func rename(parent: fuse_ino_t, name: String, newParent: fuse_ino_t, newName: String, flags: UInt32) throws(FuseFailure) {
+        if flags & LUNFS_RENAME_EXCHANGE != 0 {
+            throw FuseFailure(EINVAL, "RENAME_EXCHANGE is not supported")
+        }
+        let directory = try directoryDisk(parent)
+        let newDirectory = try directoryDisk(newParent)
+        if directory != nil && name == imageFileName || newDirectory != nil && newName == imageFileName {
+            throw FuseFailure(EPERM, "disk.img cannot be renamed or replaced")
+        }
+        guard let id = pool.child(named: name, of: directory?.id) else { throw FuseFailure(ENOENT, "no such name") }
+        guard directory?.id == newDirectory?.id else {
+            throw FuseFailure(EPERM, "a disk or snapshot cannot move to another directory")
+        }
+        if name == newName { return }
+        try engine { () throws(LunError) in try pool.rename(id, to: newName) }
+        log.write("rename: \(name) -> \(newName) (disk \(id))")
+    }
+
+    /// create(2) of a new file: only disk.img exists in the tree, so this succeeds only in the
+    /// race where disk.img appeared after the kernel's lookup, and then acts as open.
+    func createFile(parent: fuse_ino_t, name: String, flags: Int32) throws(FuseFailure) -> (fuse_entry_param, OpenImage) {
+        guard let directory = try directoryDisk(parent), name == imageFileName else {
+            throw FuseFailure(EPERM, "only disk.img can exist here, and only mkdir makes one")
+        }
+        guard directory.hasImage else {
+            throw FuseFailure(EPERM, "a hollow directory cannot get a new image")
+        }
+        if flags & O_EXCL != 0 { throw FuseFailure(EEXIST, "disk.img exists") }
+        let opened = try openImage(MountedNode.image(directory.id).inodeNumber, flags: flags)
+        return (entry(for: .image(pool.info(directory.id) ?? directory)), opened)
+    }
+}
+
+/// A reply assembled in memory: allocated by a handler, sent and freed by the reply.
+struct ReplyBuffer {
+    let base: UnsafeMutableRawPointer
+    let capacity: Int
+    var count = 0
+
+    init(capacity: Int) {
+        precondition(capacity >= 0)
+        self.base = .allocate(byteCount: max(capacity, 1), alignment: 4096)
+        self.capacity = capacity
+    }
+
+    var end: UnsafeMutablePointer<CChar> { (base + count).assumingMemoryBound(to: CChar.self) }
+
+    /// Sends the bytes and frees the buffer; it must not be used after.
+    func send(_ request: fuse_req_t?) -> Int32 {
+        assert(count <= capacity)
+        defer { base.deallocate() }
+        return fuse_reply_buf(request, base.assumingMemoryBound(to: CChar.self), count)
+    }
+
+    func discard() { base.deallocate() }
+}

@@ -1,0 +1,113 @@
+// The mounted file system's state, shared by every libfuse worker thread: the pool it serves,
+// the log, and the little the kernel needs that the engine does not keep (modification times,
+// inode generations). Callbacks find it through `fuse_req_userdata`; there are no globals.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFuse3
+import LunEngine
+import Synchronization
+
+/// Choices made at mount time that change how the file system answers.
+struct FileSystemOptions: Sendable {
+    /// Open images with FOPEN_DIRECT_IO (bypass the page cache); off by default.
+    var directIO = false
+    /// How long the kernel may trust names and attributes it was given.
+    var entryTimeoutSeconds = 1.0
+    var attributeTimeoutSeconds = 1.0
+}
+
+final class FileSystem: Sendable {
+    let pool: any MountablePool
+    let log: DaemonLog
+    let options: FileSystemOptions
+    /// Everything in the tree belongs to the user who mounted it.
+    let ownerUID: uid_t
+    let ownerGID: gid_t
+    /// The root directory's times: when this mount started.
+    let mountedAt: timespec
+
+    /// Modification times set by writes, truncates and `touch` during this mount. The engine
+    /// keeps only the creation time, which is what a disk shows until it is first changed.
+    private let modificationTimes = Mutex<[DiskID: timespec]>([:])
+    /// Per inode number, bumped whenever a node or its image goes away, so that open handles
+    /// turn stale and a later disk reusing the id gets fresh kernel inodes (and no stale page
+    /// cache) under the same number. Absent means generation 0.
+    private let generations = Mutex<[fuse_ino_t: UInt64]>([:])
+    /// Reservation settings made through xattrs in this mount; see `reservationFlags`.
+    private let reservationSettings = Mutex<[DiskID: ReservationFlags]>([:])
+
+    init(pool: any MountablePool, log: DaemonLog, options: FileSystemOptions) {
+        self.pool = pool
+        self.log = log
+        self.options = options
+        self.ownerUID = getuid()
+        self.ownerGID = getgid()
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        self.mountedAt = now
+    }
+
+    /// The file system a request belongs to: the userdata given to `fuse_session_new`.
+    @inline(__always)
+    static func of(_ request: fuse_req_t?) -> FileSystem {
+        guard let userdata = fuse_req_userdata(request) else {
+            preconditionFailure("a fuse session without userdata")
+        }
+        return Unmanaged<FileSystem>.fromOpaque(userdata).takeUnretainedValue()
+    }
+
+    // MARK: Times and generations
+
+    func modificationTime(of info: DiskInfo) -> timespec {
+        modificationTimes.withLock { $0[info.id] } ?? timespec(tv_sec: Int(truncatingIfNeeded: info.createdAt), tv_nsec: 0)
+    }
+
+    func setModificationTime(of id: DiskID, to time: timespec) {
+        modificationTimes.withLock { $0[id] = time }
+    }
+
+    func touch(_ id: DiskID) {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        setModificationTime(of: id, to: now)
+    }
+
+    func generation(of node: MountedNode) -> UInt64 {
+        generations.withLock { $0[node.inodeNumber] } ?? 0
+    }
+
+    /// Called after a disk's image is deleted (`imageOnly`) or its whole node removed.
+    func retire(_ id: DiskID, imageOnly: Bool) {
+        generations.withLock { table in
+            table[MountedNode.image(id).inodeNumber, default: 0] += 1
+            if !imageOnly { table[MountedNode.directory(id).inodeNumber, default: 0] += 1 }
+        }
+        modificationTimes.withLock { _ = $0.removeValue(forKey: id) }
+        if !imageOnly { reservationSettings.withLock { _ = $0.removeValue(forKey: id) } }
+    }
+
+    // MARK: Reservation flags
+
+    struct ReservationFlags: Sendable {
+        var reserved: Bool?
+        var reserveSnapshots: Bool?
+    }
+
+    /// DiskInfo does not (yet) say whether a disk is reserved or reserves its snapshots; this
+    /// answers from what was set in this mount, and otherwise from `reservedBytes` (reserved)
+    /// and false (reserve_snapshots).
+    func reservationFlags(of info: DiskInfo) -> (reserved: Bool, reserveSnapshots: Bool) {
+        let remembered = reservationSettings.withLock { $0[info.id] } ?? ReservationFlags()
+        return (remembered.reserved ?? (info.reservedBytes > 0), remembered.reserveSnapshots ?? false)
+    }
+
+    func remember(_ id: DiskID, reserved: Bool? = nil, reserveSnapshots: Bool? = nil) {
+        reservationSettings.withLock { settings in
+            var flags = settings[id] ?? ReservationFlags()
+            if let reserved { flags.reserved = reserved }
+            if let reserveSnapshots { flags.reserveSnapshots = reserveSnapshots }
+            settings[id] = flags
+        }
+    }
+}

@@ -1,0 +1,93 @@
+// One libfuse session from creation to teardown: mount options, the multithreaded loop, and
+// the reverse-order cleanup. The FileSystem rides along as the session's userdata and is
+// retained here for exactly as long as the session exists.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFuse3
+
+struct SessionOptions {
+    /// Options handed to libfuse's -o (ours first, then the user's).
+    var fuseOptions: [String] = []
+    /// The upper bound on libfuse worker threads.
+    var maximumThreads = 16
+}
+
+final class FuseSession {
+    private let session: OpaquePointer
+    private let fileSystem: FileSystem
+    private let maximumThreads: Int
+    private(set) var isMounted = false
+    private var hasSignalHandlers = false
+
+    /// Creates the session (this validates the options) but does not mount it yet.
+    init(fileSystem: FileSystem, poolDirectory: String, options: SessionOptions) throws(MountFailure) {
+        self.fileSystem = fileSystem
+        self.maximumThreads = options.maximumThreads
+        // libfuse copies the table into the session.
+        var operations = makeOperationsTable()
+        let userdata = Unmanaged.passUnretained(fileSystem).toOpaque()
+        self.session = try Self.newSession(poolDirectory: poolDirectory, options: options, operations: &operations, userdata: userdata)
+    }
+
+    /// Checks the -o options the way the real session will, before anything is created: a
+    /// session is made with an empty table and dropped. libfuse explains a refusal on stderr.
+    static func validate(poolDirectory: String, options: SessionOptions) throws(MountFailure) {
+        var noOperations = fuse_lowlevel_ops()
+        let probe = try newSession(poolDirectory: poolDirectory, options: options, operations: &noOperations, userdata: nil)
+        fuse_session_destroy(probe)
+    }
+
+    private static func newSession(poolDirectory: String, options: SessionOptions,
+                                   operations: inout fuse_lowlevel_ops, userdata: UnsafeMutableRawPointer?) throws(MountFailure) -> OpaquePointer {
+        // A comma or backslash in the pool path would split the option list.
+        let escapedPool = poolDirectory.replacing("\\", with: "\\\\").replacing(",", with: "\\,")
+        let ownOptions = [
+            "fsname=lunfs:\(escapedPool)",
+            "subtype=lunfs",
+            "default_permissions",
+            "max_read=\(maximumRequestBytes)",
+        ]
+        let words = ["lunfs", "-o", (ownOptions + options.fuseOptions).joined(separator: ",")]
+        var cStrings: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) }
+        defer { cStrings.forEach { free($0) } }
+        let created: OpaquePointer? = cStrings.withUnsafeMutableBufferPointer { argv in
+            var arguments = lunfs_fuse_args(Int32(words.count), argv.baseAddress)
+            defer { fuse_opt_free_args(&arguments) }
+            return fuse_session_new(&arguments, &operations, MemoryLayout<fuse_lowlevel_ops>.size, userdata)
+        }
+        guard let created else {
+            throw MountFailure(2, "libfuse refused the mount options \(options.fuseOptions.joined(separator: ","))")
+        }
+        return created
+    }
+
+    func mount(at mountpoint: String) throws(MountFailure) {
+        precondition(!isMounted)
+        // Background jobs inherit SIGINT ignored, and libfuse only replaces SIG_DFL handlers.
+        signal(SIGINT, SIG_DFL)
+        guard fuse_set_signal_handlers(session) == 0 else {
+            throw MountFailure(1, "cannot install signal handlers")
+        }
+        hasSignalHandlers = true
+        guard fuse_session_mount(session, mountpoint) == 0 else {
+            throw MountFailure(1, "cannot mount on \(mountpoint) (is /dev/fuse usable and fusermount3 installed?)")
+        }
+        isMounted = true
+    }
+
+    /// Serves requests until unmounted or signalled; returns libfuse's status (0 = clean).
+    func run() -> Int32 {
+        precondition(isMounted)
+        let config = fuse_loop_cfg_create()
+        defer { fuse_loop_cfg_destroy(config) }
+        fuse_loop_cfg_set_max_threads(config, UInt32(max(1, maximumThreads)))
+        return fuse_session_loop_mt(session, config)
+    }
+
+    deinit {
+        if isMounted { fuse_session_unmount(session) }
+        if hasSignalHandlers { fuse_remove_signal_handlers(session) }
+        fuse_session_destroy(session)
+    }
+}

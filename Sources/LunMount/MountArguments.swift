@@ -1,0 +1,103 @@
+// The command lines of `lunfs mount` and `lunfs unmount`, parsed into values; the usage text
+// lives here too, next to the parser it describes.
+import LunEngine
+
+let mountUsage = """
+    usage: lunfs mount POOL MOUNTPOINT [--foreground] [-o OPTION[,OPTION...]]
+                       [--drives N] [--drive-size SIZE] [--raid 0|1|5]
+           lunfs unmount MOUNTPOINT
+
+    mount serves the pool in directory POOL at MOUNTPOINT. If POOL does not exist or is an
+    empty directory, a new pool is created there first (--drives, default 8; --drive-size,
+    default 16G, sparse files; --raid, default 5 with five or more drives).
+    Without --foreground the file system runs as a daemon logging to POOL/lunfs.log, and
+    mount returns once the mount is ready.
+
+    -o options: direct_io (images bypass the page cache), max_threads=N (libfuse workers,
+    default 16), and any libfuse mount option (allow_other, ro, ...).
+    """
+
+struct MountArguments {
+    var poolPath: String
+    var mountpoint: String
+    var foreground = false
+    var directIO = false
+    var maximumThreads = 16
+    /// -o options passed through to libfuse.
+    var fuseOptions: [String] = []
+    /// Used only when the pool has to be created.
+    var poolOptions = PoolOptions()
+
+    /// -o ro: the kernel refuses writes, and the pool is opened read-only too.
+    var isReadOnly: Bool { fuseOptions.contains("ro") }
+
+    static func parse(_ words: [String]) throws(MountFailure) -> MountArguments {
+        var positional: [String] = []
+        var foreground = false
+        var options: [String] = []
+        var poolOptions = PoolOptions()
+        var index = 0
+        func value(after flag: String) throws(MountFailure) -> String {
+            index += 1
+            guard index < words.count else { throw .usage("\(flag) needs a value") }
+            return words[index]
+        }
+        while index < words.count {
+            let word = words[index]
+            switch word {
+            case "-f", "--foreground":
+                foreground = true
+            case "-o":
+                options += try value(after: word).split(separator: ",").map(String.init)
+            case "--drives":
+                let text = try value(after: word)
+                guard let count = Int(text), count >= 1, count <= 1024 else { throw .usage("--drives takes a number from 1 to 1024, not \(text)") }
+                poolOptions.driveCount = count
+            case "--drive-size":
+                let text = try value(after: word)
+                guard let bytes = parseByteSize(text), bytes > 0 else { throw .usage("--drive-size takes a size such as 256M or 16G, not \(text)") }
+                poolOptions.driveSizeBytes = bytes
+            case "--raid":
+                let text = try value(after: word)
+                guard let level = RAIDLevel(text: text) else { throw .usage("--raid takes 0, 1 or 5, not \(text)") }
+                poolOptions.raid = level
+            default:
+                if word.hasPrefix("-") && word.count > 1 { throw .usage("unknown option \(word)") }
+                positional.append(word)
+            }
+            index += 1
+        }
+        guard positional.count == 2 else { throw .usage("mount takes POOL and MOUNTPOINT") }
+        var arguments = MountArguments(poolPath: positional[0], mountpoint: positional[1], foreground: foreground, poolOptions: poolOptions)
+        for option in options where !option.isEmpty {
+            if option == "direct_io" {
+                arguments.directIO = true
+            } else if option.hasPrefix("max_threads=") {
+                guard let count = Int(option.dropFirst("max_threads=".count)), count >= 1, count <= 1024 else {
+                    throw .usage("max_threads takes a number from 1 to 1024")
+                }
+                arguments.maximumThreads = count
+            } else if option.hasPrefix("max_read=") || option.hasPrefix("fsname=") || option.hasPrefix("subtype=") {
+                throw .usage("-o \(option) is set by lunfs itself")
+            } else {
+                arguments.fuseOptions.append(option)
+            }
+        }
+        return arguments
+    }
+}
+
+/// "4096", "256K", "256M", "16G", "1T" (binary multiples; a trailing "B" or "iB" is allowed).
+func parseByteSize(_ text: String) -> UInt64? {
+    var digits = Substring(text.uppercased())
+    if digits.hasSuffix("IB") { digits = digits.dropLast(2) } else if digits.hasSuffix("B") { digits = digits.dropLast() }
+    let shifts: [Character: UInt64] = ["K": 10, "M": 20, "G": 30, "T": 40, "P": 50]
+    var shift: UInt64 = 0
+    if let last = digits.last, let unitShift = shifts[last] {
+        shift = unitShift
+        digits = digits.dropLast()
+    }
+    guard let number = UInt64(digits) else { return nil }
+    let (bytes, overflow) = number.multipliedReportingOverflow(by: 1 << shift)
+    return overflow ? nil : bytes
+}

@@ -1,0 +1,30 @@
+// What the file system needs from a pool, as a protocol, so that the FUSE layer states its
+// dependencies on the engine in one place and could serve a test double instead of `Pool`.
+import LunEngine
+
+protocol MountablePool: AnyObject, Sendable {
+    func close() throws(LunError)
+    func commit() throws(LunError)
+    func usage() -> PoolUsage
+    func disks() -> [DiskInfo]
+    func info(_ id: DiskID) -> DiskInfo?
+    func child(named name: String, of parent: DiskID?) -> DiskID?
+    func children(of parent: DiskID?) -> [DiskID]
+
+    func createDisk(named name: String, raid: RAIDLevel?) throws(LunError) -> DiskID
+    func createSnapshot(of id: DiskID, named name: String, reserved: Bool?, quiesceTimeoutSeconds: Double) throws(LunError) -> DiskID
+    func deleteImage(_ id: DiskID) throws(LunError)
+    func removeNode(_ id: DiskID) throws(LunError)
+    func rename(_ id: DiskID, to name: String) throws(LunError)
+    func setRAID(_ id: DiskID, _ level: RAIDLevel) throws(LunError)
+    func setReserved(_ id: DiskID, _ reserved: Bool) throws(LunError)
+    func setReserveSnapshots(_ id: DiskID, _ on: Bool) throws(LunError)
+    func resize(_ id: DiskID, to sizeBytes: UInt64) throws(LunError)
+
+    func read(_ id: DiskID, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) -> Int
+    func write(_ id: DiskID, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError)
+    func discard(_ id: DiskID, at offset: UInt64, length: UInt64) throws(LunError)
+    func seek(_ id: DiskID, from offset: UInt64, data: Bool) throws(LunError) -> UInt64?
+}
+
+extension Pool: MountablePool {}

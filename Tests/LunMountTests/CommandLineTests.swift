@@ -1,0 +1,139 @@
+// `lunfs mount` and `lunfs unmount` as a user meets them: the pool created on first use, clear
+// errors with exit status 2 for bad paths, a busy pool refused, a clean exit on SIGTERM.
+import Foundation
+import XCTest
+
+final class CommandLineTests: MountTestCase {
+    func testPoolPathThatIsAFileIsRefused() throws {
+        let file = pool.root.appendingPathComponent("not-a-pool").path
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data("x".utf8)))
+        let other = pool.root.appendingPathComponent("mnt2").path
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        let result = try pool.lunfs(["mount", file, other])
+        XCTAssertEqual(result.status, 2)
+        XCTAssertTrue(result.errorOutput.contains("is a file"), result.errorOutput)
+        XCTAssertFalse(isMountPoint(other))
+    }
+
+    func testMountingOnAMountIsRefusedAndChangesNothing() throws {
+        try makeDirectory(pool.path("vm"))
+        let otherPool = pool.root.appendingPathComponent("pool2").path
+        let result = try pool.lunfs(["mount", otherPool, pool.mountpoint, "--drives", "2", "--drive-size", "64M"])
+        XCTAssertEqual(result.status, 2)
+        XCTAssertTrue(result.errorOutput.contains("already a mount point"), result.errorOutput)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: otherPool), "no pool may be created")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: pool.mountpoint), ["vm"], "the first mount still serves")
+    }
+
+    func testBusyPoolIsRefused() throws {
+        let other = pool.root.appendingPathComponent("mnt2").path
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        let result = try pool.lunfs(["mount", pool.poolPath, other])
+        XCTAssertNotEqual(result.status, 0)
+        XCTAssertTrue(result.errorOutput.contains("in use"), result.errorOutput)
+        XCTAssertFalse(isMountPoint(other))
+    }
+
+    func testUnknownMountOptionIsRefusedBeforeAnythingIsCreated() throws {
+        let otherPool = pool.root.appendingPathComponent("pool2").path
+        let other = pool.root.appendingPathComponent("mnt2").path
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        let result = try pool.lunfs(["mount", otherPool, other, "-o", "no_such_option"])
+        XCTAssertEqual(result.status, 2)
+        XCTAssertTrue(result.errorOutput.contains("no_such_option"), result.errorOutput)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: otherPool))
+    }
+
+    func testReadOnlyMountRefusesChanges() throws {
+        try makeDirectory(pool.path("vm"))
+        let bytes = [UInt8](repeating: 3, count: 65536)
+        let fd = try openFile(pool.path("vm/disk.img"), O_WRONLY)
+        try writeAll(fd, bytes, at: 0)
+        close(fd)
+        try pool.unmount()
+        try pool.mount(["-o", "ro"])
+        XCTAssertEqual(try readWholeFile(pool.path("vm/disk.img")), bytes)
+        XCTAssertEqual(errnoOf { _ = try openFile(pool.path("vm/disk.img"), O_WRONLY) }, EROFS)
+        XCTAssertEqual(errnoOf { try makeDirectory(pool.path("other")) }, EROFS)
+    }
+
+    func testUnmountOfAPlainDirectoryFails() throws {
+        let result = try pool.lunfs(["unmount", pool.root.path])
+        XCTAssertEqual(result.status, 2)
+        XCTAssertTrue(result.errorOutput.contains("not a mount point"), result.errorOutput)
+    }
+
+    func testDeadMountIsReportedAndUnmountClearsIt() throws {
+        try makeDirectory(pool.path("vm"))
+        let pidText = try String(contentsOfFile: pool.poolPath + "/lunfs.pid", encoding: .utf8)
+        let daemon = try XCTUnwrap(pid_t(pidText.trimmingCharacters(in: .whitespacesAndNewlines)))
+        kill(daemon, SIGKILL)
+        var info = stat()
+        let deadline = Date().addingTimeInterval(10)
+        while stat(pool.mountpoint, &info) == 0 && Date() < deadline { usleep(20_000) }
+        XCTAssertTrue([ENOTCONN, ECONNABORTED].contains(errno), "stat of a dead mount: errno \(errno)")
+
+        let refused = try pool.lunfs(["mount", pool.poolPath, pool.mountpoint])
+        XCTAssertEqual(refused.status, 2)
+        XCTAssertTrue(refused.errorOutput.contains("dead FUSE mount"), refused.errorOutput)
+
+        // Relative path with a dot component, as a user might type it.
+        let unmount = try pool.lunfs(["unmount", pool.root.path + "/./mnt/"])
+        XCTAssertEqual(unmount.status, 0, unmount.errorOutput)
+        XCTAssertFalse(isMountPoint(pool.mountpoint))
+        try pool.mount()
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: pool.mountpoint), ["vm"], "mkdir was committed")
+    }
+
+    func testForegroundDaemonStopsCleanlyOnSIGTERM() throws {
+        try makeDirectory(pool.path("vm"))
+        let bytes = [UInt8](repeating: 0x42, count: 1 << 20)
+        let fd = try openFile(pool.path("vm/disk.img"), O_WRONLY)
+        try writeAll(fd, bytes, at: 0)
+        close(fd)
+        try pool.unmount()
+
+        let daemon = try startProgram(pool.binary, ["mount", pool.poolPath, pool.mountpoint, "--foreground"])
+        var exitStatus: Int32?
+        defer { if exitStatus == nil { kill(daemon, SIGKILL); _ = waitForProgram(daemon, timeoutSeconds: 5) } }
+        let deadline = Date().addingTimeInterval(20)
+        while !isMountPoint(pool.mountpoint) && Date() < deadline { usleep(20_000) }
+        XCTAssertTrue(isMountPoint(pool.mountpoint), "foreground mount did not appear" + pool.logTail())
+        XCTAssertEqual(try readWholeFile(pool.path("vm/disk.img")), bytes)
+
+        kill(daemon, SIGTERM)
+        exitStatus = waitForProgram(daemon, timeoutSeconds: 30)
+        XCTAssertEqual(exitStatus, 0, pool.logTail())
+        XCTAssertFalse(isMountPoint(pool.mountpoint))
+        // The pool was closed: it mounts again at once.
+        try pool.mount()
+        XCTAssertEqual(try readWholeFile(pool.path("vm/disk.img")), bytes)
+    }
+}
+
+final class NewPoolTests: XCTestCase {
+    func testMountCreatesAPoolInAnEmptyDirectory() throws {
+        try requireFUSE()
+        let binary = try lunfsBinaryPath()
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("lunfs-new-\(UUID().uuidString.prefix(8))")
+        let poolPath = root.appendingPathComponent("pool").path
+        let mountpoint = root.appendingPathComponent("mnt").path
+        try FileManager.default.createDirectory(atPath: poolPath, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        defer {
+            if isMountPoint(mountpoint) { _ = try? runProgram("fusermount3", ["-u", "-z", mountpoint]) }
+            if !isMountPoint(mountpoint) { try? FileManager.default.removeItem(at: root) }
+        }
+        let result = try runProgram(binary, ["mount", poolPath, mountpoint, "--drives", "3", "--drive-size", "128M", "--raid", "1"])
+        XCTAssertEqual(result.status, 0, result.errorOutput)
+        XCTAssertTrue(result.output.contains("created a new pool"), result.output)
+        XCTAssertTrue(isMountPoint(mountpoint))
+        try makeDirectory(mountpoint + "/vm")
+        XCTAssertEqual(try getAttribute(mountpoint + "/vm", "user.lunfs.raid"), "1")
+        XCTAssertEqual(try runProgram(binary, ["unmount", mountpoint]).status, 0)
+        XCTAssertFalse(isMountPoint(mountpoint))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: poolPath + "/lunfs.pid"), "the daemon removes its pid file when done")
+        let log = try String(contentsOfFile: poolPath + "/lunfs.log", encoding: .utf8)
+        XCTAssertTrue(log.contains("pool closed"), log)
+    }
+}
