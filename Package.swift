@@ -16,6 +16,8 @@ let package = Package(
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         .target(name: "LunMount", dependencies: ["LunEngine", "CFuse3"]),
         .executableTarget(name: "lunfs", dependencies: ["LunEngine", "LunMount"]),
+        .executableTarget(name: "lunfs-engine-figures", dependencies: ["LunEngine", "LunEngineTesting"],
+                          path: "Benchmarks/EngineFigures"),
         .testTarget(name: "LunEngineTests", dependencies: ["LunEngine", "LunEngineTesting"]),
         .testTarget(name: "LunMountTests", dependencies: ["LunEngine", "LunEngineTesting", "lunfs"]),
     ]

@@ -125,11 +125,9 @@ extension FileSystem {
         case .reserved:
             let on = try flag(text, name: name)
             try engine { () throws(LunError) in try pool.setReserved(info.id, on) }
-            remember(info.id, reserved: on)
         case .reserveSnapshots:
             let on = try flag(text, name: name)
             try engine { () throws(LunError) in try pool.setReserveSnapshots(info.id, on) }
-            remember(info.id, reserveSnapshots: on)
         default:
             preconditionFailure("\(name) is not settable")
         }

@@ -34,8 +34,6 @@ final class FileSystem: Sendable {
     /// turn stale and a later disk reusing the id gets fresh kernel inodes (and no stale page
     /// cache) under the same number. Absent means generation 0.
     private let generations = Mutex<[fuse_ino_t: UInt64]>([:])
-    /// Reservation settings made through xattrs in this mount; see `reservationFlags`.
-    private let reservationSettings = Mutex<[DiskID: ReservationFlags]>([:])
 
     init(pool: any MountablePool, log: DaemonLog, options: FileSystemOptions) {
         self.pool = pool
@@ -84,30 +82,11 @@ final class FileSystem: Sendable {
             if !imageOnly { table[MountedNode.directory(id).inodeNumber, default: 0] += 1 }
         }
         modificationTimes.withLock { _ = $0.removeValue(forKey: id) }
-        if !imageOnly { reservationSettings.withLock { _ = $0.removeValue(forKey: id) } }
     }
 
     // MARK: Reservation flags
 
-    struct ReservationFlags: Sendable {
-        var reserved: Bool?
-        var reserveSnapshots: Bool?
-    }
-
-    /// DiskInfo does not (yet) say whether a disk is reserved or reserves its snapshots; this
-    /// answers from what was set in this mount, and otherwise from `reservedBytes` (reserved)
-    /// and false (reserve_snapshots).
     func reservationFlags(of info: DiskInfo) -> (reserved: Bool, reserveSnapshots: Bool) {
-        let remembered = reservationSettings.withLock { $0[info.id] } ?? ReservationFlags()
-        return (remembered.reserved ?? (info.reservedBytes > 0), remembered.reserveSnapshots ?? false)
-    }
-
-    func remember(_ id: DiskID, reserved: Bool? = nil, reserveSnapshots: Bool? = nil) {
-        reservationSettings.withLock { settings in
-            var flags = settings[id] ?? ReservationFlags()
-            if let reserved { flags.reserved = reserved }
-            if let reserveSnapshots { flags.reserveSnapshots = reserveSnapshots }
-            settings[id] = flags
-        }
+        (info.reserved, info.reserveSnapshots)
     }
 }

@@ -1580,6 +1580,9 @@ def parse_args():
                     help="where the plot goes (default docs/bench.png)")
     ap.add_argument("--no-docs", action="store_true",
                     help="do not regenerate docs/BENCHMARKS.md and docs/bench.png")
+    ap.add_argument("--docs", action="store_true",
+                    help="regenerate them even for a partial run (--rows, --tests, "
+                         "--no-extras); by default only a run of everything does")
     args = ap.parse_args()
     if args.size is None:
         args.size = GiB if args.quick else 4 * GiB
@@ -1772,7 +1775,10 @@ def main():
         with open(json_path, "w") as f:
             json.dump(results, f, indent=1, default=str)
         print(f"\nresults: {json_path}")
-        if not args.no_docs:
+        complete = (args.rows == ROWS and args.tests == TEST_IDS and not args.no_extras)
+        if not args.no_docs and not complete and not args.docs:
+            print("docs: not regenerated (a partial run; --docs forces it)")
+        elif not args.no_docs:
             png = os.path.realpath(args.png)
             os.makedirs(os.path.dirname(png), exist_ok=True)
             plot_error = plot(results, png)

@@ -23,6 +23,8 @@ final class Disk: @unchecked Sendable {
     var hasImage: Bool
     var hasWritten: Bool
     var createdAt: UInt64
+    /// Created (or set) fully reserved: space for every segment it shares is set aside.
+    var reserved = false
     /// Segments still set aside for this (fully reserved) snapshot.
     var reservedSegments: Int
     /// New snapshots of this disk are created reserved.

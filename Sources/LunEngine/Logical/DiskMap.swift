@@ -23,6 +23,8 @@ struct DiskMap {
     private(set) var l2: [LMap?] = []
     /// Mapped entries in the whole map.
     private(set) var mappedCount = 0
+    /// Mapped entries with a share bit set (kept so `info` need not walk the map).
+    private(set) var sharedCount = 0
 
     init(entriesPerLMap: Int) { self.entriesPerLMap = entriesPerLMap }
 
@@ -53,6 +55,7 @@ struct DiskMap {
         let delta = (e.isMapped ? 1 : 0) - (old.isMapped ? 1 : 0)
         lmap.mappedCount += delta
         mappedCount += delta
+        sharedCount += (e.sp || e.ss ? 1 : 0) - (old.sp || old.ss ? 1 : 0)
         if lmap.mappedCount == 0 { l2[l2i] = nil }
     }
 

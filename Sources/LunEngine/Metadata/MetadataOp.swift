@@ -33,14 +33,14 @@ enum DiskRecordCoding {
         w.u32(d.successor?.id ?? none)
         w.u64(d.sizeBytes)
         w.u8(d.raid.rawValue)
-        w.u8((d.hasImage ? 1 : 0) | (d.hasWritten ? 2 : 0) | (d.reserveSnapshots ? 4 : 0))
+        w.u8((d.hasImage ? 1 : 0) | (d.hasWritten ? 2 : 0) | (d.reserveSnapshots ? 4 : 0) | (d.reserved ? 8 : 0))
         w.u64(d.createdAt)
         w.varint(UInt64(d.reservedSegments))
     }
 
     struct Record {
         var id: DiskID, name: String, parent: DiskID?, predecessor: DiskID?, successor: DiskID?
-        var sizeBytes: UInt64, raid: RAIDLevel, hasImage: Bool, hasWritten: Bool, reserveSnapshots: Bool
+        var sizeBytes: UInt64, raid: RAIDLevel, hasImage: Bool, hasWritten: Bool, reserveSnapshots: Bool, reserved: Bool
         var createdAt: UInt64, reservedSegments: Int
     }
 
@@ -55,7 +55,7 @@ enum DiskRecordCoding {
         }
         let flags = try r.u8()
         return Record(id: id, name: name, parent: parent, predecessor: pred, successor: succ, sizeBytes: size,
-                      raid: raid, hasImage: flags & 1 != 0, hasWritten: flags & 2 != 0, reserveSnapshots: flags & 4 != 0,
+                      raid: raid, hasImage: flags & 1 != 0, hasWritten: flags & 2 != 0, reserveSnapshots: flags & 4 != 0, reserved: flags & 8 != 0,
                       createdAt: try r.u64(), reservedSegments: Int(try r.varint()))
     }
 }

@@ -26,6 +26,10 @@ public struct DiskInfo: Sendable, Equatable {
     public var successor: DiskID?
     /// Segments set aside for a fully reserved snapshot and not used yet.
     public var reservedBytes: UInt64
+    /// The disk was made (or set) fully reserved.
+    public var reserved: Bool
+    /// Snapshots of this disk are created fully reserved.
+    public var reserveSnapshots: Bool
     /// The RAID level can change only before the first write.
     public var hasWritten: Bool
 }

@@ -15,14 +15,14 @@ extension Pool {
     }
 
     func info(of d: Disk) -> DiskInfo {
-        var unique = 0, shared = 0
-        d.map.forEachMapped { _, e in if e.sp || e.ss { shared += 1 } else { unique += 1 } }
+        let shared = d.map.sharedCount, unique = d.map.mappedCount - shared
         let seg = geometry.rsegSizeBytes
         return DiskInfo(id: d.id, name: d.name, parent: d.parent, sizeBytes: d.sizeBytes, raid: d.raid,
                         hasImage: d.hasImage, createdAt: d.createdAt,
                         allocatedBytes: UInt64(d.map.mappedCount) * seg, uniqueBytes: UInt64(unique) * seg,
                         sharedBytes: UInt64(shared) * seg, predecessor: d.predecessor?.id, successor: d.successor?.id,
-                        reservedBytes: UInt64(d.reservedSegments) * seg, hasWritten: d.hasWritten)
+                        reservedBytes: UInt64(d.reservedSegments) * seg, reserved: d.reserved,
+                        reserveSnapshots: d.reserveSnapshots, hasWritten: d.hasWritten)
     }
 
     public func disks() -> [DiskInfo] {
@@ -102,6 +102,7 @@ extension Pool {
             }
             let p = state.newDisk(name: name, parent: id, family: x.family, size: x.sizeBytes, raid: x.raid, now: now())
             p.hasWritten = x.hasWritten
+            p.reserved = reserved ?? x.reserveSnapshots
             p.reservedSegments = reserve
             state.reservedTotal += reserve
             state.logDisk(p)
@@ -207,6 +208,7 @@ extension Pool {
             }
             state.reservedTotal += extra
             d.reservedSegments = want
+            d.reserved = reserved
             state.logDisk(d)
         }
         try commit()

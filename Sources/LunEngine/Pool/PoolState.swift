@@ -340,6 +340,7 @@ final class PoolState: @unchecked Sendable {
         d.hasImage = rec.hasImage
         d.hasWritten = rec.hasWritten
         d.reserveSnapshots = rec.reserveSnapshots
+        d.reserved = rec.reserved
         d.createdAt = rec.createdAt
         d.reservedSegments = rec.reservedSegments
         nextDiskID = max(nextDiskID, rec.id + 1)
