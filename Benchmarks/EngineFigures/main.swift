@@ -78,10 +78,13 @@ do {
     let writeSeconds = now() - t0
     let memory = pool.mapMemory()
     let rssAfter = residentBytes()
-    print(String(format: "map memory, %d GiB written: %d bytes for %d MiB = %.2f B per allocated MiB (target <= 16); process RSS grew %.2f B/MiB",
-                 gib, memory.bytes, memory.allocatedMiB, Double(memory.bytes) / Double(memory.allocatedMiB),
-                 Double(rssAfter - rssBefore) / Double(memory.allocatedMiB)))
-    print(String(format: "engine write path (no data I/O): %.0f MiB/s of 1 MiB writes into fresh segments", Double(gib << 10) / writeSeconds))
+    print(String(format: "map memory, %d GiB written: %d bytes for %d MiB = %.2f B per allocated MiB (target <= 16)",
+                 gib, memory.bytes, memory.allocatedMiB, Double(memory.bytes) / Double(memory.allocatedMiB)))
+    print(String(format: "  plus the pool's PSEG bitmaps: %d bytes for %d TiB of drives (1 bit per 2 MiB PSEG)",
+                 memory.psegBitmapBytes, 8))
+    print(String(format: "  process RSS grew %.1f MB while writing (maps plus the uncommitted journal record and buffers)",
+                 Double(rssAfter - rssBefore) / 1e6))
+    print(String(format: "map updates without data I/O: %.0f fresh 1 MiB segments per second", Double(gib << 10) / writeSeconds))
     try pool.close()
 
     // 2. Snapshot latency by amount written.

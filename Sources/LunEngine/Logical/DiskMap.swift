@@ -59,6 +59,30 @@ struct DiskMap {
         if lmap.mappedCount == 0 { l2[l2i] = nil }
     }
 
+    /// The snapshot split over whole LMAPs: `predecessor` (empty) gets an entry with Ss set
+    /// and this map's Sp for every mapped segment, and every mapped segment here gets Sp.
+    /// Branch-free over each LMAP, so its cost is a memory pass, not a lookup per segment.
+    mutating func split(into predecessor: inout DiskMap) {
+        precondition(predecessor.mappedCount == 0 && predecessor.entriesPerLMap == entriesPerLMap)
+        let mapped = LMapEntry.mappedBit, sp = LMapEntry.spBit, ss = LMapEntry.ssBit
+        predecessor.l2 = l2.map { lmap -> LMap? in
+            guard let lmap else { return nil }
+            let copy = LMap(count: lmap.count)
+            let from = lmap.entries, to = copy.entries
+            for i in 0..<lmap.count {
+                let e = from[i]
+                let isMapped = e & mapped
+                to[i] = isMapped &* (mapped | ss) | (e & sp)
+                from[i] = e | (isMapped << 1)
+            }
+            copy.mappedCount = lmap.mappedCount
+            return copy
+        }
+        predecessor.mappedCount = mappedCount
+        predecessor.sharedCount = mappedCount
+        sharedCount = mappedCount
+    }
+
     /// Calls `body` for every mapped entry in segment order.
     func forEachMapped(_ body: (Int, LMapEntry) throws -> Void) rethrows {
         for (l2i, lmap) in l2.enumerated() {

@@ -16,9 +16,9 @@ public struct LMapEntry: Equatable, Sendable {
     public init(raw: UInt32) { self.raw = raw }
 
     public static let unmapped = LMapEntry(raw: 0)
-    static let mappedBit: UInt32 = 1 << 0
-    static let spBit: UInt32 = 1 << 1
-    static let ssBit: UInt32 = 1 << 2
+    public static let mappedBit: UInt32 = 1 << 0
+    public static let spBit: UInt32 = 1 << 1
+    public static let ssBit: UInt32 = 1 << 2
     public static let maxStoreID: UInt32 = (1 << 26) - 1
 
     /// An entry that holds RSEG `rseg` of store `store`.

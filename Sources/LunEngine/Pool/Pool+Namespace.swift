@@ -227,13 +227,15 @@ extension Pool {
 }
 
 extension Pool {
-    /// Heap bytes of the in-memory map (L2MAPs, LMAPs, RSDs, PSEG bitmaps) and the MiB it maps.
-    public func mapMemory() -> (bytes: Int, allocatedMiB: Int) {
+    /// Heap bytes of the in-memory map (L2MAPs, LMAPs and the RSDs of live stores) and the
+    /// MiB it maps; the PSEG bitmaps, a fixed cost of the pool's capacity (1 bit per PSEG),
+    /// come separately.
+    public func mapMemory() -> (bytes: Int, allocatedMiB: Int, psegBitmapBytes: Int) {
         stateLock.withLock {
             var bytes = state.rsds.liveCount * RSDTable.bytesPerStore
-            bytes += state.psegs.psegCount.reduce(0) { $0 + ($1 + 63) / 64 * 8 }
             for d in state.disks.values { bytes += d.map.memoryBytes }
-            return (bytes, Int((UInt64(state.usedRSEGs) * geometry.rsegSizeBytes) >> 20))
+            let bitmaps = state.psegs.psegCount.reduce(0) { $0 + ($1 + 63) / 64 * 8 }
+            return (bytes, Int((UInt64(state.usedRSEGs) * geometry.rsegSizeBytes) >> 20), bitmaps)
         }
     }
 

@@ -92,10 +92,7 @@ final class PoolState: @unchecked Sendable {
         x.predecessor = p
         if replaying { p.family = x.family }   // nobody else sees the disks during replay
         precondition(p.family === x.family, "a snapshot is created in its disk's family")
-        x.map.forEachMapped { k, e in
-            p.map.set(k, .sharedWithSuccessor(sp: e.sp))
-            x.map.set(k, e.with(sp: true))
-        }
+        x.map.split(into: &p.map)
         log(.split) { $0.varint(UInt64(x.id)); $0.varint(UInt64(p.id)) }
     }
 
