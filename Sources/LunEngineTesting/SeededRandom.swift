@@ -42,3 +42,19 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
         SeededRandom(seed: next())
     }
 }
+
+extension SeededRandom {
+    /// `count` random bytes, eight at a time.
+    public mutating func bytes(_ count: Int) -> [UInt8] {
+        var result = [UInt8](repeating: 0, count: count)
+        result.withUnsafeMutableBytes { raw in
+            var i = 0
+            while i + 8 <= count { raw.storeBytes(of: next(), toByteOffset: i, as: UInt64.self); i += 8 }
+            if i < count {
+                var last = next()
+                while i < count { raw[i] = UInt8(truncatingIfNeeded: last); last >>= 8; i += 1 }
+            }
+        }
+        return result
+    }
+}

@@ -1,4 +1,4 @@
-// `lunfs check POOL [--scrub] [--json]`: the offline consistency check. Exit 0 when clean,
+// `lunfs check POOL [--scrub]`: the offline consistency check. Exit 0 when clean,
 // 1 when it finds inconsistencies, 2 when the pool cannot be opened at all.
 #if canImport(Glibc)
 import Glibc
@@ -7,7 +7,7 @@ import Foundation
 import LunEngine
 
 func runCheck(_ args: [String]) -> Int32 {
-    do {
+    runVerb {
         let parsed = try ParsedArguments(args, valued: [])
         guard parsed.positionals.count == 1 else {
             printError("usage: lunfs check POOL [--scrub]")
@@ -17,7 +17,7 @@ func runCheck(_ args: [String]) -> Int32 {
         let pool: Pool
         do {
             pool = try Pool.open(directory: directory)
-        } catch .busy {
+        } catch LunError.busy {
             print("pool is mounted: checking its last committed state read-only")
             pool = try Pool.open(directory: directory, readOnly: true)
         }
@@ -29,11 +29,5 @@ func runCheck(_ args: [String]) -> Int32 {
               + (parsed.flags.contains("scrub") ? ", scrubbed \(report.rsegsScrubbed) redundant segments" : "")
               + ": \(report.problems.isEmpty ? "clean" : "\(report.problems.count) problems")")
         return report.problems.isEmpty ? ExitCode.ok : ExitCode.problemsFound
-    } catch let e as LunError {
-        printError(e.description)
-        return ExitCode.failure
-    } catch {
-        printError("\(error)")
-        return ExitCode.failure
     }
 }

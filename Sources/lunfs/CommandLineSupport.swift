@@ -66,6 +66,18 @@ struct ParsedArguments {
     }
 }
 
+/// Runs a verb; an engine error becomes a message on stderr and exit code 2.
+func runVerb(_ body: () throws -> Int32) -> Int32 {
+    do {
+        return try body()
+    } catch let e as LunError {
+        printError(e.description)
+    } catch {
+        printError("\(error)")
+    }
+    return ExitCode.failure
+}
+
 func printError(_ message: String) {
     FileHandle.standardError.write(Data("lunfs: \(message)\n".utf8))
 }

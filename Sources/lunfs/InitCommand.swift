@@ -5,7 +5,7 @@ import Glibc
 import LunEngine
 
 func runInit(_ args: [String]) -> Int32 {
-    do {
+    runVerb {
         let parsed = try ParsedArguments(args, valued: ["drives", "drive-size", "raid", "drive", "pseg-size"])
         guard parsed.positionals.count == 1 else {
             printError("usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive PATH ...]")
@@ -34,11 +34,5 @@ func runInit(_ args: [String]) -> Int32 {
         try pool.close()
         print("created pool \(parsed.positionals[0]): \(usage.driveCount) drives, \(formatSize(usage.capacityBytes)) of segments, default \(usage.defaultRAID), \(formatSize(usage.freeBytes)) free")
         return ExitCode.ok
-    } catch let e as LunError {
-        printError(e.description)
-        return ExitCode.failure
-    } catch {
-        printError("\(error)")
-        return ExitCode.failure
     }
 }

@@ -63,7 +63,7 @@ func buildStatus(_ pool: Pool, mounted: Bool) -> StatusReport {
 }
 
 func runStatus(_ args: [String]) -> Int32 {
-    do {
+    runVerb {
         let parsed = try ParsedArguments(args, valued: [])
         guard parsed.positionals.count == 1 else {
             printError("usage: lunfs status POOL [--json]")
@@ -81,12 +81,6 @@ func runStatus(_ args: [String]) -> Int32 {
             printStatus(report)
         }
         return ExitCode.ok
-    } catch let e as LunError {
-        printError(e.description)
-        return ExitCode.failure
-    } catch {
-        printError("\(error)")
-        return ExitCode.failure
     }
 }
 

@@ -2,6 +2,7 @@
 // the ones Swift's Glibc module hides (xattrs, fallocate, O_DIRECT), looked up with dlsym.
 import Foundation
 import XCTest
+import LunEngineTesting
 
 #if arch(x86_64)
 let O_DIRECT_FLAG: Int32 = 0o40000
@@ -144,28 +145,8 @@ func allocate(_ fd: Int32, mode: Int32, offset: Int, length: Int) throws {
 
 // MARK: Test data
 
-/// A small seeded generator (SplitMix64), so a failing run can be repeated: tests print seeds.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    mutating func bytes(_ count: Int) -> [UInt8] {
-        var result = [UInt8](repeating: 0, count: count)
-        result.withUnsafeMutableBytes { raw in
-            var i = 0
-            while i + 8 <= count { raw.storeBytes(of: next(), toByteOffset: i, as: UInt64.self); i += 8 }
-            while i < count { raw[i] = UInt8(truncatingIfNeeded: next()); i += 1 }
-        }
-        return result
-    }
-}
+/// The tests' generator is the simulation's (SplitMix64): tests print their seeds.
+typealias SeededGenerator = SeededRandom
 
 /// A fresh seed, printed; LUNFS_TEST_SEED=N replays a run.
 func newSeed(_ test: String) -> UInt64 {
