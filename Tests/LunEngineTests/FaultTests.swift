@@ -104,6 +104,39 @@ final class FaultTests: XCTestCase {
         }
     }
 
+    /// A drive missing while the pool was written comes back with old copies: the open rebuilds
+    /// it from redundancy, so no read ever returns its stale bytes.
+    func testReturningDriveIsRebuiltBeforeUse() throws {
+        for level in [RAIDLevel.raid1, .raid5] {
+            let drives = MemoryDrives(count: 8, sizeBytes: 64 << 20)
+            try drives.format(raid: level)
+            var rng = TestRandom(seed: 21)
+            var pool = try drives.open()
+            let id = try pool.createDisk(named: "vm")
+            var model = rng.bytes(10 << 20)
+            try pool.write(id, at: 0, model)
+            try pool.close()
+            for victim in [3, 6] {
+                pool = try drives.open(missing: [victim])
+                let fresh = rng.bytes(10 << 20)
+                try pool.write(id, at: 0, fresh)
+                model = fresh
+                try pool.close()
+                pool = try drives.open()
+                XCTAssertTrue(pool.openNotes.contains { $0.contains("rebuilt") }, "\(level): \(pool.openNotes)")
+                assertSameBytes(try pool.image(id), model, "\(level) after drive \(victim) came back")
+                XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [], "\(level)")
+                try pool.close()
+                // Every copy is current: losing any other single drive still reads right.
+                for other in 0..<8 where other != victim {
+                    let degraded = try drives.open(missing: [other])
+                    assertSameBytes(try degraded.image(id), model, "\(level) without drive \(other)")
+                    try degraded.close()
+                }
+            }
+        }
+    }
+
     /// Silent corruption is caught by the scrub: the mirror copies or the parity disagree.
     func testScrubReportsCorruptedDrive() throws {
         for level in [RAIDLevel.raid1, .raid5] {

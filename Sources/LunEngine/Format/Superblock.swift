@@ -29,6 +29,9 @@ public struct Superblock: Equatable, Sendable {
     public static let cleanFlag: UInt32 = 1
 
     public var isClean: Bool { flags & Self.cleanFlag != 0 }
+    /// Bit d: drive d was missing or out of service when this checkpoint was written, so its
+    /// copies may be older than the pool's; if it comes back it is rebuilt before use.
+    public var staleDrives: UInt64 = 0
 
     public func encode() -> [UInt8] {
         var w = ByteWriter(capacity: Self.blockSize)
@@ -54,6 +57,7 @@ public struct Superblock: Equatable, Sendable {
         w.u64(createdAt)                     // 124
         w.u64(driveSizeBytes)                // 132
         w.u32(flags)                         // 140
+        w.u64(staleDrives)                   // 144
         w.pad(toMultipleOf: Self.blockSize)
         var bytes = w.bytes
         let crc = CRC32C.checksum(bytes)
@@ -91,7 +95,7 @@ public struct Superblock: Equatable, Sendable {
                           geometry: geometry, defaultRAID: raid, mirrors: mirrors,
                           checkpointSlot: try r.u32(), checkpointSeq: try r.u64(), checkpointLength: try r.u64(),
                           checkpointCRC: try r.u32(), journalStart: try r.u64(), createdAt: try r.u64(),
-                          driveSizeBytes: try r.u64(), flags: try r.u32())
+                          driveSizeBytes: try r.u64(), flags: try r.u32(), staleDrives: try r.u64())
     }
 }
 

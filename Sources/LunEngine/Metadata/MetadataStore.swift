@@ -81,6 +81,7 @@ final class MetadataStore: @unchecked Sendable {
 
     /// Writes the full state to the idle slot, then a new superblock generation that points at it.
     func writeCheckpoint(_ payload: [UInt8], clean: Bool = false) throws(LunError) {
+        let stale = (0..<min(64, drives.count)).reduce(UInt64(0)) { $0 | (drives.isAvailable($1) ? 0 : 1 << UInt64($1)) }
         var w = ByteWriter(capacity: payload.count + 16)
         w.raw(Self.checkpointMagic)
         w.u64(nextSeq - 1)
@@ -98,6 +99,7 @@ final class MetadataStore: @unchecked Sendable {
         sb.checkpointCRC = CRC32C.checksum(bytes)
         sb.journalStart = writePosition
         sb.flags = clean ? Superblock.cleanFlag : 0
+        sb.staleDrives = stale
         try writeToMirrors(bytes, at: layout.checkpointOffsets[Int(sb.checkpointSlot)])
         var landed = 0
         for m in mirrors where drives.isAvailable(m) {

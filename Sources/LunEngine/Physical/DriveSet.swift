@@ -26,14 +26,27 @@ final class DriveSet: @unchecked Sendable {
     }
 
     func isAvailable(_ i: Int) -> Bool { device(i) != nil }
+
+    /// Takes a present drive out of service (a stale drive while it is rebuilt) or puts it back.
+    func setInService(_ i: Int, _ on: Bool) {
+        failed[i].value.store(!on || devices[i] == nil, ordering: .releasing)
+    }
     var availableCount: Int { (0..<count).filter(isAvailable).count }
     var missingCount: Int { count - availableCount }
 
+    /// The device in slot `i` whether or not it is in service (for rebuilding it).
+    func devices(_ i: Int) -> BlockDevice? { devices[i] }
+
     func name(_ i: Int) -> String { devices[i]?.name ?? "drive \(i) (missing)" }
+
+    /// Set when a drive leaves service: the next commit writes a checkpoint, whose superblock
+    /// records the drive as stale.
+    let serviceChanged = AtomicFlag(false)
 
     func markFailed(_ i: Int, _ why: LunError) {
         if !failed[i].value.exchange(true, ordering: .acquiringAndReleasing) {
             log("drive \(i) (\(name(i))) taken out of service: \(why)")
+            serviceChanged.value.store(true, ordering: .releasing)
         }
         errorCount.add(1, ordering: .relaxed)
     }

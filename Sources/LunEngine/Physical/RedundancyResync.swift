@@ -58,3 +58,47 @@ extension Pool {
         return fixed
     }
 }
+
+extension Pool {
+    /// A drive that was missing while the pool was written holds old copies. Before it serves
+    /// reads, each of its chunks is rewritten from the partner (RAID 1) or rebuilt from the
+    /// other members (RAID 5); RAID 0 chunks on it cannot be repaired and stay as they are.
+    /// Returns how many chunks it rewrote.
+    func rebuildStaleDrives(_ stale: [Int]) -> Int {
+        for d in stale { drives.setInService(d, false) }
+        defer { for d in stale { drives.setInService(d, true) } }
+        let rsds = state.rsds
+        let unit = Int(geometry.stripeUnitBytes)
+        let a = scratchBuffer(unit), b = scratchBuffer(unit)
+        defer { a.deallocate(); b.deallocate() }
+        var rebuilt = 0
+        for id in 0..<rsds.highWater where rsds.isLive(id) {
+            guard let level = rsds.level(id), level != .raid0 else { continue }
+            let members = rsds.memberList(id)
+            for (m, member) in members.enumerated() where stale.contains(member.drive) {
+                for r in 0..<geometry.rsegsPerStore where rsds.isUsed(id, rseg: r) {
+                    func at(_ x: StoreMember) -> UInt64 { UInt64(x.pseg) * geometry.psegSizeBytes + UInt64(r) * geometry.stripeUnitBytes }
+                    do {
+                        if level == .raid1 {
+                            let partner = members[m < 4 ? m + 4 : m - 4]
+                            try drives.read(partner.drive, into: a, at: at(partner))
+                        } else {
+                            a.initializeMemory(as: UInt8.self, repeating: 0)
+                            for (o, other) in members.enumerated() where o != m {
+                                try drives.read(other.drive, into: b, at: at(other))
+                                xorBytes(into: a.baseAddress!, from: b.baseAddress!, count: unit)
+                            }
+                        }
+                        try drives.devices(member.drive)?.write(UnsafeRawBufferPointer(a), at: at(member))
+                        rebuilt += 1
+                    } catch {
+                        log("rebuild of store \(id) RSEG \(r) on drive \(member.drive) failed: \(error)")
+                    }
+                }
+            }
+        }
+        for d in stale { try? drives.devices(d)?.sync() }
+        log("rebuilt \(rebuilt) chunks on drives \(stale)")
+        return rebuilt
+    }
+}

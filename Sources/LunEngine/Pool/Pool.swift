@@ -190,6 +190,11 @@ public final class Pool: @unchecked Sendable {
         pool.openNotes = recovered.notes
         for n in recovered.notes { log(n) }
         if !readOnly {
+            let stale = (0..<min(64, devices.count)).filter { sb.staleDrives & (1 << UInt64($0)) != 0 && devices[$0] != nil }
+            if !stale.isEmpty {
+                let rebuilt = pool.rebuildStaleDrives(stale)
+                pool.openNotes.append("drives \(stale) were out of service when the pool was last written; rebuilt \(rebuilt) chunks on them from redundancy")
+            }
             if !sb.isClean {
                 let fixed = pool.resynchronizeRedundancy()
                 if fixed > 0 { pool.openNotes.append("after an unclean shutdown, \(fixed) mirror or parity chunks were brought back in step") }
@@ -244,7 +249,8 @@ public final class Pool: @unchecked Sendable {
         stateLock.withLock {
             for f in freed { state.releaseRSEG(store: f.store, rseg: f.rseg) }
         }
-        if metadata.journalBytesSinceCheckpoint * 2 > metadata.layout.journalCapacity {
+        if metadata.journalBytesSinceCheckpoint * 2 > metadata.layout.journalCapacity
+            || drives.serviceChanged.value.exchange(false, ordering: .acquiringAndReleasing) {
             try checkpointLocked()
         }
     }
