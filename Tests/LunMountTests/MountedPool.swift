@@ -1,6 +1,9 @@
 // The fixture every FUSE integration test stands on: a fresh pool in a temporary directory,
 // mounted by the real `lunfs` binary, and torn down (unmounted, daemon gone, files removed)
 // even when the test fails. Tests then use ordinary system calls and tools from outside.
+// After a test that passed, the pool is unmounted and `lunfs check --scrub` must find it
+// consistent: whatever a test does through the mount, the engine's metadata, free space and
+// redundancy must still add up.
 import Foundation
 import XCTest
 
@@ -115,6 +118,9 @@ final class MountedPool {
     let mountpoint: String
     private(set) var isMounted = false
     private let hangGuard: HangGuard
+    /// Whether `MountTestCase` runs `lunfs check --scrub` after a test that passed. A test that
+    /// damages the pool on purpose (drive files, metadata) sets this to false and says why.
+    var checksAfterTest = true
 
     /// Creates a temporary directory and mounts a new pool of small drives there.
     init(drives: Int = 5, driveSize: String = "256M", raid: String? = nil) throws {
@@ -169,6 +175,24 @@ final class MountedPool {
     func logTail() -> String {
         guard let log = try? String(contentsOfFile: poolPath + "/lunfs.log", encoding: .utf8) else { return "" }
         return "\n--- lunfs.log (end) ---\n" + log.split(separator: "\n").suffix(15).joined(separator: "\n")
+    }
+
+    /// Unmounts (waiting for the daemon to commit and exit) and runs `lunfs check --scrub` on
+    /// the pool. Returns nil when the check exits 0; otherwise what went wrong, with the
+    /// checker's output and the end of the daemon log. The pool stays unmounted.
+    func unmountAndCheck() -> String? {
+        do {
+            if isMounted || isMountPoint(mountpoint) {
+                try unmount()
+            }
+            let result = try lunfs(["check", "--scrub", poolPath])
+            guard result.status == 0 else {
+                return "lunfs check --scrub exited \(result.status) after the test:\n\(result.output)\(result.errorOutput)\(logTail())"
+            }
+            return nil
+        } catch {
+            return "unmount and check after the test failed: \(error)\(logTail())"
+        }
     }
 
     /// Unmounts whatever is left (lazily if need be), stops the daemon, removes the files.
@@ -226,14 +250,21 @@ func isMountPoint(_ path: String) -> Bool {
 class MountTestCase: XCTestCase {
     var pool: MountedPool!
 
-    /// Drives of the pool each test gets; subclasses may override.
+    /// Drives of the pool each test gets, and their size; subclasses may override.
     var driveCount: Int { 5 }
+    var driveSize: String { "256M" }
 
     override func setUpWithError() throws {
-        pool = try MountedPool(drives: driveCount)
+        pool = try MountedPool(drives: driveCount, driveSize: driveSize)
     }
 
+    /// After a test that passed (a failure already says what is wrong, and may have left the
+    /// pool half-way), the pool must unmount cleanly and pass `lunfs check --scrub`.
     override func tearDown() {
+        if let pool, pool.checksAfterTest, testRun?.hasSucceeded ?? false,
+           let problem = pool.unmountAndCheck() {
+            XCTFail(problem)
+        }
         pool?.tearDown()
         pool = nil
         super.tearDown()
