@@ -140,11 +140,19 @@ struct MountCommand {
     }
 
     private func openPool(_ plan: PoolPlan, log: DaemonLog, channel: StartupChannel) throws(MountFailure) -> Pool {
-        let engineLog: @Sendable (String) -> Void = { log.write("engine: \($0)") }
+        // Open runs on this thread; progress of the long steps it may take (resync after a
+        // crash, rebuilding a drive that came back) goes to the user's terminal as well.
+        let terminal = TerminalBox(channel)
+        let engineLog: @Sendable (String) -> Void = { line in
+            log.write("engine: \(line)")
+            if line.hasPrefix("resync") || line.hasPrefix("rebuil") { terminal.channel.say("lunfs: \(line)") }
+        }
         do {
             switch plan {
             case .open:
-                return try Pool.open(directory: poolDirectory, readOnly: arguments.isReadOnly, log: engineLog)
+                let pool = try Pool.open(directory: poolDirectory, readOnly: arguments.isReadOnly, log: engineLog)
+                for note in pool.openNotes { channel.say("lunfs: note: \(note)") }
+                return pool
             case .create:
                 let options = arguments.poolOptions
                 let pool = try Pool.create(directory: poolDirectory, options: options, log: engineLog)
@@ -203,4 +211,11 @@ func byteSizeText(_ bytes: UInt64) -> String {
         unit += 1
     }
     return "\(value) \(units[unit])"
+}
+
+/// Lets the engine's log closure, which must be Sendable, reach the startup channel. It is
+/// only used while the pool opens, on the thread that owns the channel.
+private final class TerminalBox: @unchecked Sendable {
+    let channel: StartupChannel
+    init(_ channel: StartupChannel) { self.channel = channel }
 }

@@ -17,12 +17,13 @@ extension Pool {
         var fixed = 0
         var done = 0
         let total = (0..<rsds.highWater).reduce(0) { $0 + (rsds.isLive($1) ? rsds.usedMask($1).nonzeroBitCount : 0) }
+        if total > 0 { log("resync after an unclean shutdown: checking mirror and parity copies of \(total) segments") }
         for id in 0..<rsds.highWater where rsds.isLive(id) {
             guard let level = rsds.level(id), level != .raid0 else { continue }
             let members = rsds.memberList(id)
             for r in 0..<geometry.rsegsPerStore where rsds.isUsed(id, rseg: r) {
                 done += 1
-                if done % 4096 == 0 { log("resync after unclean shutdown: \(done) of \(total) segments") }
+                if done % 4096 == 0 { log("resync after an unclean shutdown: \(done) of \(total) segments (\(done * 100 / max(total, 1))%)") }
                 func at(_ m: StoreMember) -> UInt64 { UInt64(m.pseg) * geometry.psegSizeBytes + UInt64(r) * geometry.stripeUnitBytes }
                 do {
                     if level == .raid1 {
@@ -72,7 +73,9 @@ extension Pool {
         let a = scratchBuffer(unit), b = scratchBuffer(unit)
         defer { a.deallocate(); b.deallocate() }
         var rebuilt = 0
+        log("rebuilding drives \(stale) from redundancy: \(rsds.highWater) stores to visit")
         for id in 0..<rsds.highWater where rsds.isLive(id) {
+            if id > 0 && id % 2048 == 0 { log("rebuilding drives \(stale): store \(id) of \(rsds.highWater) (\(id * 100 / rsds.highWater)%)") }
             guard let level = rsds.level(id), level != .raid0 else { continue }
             let members = rsds.memberList(id)
             for (m, member) in members.enumerated() where stale.contains(member.drive) {
