@@ -187,6 +187,7 @@ struct MountCommand {
         writePIDFile(poolDirectory + "/" + daemonPIDName)
         if !arguments.isReadOnly { pool.startBackgroundCommits() }
         channel.ready("lunfs: mounted \(poolDirectory) on \(mountpoint)")
+        raiseReadahead(of: mountpoint, log: log)
         let status = session.run()
         // libfuse returns 0, -errno, or the number of the signal that ended the loop.
         log.write("mount: session ended (\(status > 0 ? "signal \(status)" : "status \(status)"))")
