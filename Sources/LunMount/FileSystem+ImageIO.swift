@@ -178,11 +178,13 @@ extension FileSystem {
             guard case .image(let info) = node else { throw FuseFailure(EISDIR, "directories have no size") }
             guard wanted.st_size >= 0 else { throw FuseFailure(EINVAL, "negative size") }
             guard UInt64(wanted.st_size) <= PoolGeometry.maxDiskSizeBytes else { throw FuseFailure(EFBIG, "larger than the largest disk") }
-            // fsx and others truncate to the current size; that must be a cheap success.
+            // fsx and others truncate to the current size; that must be a cheap success. It is
+            // no modification either (the kernel sends one after a failed O_DIRECT write past the
+            // end; ftruncate(2) sends MTIME_NOW along, which touches below).
             if UInt64(wanted.st_size) != info.sizeBytes {
                 try engine { () throws(LunError) in try pool.resize(info.id, to: UInt64(wanted.st_size)) }
+                touch(info.id)
             }
-            touch(info.id)
         }
         if case .image(let info) = node {
             if fields & FUSE_SET_ATTR_MTIME_NOW != 0 {

@@ -137,8 +137,9 @@ extension FileSystem {
     }
 
     func rename(parent: fuse_ino_t, name: String, newParent: fuse_ino_t, newName: String, flags: UInt32) throws(FuseFailure) {
-        if flags & LUNFS_RENAME_EXCHANGE != 0 {
-            throw FuseFailure(EINVAL, "RENAME_EXCHANGE is not supported")
+        // Only RENAME_NOREPLACE (bit 0) is honoured; exchange and whiteout cannot be done.
+        if flags & ~UInt32(1) != 0 {
+            throw FuseFailure(EINVAL, flags & LUNFS_RENAME_EXCHANGE != 0 ? "RENAME_EXCHANGE is not supported" : "rename flags \(flags) are not supported")
         }
         let directory = try directoryDisk(parent)
         let newDirectory = try directoryDisk(newParent)

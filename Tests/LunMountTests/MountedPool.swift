@@ -261,7 +261,8 @@ class MountTestCase: XCTestCase {
     /// After a test that passed (a failure already says what is wrong, and may have left the
     /// pool half-way), the pool must unmount cleanly and pass `lunfs check --scrub`.
     override func tearDown() {
-        if let pool, pool.checksAfterTest, testRun?.hasSucceeded ?? false,
+        // Not `hasSucceeded`: that stays false until the run has stopped, after tearDown.
+        if let pool, pool.checksAfterTest, let run = testRun, run.totalFailureCount == 0,
            let problem = pool.unmountAndCheck() {
             XCTFail(problem)
         }

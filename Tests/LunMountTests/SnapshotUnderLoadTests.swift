@@ -11,9 +11,13 @@ final class SnapshotUnderLoadTests: MountTestCase {
     /// 1 GiB of ext4 plus the copies that copy on write makes: larger drives than the default.
     override var driveSize: String { "1G" }
 
+    /// Snapshots taken, a fraction of a second apart, while the writer runs.
+    static let snapshotCount = 4
+
     func testSnapshotOfBusyExt4IsCrashConsistentAndChecksClean() throws {
         XCTAssertEqual(getuid(), 0, "loop devices and mount need root")
         let seed = newSeed(#function)
+        var random = SeededGenerator(seed: seed)
         try makeDirectory(pool.path("fs"))
         let liveImage = pool.path("fs/disk.img")
         try check(truncate(liveImage, 1 << 30))
@@ -28,71 +32,94 @@ final class SnapshotUnderLoadTests: MountTestCase {
         writer.start()
         defer { writer.stopAndWait() }
 
-        // The first batch is synced; the writer goes on creating (and every other time
-        // fsyncing, and deleting) files. Snapshot once a few of those have reached the disk.
-        try writer.waitUntil(timeoutSeconds: 30) { $0.firstBatchSynced && $0.laterFilesWritten >= 6 }
-        let started = Date()
-        try makeDirectory(pool.path("fs/under-load"))
-        let mkdirSeconds = Date().timeIntervalSince(started)
-        let writtenAtSnapshot = writer.state.laterFilesWritten
-        print("SnapshotUnderLoadTests: mkdir of the snapshot took \(String(format: "%.3f", mkdirSeconds)) s with \(writtenAtSnapshot) files written after the sync")
+        // The first batch is synced; the writer goes on creating (every other one fsynced) and
+        // deleting files. Snapshot once some of those have reached the disk, then again and
+        // again at random moments, the writer never pausing.
+        try writer.waitUntil(timeoutSeconds: 30) { $0.firstBatchSynced && $0.laterFilesWritten >= 4 }
+        var snapshots: [(name: String, durable: Set<Int>, writtenBefore: Int)] = []
+        for index in 0..<Self.snapshotCount {
+            let name = "under-load-\(index)"
+            let before = writer.state
+            let started = Date()
+            try makeDirectory(pool.path("fs/" + name))
+            let after = writer.state
+            print("SnapshotUnderLoadTests: mkdir fs/\(name) took \(String(format: "%.3f", Date().timeIntervalSince(started))) s, \(before.laterFilesWritten) files written since the sync")
+            // Files fsynced before the mkdir and not deleted by the time it returned.
+            let durable = Set(before.existingLaterFiles.filter(Ext4Writer.isFsynced)).intersection(after.existingLaterFiles)
+            snapshots.append((name, durable.union(0..<Ext4Writer.firstBatchCount), before.laterFilesWritten))
+            usleep(UInt32.random(in: 100_000...400_000, using: &random))
+        }
 
-        // The snapshot, on a loop device of its own, read-write: mounting replays the journal.
-        let snapshotImage = pool.path("fs/under-load/disk.img")
-        let snapshot = try LoopMount(image: snapshotImage, target: pool.root.appendingPathComponent("ext4-snapshot").path)
-        defer { snapshot.release() }
-        try snapshot.mount()
-        let snapshotFiles = try checkFiles(in: snapshot.target + "/files", writer: writer)
-        XCTAssertGreaterThanOrEqual(snapshotFiles.whole, Ext4Writer.firstBatchCount, "every synced file must be whole")
-        try snapshot.unmount()
-        try snapshot.detach()
-        let snapshotCheck = try runProgram("e2fsck", ["-f", "-n", snapshotImage])
-        XCTAssertEqual(snapshotCheck.status, 0, "e2fsck of the snapshot:\n" + snapshotCheck.output + snapshotCheck.errorOutput + pool.logTail())
+        // Each snapshot on a loop device of its own, read-write (mounting replays ext4's
+        // journal), while the writer keeps going on the live disk.
+        let snapshotMount = pool.root.appendingPathComponent("ext4-snapshot").path
+        var snapshotFiles: [(whole: Int, partial: Int)] = []
+        for (name, durable, _) in snapshots {
+            let image = pool.path("fs/\(name)/disk.img")
+            let snapshot = try LoopMount(image: image, target: snapshotMount)
+            defer { snapshot.release() }
+            try snapshot.mount()
+            let files = try checkFiles(in: snapshot.target + "/files", writer: writer, mustBeWhole: durable)
+            print("SnapshotUnderLoadTests: \(name) holds \(files.whole) whole and \(files.partial) partial files")
+            snapshotFiles.append(files)
+            try snapshot.unmount()
+            try snapshot.detach()
+            let fsck = try runProgram("e2fsck", ["-f", "-n", image])
+            XCTAssertEqual(fsck.status, 0, "e2fsck of snapshot \(name):\n" + fsck.output + fsck.errorOutput + pool.logTail())
+        }
 
-        // A snapshot of the snapshot reads as its parent did at that moment, and keeps doing so
-        // when the parent changes afterwards.
-        let parentDigest = try sha256(snapshotImage)
-        try makeDirectory(pool.path("fs/under-load/again"))
-        let childImage = pool.path("fs/under-load/again/disk.img")
-        XCTAssertEqual(try sha256(childImage), parentDigest, "a snapshot of the snapshot must read as its parent")
-        let parentAgain = try LoopMount(image: snapshotImage, target: snapshot.target)
-        defer { parentAgain.release() }
-        try parentAgain.mount()
-        XCTAssertTrue(FileManager.default.createFile(atPath: parentAgain.target + "/after-the-second-snapshot",
+        // A snapshot of the first snapshot reads as its parent did at that moment; changes to
+        // the parent afterwards do not reach it.
+        let parentImage = pool.path("fs/\(snapshots[0].name)/disk.img")
+        try makeDirectory(pool.path("fs/\(snapshots[0].name)/again"))
+        let childImage = pool.path("fs/\(snapshots[0].name)/again/disk.img")
+        let compared = try runProgram("cmp", [parentImage, childImage])
+        XCTAssertEqual(compared.status, 0, "a snapshot of the snapshot must read as its parent: \(compared.output)\(compared.errorOutput)")
+        let parent = try LoopMount(image: parentImage, target: snapshotMount)
+        defer { parent.release() }
+        try parent.mount()
+        let removedFromParent = "/files/" + Ext4Writer.name(Ext4Writer.firstBatchCount - 1)
+        XCTAssertEqual(try runProgram("rm", [parent.target + removedFromParent]).status, 0)
+        XCTAssertTrue(FileManager.default.createFile(atPath: parent.target + "/after-the-second-snapshot",
                                                     contents: Data(repeating: 0x5A, count: 3 << 20)))
-        try parentAgain.unmount()
-        try parentAgain.detach()
-        XCTAssertNotEqual(try sha256(snapshotImage), parentDigest, "the parent was written to")
-        XCTAssertEqual(try sha256(childImage), parentDigest, "writes to the parent must not show in its snapshot")
+        try parent.unmount()
+        try parent.detach()
+        XCTAssertEqual(try runProgram("e2fsck", ["-f", "-n", parentImage]).status, 0, "e2fsck of the parent after its change")
+        let child = try LoopMount(image: childImage, target: pool.root.appendingPathComponent("ext4-child").path)
+        defer { child.release() }
+        try child.mount(["-o", "ro"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: child.target + "/after-the-second-snapshot"), "a file added to the parent shows in its snapshot")
+        let childFiles = try checkFiles(in: child.target + "/files", writer: writer, mustBeWhole: snapshots[0].durable)
+        XCTAssertTrue(childFiles == snapshotFiles[0], "the snapshot of the snapshot holds \(childFiles), its parent held \(snapshotFiles[0])")
+        try child.unmount()
+        try child.detach()
 
-        // The writer went on all along; stop it and check everything it wrote, then the image.
-        XCTAssertGreaterThan(writer.state.laterFilesWritten, writtenAtSnapshot, "the writer must keep going while the snapshot is checked")
+        // The writer went on all along; stop it, check every file it left, then the image.
+        XCTAssertGreaterThan(writer.state.laterFilesWritten, snapshots.last!.writtenBefore + 10, "the writer must keep going while the snapshots are checked")
         writer.stopAndWait()
         XCTAssertNil(writer.state.failure, "the writer failed" + pool.logTail())
-        let liveFiles = try checkFiles(in: writer.directory, writer: writer, expectEveryFile: true)
-        print("SnapshotUnderLoadTests: snapshot held \(snapshotFiles.whole) whole and \(snapshotFiles.partial) partial files; live holds \(liveFiles.whole) files, \(writer.state.laterFilesWritten) written after the sync")
+        let existing = writer.state.existingLaterFiles
+        let liveFiles = try checkFiles(in: writer.directory, writer: writer, mustBeWhole: Set(existing).union(0..<Ext4Writer.firstBatchCount), nothingElse: true)
+        print("SnapshotUnderLoadTests: the live file system holds \(liveFiles.whole) files; \(writer.state.laterFilesWritten) were written after the sync")
         try live.unmount()
         try live.detach()
-        let liveCheck = try runProgram("e2fsck", ["-f", "-n", liveImage])
-        XCTAssertEqual(liveCheck.status, 0, "e2fsck of the live image:\n" + liveCheck.output + liveCheck.errorOutput + pool.logTail())
+        let fsck = try runProgram("e2fsck", ["-f", "-n", liveImage])
+        XCTAssertEqual(fsck.status, 0, "e2fsck of the live image:\n" + fsck.output + fsck.errorOutput + pool.logTail())
     }
 
-    /// Compares every file in `directory` with what the writer put there: every first-batch
-    /// file must be whole; a later file must be whole, or (unless `expectEveryFile`) a prefix
-    /// of its content, which is what ext4's ordered mode leaves of a file caught mid-write.
-    /// Returns how many files were whole and how many partial.
-    func checkFiles(in directory: String, writer: Ext4Writer, expectEveryFile: Bool = false) throws -> (whole: Int, partial: Int) {
+    /// Compares every file in `directory` with what the writer put there. The files in
+    /// `mustBeWhole` (synced or fsynced) must be there, whole; any other file must be whole
+    /// or a prefix of its content, which is what ext4's ordered mode leaves of a file caught
+    /// mid-write (or, with `nothingElse`, must not be there). Returns how many files were whole
+    /// and how many partial.
+    func checkFiles(in directory: String, writer: Ext4Writer, mustBeWhole: Set<Int>, nothingElse: Bool = false) throws -> (whole: Int, partial: Int) {
         let names = Set(try FileManager.default.contentsOfDirectory(atPath: directory))
-        for index in 0..<Ext4Writer.firstBatchCount where !names.contains(Ext4Writer.name(index)) {
-            XCTFail("\(directory): synced file \(Ext4Writer.name(index)) is missing")
-        }
-        if expectEveryFile {
-            let expected = Set(writer.state.existingLaterFiles.map(Ext4Writer.name) + (0..<Ext4Writer.firstBatchCount).map(Ext4Writer.name))
-            XCTAssertEqual(names, expected, "\(directory): the files the writer left")
+        for index in mustBeWhole.sorted() where !names.contains(Ext4Writer.name(index)) {
+            XCTFail("\(directory): \(Ext4Writer.name(index)), synced before, is missing")
         }
         var whole = 0, partial = 0
         for name in names.sorted() {
-            guard let index = Ext4Writer.index(of: name) else {
+            guard let index = Ext4Writer.index(of: name), nothingElse ? mustBeWhole.contains(index) : true else {
                 XCTFail("\(directory): unexpected file \(name)")
                 continue
             }
@@ -100,27 +127,14 @@ final class SnapshotUnderLoadTests: MountTestCase {
             let expected = writer.content(index)
             if actual.count == expected.count && sameBytes(actual[...], expected[...]) {
                 whole += 1
-            } else if index >= Ext4Writer.firstBatchCount && !expectEveryFile && actual.count < expected.count
-                        && sameBytes(actual[...], expected[..<actual.count]) {
+            } else if !mustBeWhole.contains(index) && actual.count < expected.count && sameBytes(actual[...], expected[..<actual.count]) {
                 partial += 1
             } else {
-                XCTFail("\(directory)/\(name): \(actual.count) bytes that are not (a prefix of) the \(expected.count) written")
+                XCTFail("\(directory)/\(name): \(actual.count) bytes that are not \(mustBeWhole.contains(index) ? "" : "a prefix of ")the \(expected.count) written")
             }
         }
         return (whole, partial)
     }
-
-    func sha256(_ path: String) throws -> String {
-        let result = try runProgram("sha256sum", [path])
-        guard result.status == 0, let digest = result.output.split(separator: " ").first else {
-            throw FixtureError("sha256sum \(path) failed: \(result.errorOutput)")
-        }
-        return String(digest)
-    }
-}
-
-func sameBytes(_ a: ArraySlice<UInt8>, _ b: ArraySlice<UInt8>) -> Bool {
-    a.count == b.count && a.withUnsafeBytes { x in b.withUnsafeBytes { y in a.isEmpty || memcmp(x.baseAddress!, y.baseAddress!, a.count) == 0 } }
 }
 
 /// A thread that writes files of seeded content into a directory of the live ext4: a first
@@ -165,6 +179,9 @@ final class Ext4Writer: @unchecked Sendable {
 
     /// The bytes of file `index`: 1 byte to 1 MiB (some a whole number of blocks), or 4 MiB
     /// for one file in eight so that some span several ext4 extents.
+    /// The writer fsyncs every other later file (and none of the first batch, which it syncs).
+    static func isFsynced(_ index: Int) -> Bool { index >= firstBatchCount && index % 2 == 0 }
+
     func content(_ index: Int) -> [UInt8] {
         var random = SeededGenerator(seed: seed &+ UInt64(index) &* 0x9E37_79B9_7F4A_7C15)
         let size: Int
@@ -197,7 +214,7 @@ final class Ext4Writer: @unchecked Sendable {
         lock.withLock { current.firstBatchSynced = true }
         var index = Self.firstBatchCount
         while !lock.withLock({ stopRequested }) {
-            try write(index, fsync: index % 2 == 0)
+            try write(index, fsync: Self.isFsynced(index))
             let oldest: Int? = lock.withLock {
                 current.laterFilesWritten += 1
                 current.existingLaterFiles.append(index)

@@ -105,15 +105,37 @@ private typealias GetXattr = @convention(c) (UnsafePointer<CChar>, UnsafePointer
 private typealias ListXattr = @convention(c) (UnsafePointer<CChar>, UnsafeMutablePointer<CChar>?, Int) -> Int
 private typealias Fallocate = @convention(c) (Int32, Int32, off_t, off_t) -> Int32
 
-func setAttribute(_ path: String, _ name: String, _ value: String) throws {
+private typealias RemoveXattr = @convention(c) (UnsafePointer<CChar>, UnsafePointer<CChar>) -> Int32
+private typealias RenameAt2 = @convention(c) (Int32, UnsafePointer<CChar>, Int32, UnsafePointer<CChar>, UInt32) -> Int32
+
+let XATTR_CREATE_FLAG: Int32 = 1
+let XATTR_REPLACE_FLAG: Int32 = 2
+let RENAME_NOREPLACE_FLAG: UInt32 = 1
+let RENAME_EXCHANGE_FLAG: UInt32 = 2
+
+/// setxattr(2); `flags` is 0, XATTR_CREATE_FLAG or XATTR_REPLACE_FLAG.
+func setAttribute(_ path: String, _ name: String, _ value: String, flags: Int32 = 0) throws {
     let call = symbol("setxattr", as: SetXattr.self)
     let bytes = Array(value.utf8)
-    try check(bytes.withUnsafeBytes { call(path, name, $0.baseAddress, $0.count, 0) })
+    try check(bytes.withUnsafeBytes { call(path, name, $0.baseAddress, $0.count, flags) })
 }
 
-func getAttribute(_ path: String, _ name: String) throws -> String {
+func removeAttribute(_ path: String, _ name: String) throws {
+    let call = symbol("removexattr", as: RemoveXattr.self)
+    try check(call(path, name))
+}
+
+/// renameat2(2) between paths (AT_FDCWD); `flags` as RENAME_NOREPLACE_FLAG, RENAME_EXCHANGE_FLAG.
+func renameWithFlags(_ from: String, _ to: String, flags: UInt32) throws {
+    let call = symbol("renameat2", as: RenameAt2.self)
+    try check(call(AT_FDCWD, from, AT_FDCWD, to, flags))
+}
+
+/// getxattr(2) into a buffer of `capacity` bytes.
+func getAttribute(_ path: String, _ name: String, capacity: Int = 4096) throws -> String {
     let call = symbol("getxattr", as: GetXattr.self)
-    var buffer = [UInt8](repeating: 0, count: 4096)
+    precondition(capacity > 0)
+    var buffer = [UInt8](repeating: 0, count: capacity)
     let n = buffer.withUnsafeMutableBytes { call(path, name, $0.baseAddress, $0.count) }
     if n < 0 { throw SystemError(code: errno) }
     return String(decoding: buffer[..<n], as: UTF8.self)
@@ -147,6 +169,11 @@ func allocate(_ fd: Int32, mode: Int32, offset: Int, length: Int) throws {
 
 /// The tests' generator is the simulation's (SplitMix64): tests print their seeds.
 typealias SeededGenerator = SeededRandom
+
+/// Whether two byte ranges are equal (memcmp: element-wise == is slow in debug builds).
+func sameBytes(_ a: ArraySlice<UInt8>, _ b: ArraySlice<UInt8>) -> Bool {
+    a.count == b.count && a.withUnsafeBytes { x in b.withUnsafeBytes { y in a.isEmpty || memcmp(x.baseAddress!, y.baseAddress!, a.count) == 0 } }
+}
 
 /// A fresh seed, printed; LUNFS_TEST_SEED=N replays a run.
 func newSeed(_ test: String) -> UInt64 {
