@@ -1272,7 +1272,14 @@ def plot(results, png):
     rows = [r for r in ROWS if r in results["rows"] and not results["rows"][r].get("error")]
     if not rows or not shutil.which("gnuplot", path=ENV["PATH"]):
         return "no data or no gnuplot"
-    work = tempfile.mkdtemp(prefix="plot.", dir=results["config"]["workdir"])
+    work = tempfile.mkdtemp(prefix="lunfs-bench-plot.")
+    try:
+        return plot_in(results, png, rows, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def plot_in(results, png, rows, work):
     bw_tests = [t for t in TEST_IDS if TEST_UNIT[t] == "MB/s" and t in results["tests"]]
     io_tests = [t for t in TEST_IDS if TEST_UNIT[t] == "IOPS" and t in results["tests"]]
 
@@ -1443,6 +1450,10 @@ def write_docs(results, png_rel, plot_error):
     L.append(f"- Disk and file system holding every test file and the pool's drives: "
              f"{mach['device']}, `{mach['filesystem']}`")
     L.append(f"- {mach['fio']}; {mach['qemu']}; lunfs at {mach['lunfs_revision']}")
+    if mach.get("loadavg_start"):
+        L.append(f"- Load average (1, 5, 15 min) at the start: {mach['loadavg_start']}; at the "
+                 f"end: {mach.get('loadavg_end', 'unknown')}. Anything else running on the "
+                 "machine competes with the daemons for its CPUs.")
     L.append("")
     L.append("## Results")
     L.append("")
@@ -1512,7 +1523,9 @@ def write_docs(results, png_rel, plot_error):
              "/proc/sys/vm/drop_caches`. dio = O_DIRECT (libaio, queue depth 16); buf = through "
              "the page cache (psync, 4 jobs on the one file).")
     L.append("- The fill before the tests uses fio's non-zero buffers. dd writes zeros from "
-             "/dev/zero; neither backend is configured to detect zero writes.")
+             "/dev/zero: qemu's detect-zeroes is off (its default), and a backend that skipped "
+             "zero writes would look better in the dd column than with real data; the fio "
+             "columns use non-zero data.")
     L.append("- mkdir-snapshot latency is the time of the mkdir(2) call, median of at least 5, "
              "on a 16 GiB disk with 1 GiB and then 16 GiB written (dd, 1 MiB blocks). Map "
              "memory comes from `lunfs status --json` (`mapBytesPerAllocatedMiB`). Daemon RSS "
@@ -1580,6 +1593,9 @@ def parse_args():
                     help="where the plot goes (default docs/bench.png)")
     ap.add_argument("--no-docs", action="store_true",
                     help="do not regenerate docs/BENCHMARKS.md and docs/bench.png")
+    ap.add_argument("--from-json", metavar="FILE",
+                    help="measure nothing: print the table and rewrite the plot and docs from "
+                         "a results file of an earlier run")
     ap.add_argument("--docs", action="store_true",
                     help="regenerate them even for a partial run (--rows, --tests, "
                          "--no-extras); by default only a run of everything does")
@@ -1623,6 +1639,11 @@ def check_space(args, workdir):
 
 def main():
     args = parse_args()
+    if args.from_json:
+        with open(args.from_json) as f:
+            results = json.load(f)
+        report(results, args, save_json=False)
+        return
     if os.geteuid() != 0:
         sys.exit("bench: run as root (drop_caches and FUSE mounts)")
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -1630,18 +1651,23 @@ def main():
     os.makedirs(args.dir, exist_ok=True)
     ctx = Context(args)
     started = datetime.datetime.now().astimezone()
+    started_s = time.monotonic()
+    stamp = started.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
     results = {
         "date": started.strftime("%Y-%m-%d %H:%M %Z").strip(),
         "config": {"size_bytes": args.size, "reps": args.reps, "runtime_s": args.runtime,
                    "quick": args.quick, "rows": args.rows, "workdir": ctx.workdir,
                    "skip_16g": args.skip_16g, "drive_size_bytes": ctx.drive_size_bytes(),
-                   "mount_disks": args.mount_disks, "mount_snapshots": args.mount_snapshots},
+                   "mount_disks": args.mount_disks, "mount_snapshots": args.mount_snapshots,
+                   "no_extras": args.no_extras},
+        "json_name": f"bench-{stamp}.json",
         "tests": args.tests,
         "rows": {},
         "extras": {},
     }
     try:
         results["machine"] = machine_description(ctx.workdir)
+        results["machine"]["loadavg_start"] = load_average()
         check_space(args, ctx.workdir)
         fstype = results["machine"]["fstype"]
         if fstype in ("tmpfs", "ramfs"):
@@ -1746,55 +1772,69 @@ def main():
                 pass
 
     try:
-        results["targets"] = evaluate_targets(results)
-        stamp = started.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
-        results["json_name"] = f"bench-{stamp}.json"
-        results["elapsed_s"] = round((datetime.datetime.now().astimezone() - started).total_seconds(), 1)
-
-        out = []
-        out.append(f"lunfs benchmark, {results['date']}: {human_size(args.size)} files, median of "
-                   f"{args.reps}, random tests {args.runtime} s"
-                   + (" (quick)" if args.quick else ""))
-        out.append(f"machine: {results['machine']['cpu']}, {results['machine']['memory']}, "
-                   f"kernel {results['machine']['kernel']}, {results['machine']['device']} "
-                   f"{results['machine']['filesystem']}")
-        out.append("")
-        out += table_lines(results, markdown=False)
-        out.append("")
-        out += extras_lines(results)
-        out.append("")
-        out.append("targets:")
-        out += target_lines(results, markdown=False)
-        for r, e in results["rows"].items():
-            if e.get("error") and not e["error"].startswith("lunfs: not available"):
-                out.append(f"{r}: {e['error']}")
-        print("\n".join(out), flush=True)
-
-        os.makedirs(args.results_dir, exist_ok=True)
-        json_path = os.path.join(args.results_dir, results["json_name"])
-        with open(json_path, "w") as f:
-            json.dump(results, f, indent=1, default=str)
-        print(f"\nresults: {json_path}")
-        complete = (args.rows == ROWS and args.tests == TEST_IDS and not args.no_extras)
-        if not args.no_docs and not complete and not args.docs:
-            print("docs: not regenerated (a partial run; --docs forces it)")
-        elif not args.no_docs:
-            png = os.path.realpath(args.png)
-            os.makedirs(os.path.dirname(png), exist_ok=True)
-            plot_error = plot(results, png)
-            if plot_error:
-                log(f"plot: {plot_error}")
-            else:
-                print(f"plot: {png}")
-            docs = REPO / "docs" / "BENCHMARKS.md"
-            png_rel = os.path.relpath(png, docs.parent)
-            docs.write_text(write_docs(results, png_rel, plot_error) + "\n")
-            print(f"docs: {docs}")
+        results["elapsed_s"] = round(time.monotonic() - started_s, 1)
+        results["machine"]["loadavg_end"] = load_average()
+        report(results, args, save_json=True)
     except KeyboardInterrupt as e:
         log(f"interrupted ({e}); cleaning up")
         sys.exit(130)
     finally:
         CLEANUP.run()
+
+
+def report(results, args, save_json):
+    """The table on stdout, the results JSON, the plot and docs/BENCHMARKS.md."""
+    cfg = results["config"]
+    results["targets"] = evaluate_targets(results)
+    out = []
+    out.append(f"lunfs benchmark, {results['date']}: {human_size(cfg['size_bytes'])} files, "
+               f"median of {cfg['reps']}, random tests {cfg['runtime_s']} s"
+               + (" (quick)" if cfg["quick"] else ""))
+    m = results["machine"]
+    out.append(f"machine: {m['cpu']}, {m['memory']}, kernel {m['kernel']}, {m['device']} "
+               f"{m['filesystem']}")
+    out.append("")
+    out += table_lines(results, markdown=False)
+    out.append("")
+    out += extras_lines(results)
+    out.append("")
+    out.append("targets:")
+    out += target_lines(results, markdown=False)
+    for r, e in results["rows"].items():
+        if e.get("error") and not e["error"].startswith("lunfs: not available"):
+            out.append(f"{r}: {e['error']}")
+    print("\n".join(out), flush=True)
+
+    if save_json:
+        os.makedirs(args.results_dir, exist_ok=True)
+        json_path = os.path.join(args.results_dir, results["json_name"])
+        with open(json_path, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+        print(f"\nresults: {json_path}")
+    complete = (cfg["rows"] == ROWS and results["tests"] == TEST_IDS
+                and not cfg.get("no_extras", False))
+    if not args.no_docs and not complete and not args.docs:
+        print("docs: not regenerated (a partial run; --docs forces it)")
+    elif not args.no_docs:
+        png = os.path.realpath(args.png)
+        os.makedirs(os.path.dirname(png), exist_ok=True)
+        plot_error = plot(results, png)
+        if plot_error:
+            log(f"plot: {plot_error}")
+        else:
+            print(f"plot: {png}")
+        docs = REPO / "docs" / "BENCHMARKS.md"
+        png_rel = os.path.relpath(png, docs.parent)
+        docs.write_text(write_docs(results, png_rel, plot_error) + "\n")
+        print(f"docs: {docs}")
+
+
+def load_average():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ extension Pool {
         try forEachSegmentPiece(offset: offset, count: buffer.count) { k, within, at, len throws(LunError) in
             let p = plan(d.map.entry(k))
             if case .inPlace(let e) = p, state.unsharedCount.load(ordering: .acquiring) > 0 {
-                mustCommitFirst = mustCommitFirst || stateLock.withLock { state.pendingUnshared.contains(PoolState.location(e)) }
+                mustCommitFirst = mustCommitFirst || stateLock.withLock { state.isUnsharedUncommitted(PoolState.location(e)) }
             }
             needed += p.segmentsNeeded
             plans.append((k, within, at, len, p))

@@ -218,7 +218,6 @@ public final class Pool: @unchecked Sendable {
         stateLock.lock()
         let payload = state.journal.bytes
         let freed = state.pendingFree
-        let handoffs = state.pendingUnshared
         let tooBig = !metadata.fits(recordBytes: metadata.recordSize(payloadBytes: payload.count))
         if tooBig {
             defer { stateLock.unlock() }
@@ -228,6 +227,8 @@ public final class Pool: @unchecked Sendable {
         state.journal = ByteWriter(capacity: 4096)
         state.journalOpCount = 0
         state.pendingFree = []
+        // Until the record is durable, a write to a segment it unshares must still wait.
+        state.unsharedInFlight = state.pendingUnshared
         state.pendingUnshared = []
         stateLock.unlock()
         do {
@@ -240,13 +241,15 @@ public final class Pool: @unchecked Sendable {
                 w.raw(payload); w.raw(state.journal.bytes)
                 state.journal = w
                 state.pendingFree = freed + state.pendingFree
-                state.pendingUnshared.formUnion(handoffs)
+                state.pendingUnshared.formUnion(state.unsharedInFlight)
+                state.unsharedInFlight = []
             }
             log("commit failed: \(error)")
             throw error
         }
         commits.add(1, ordering: .relaxed)
         stateLock.withLock {
+            state.unsharedInFlight = []
             for f in freed { state.releaseRSEG(store: f.store, rseg: f.rseg) }
         }
         if metadata.journalBytesSinceCheckpoint * 2 > metadata.layout.journalCapacity

@@ -21,9 +21,21 @@ final class PoolState: @unchecked Sendable {
     /// to a predecessor, or a neighbour that took its own copy. Their new sole holder must not
     /// write them in place before the commit, or a crash would show the bytes to a disk that
     /// still shares them in the committed maps. Such a write commits first.
-    var pendingUnshared = Set<UInt32>() { didSet { unsharedCount.store(pendingUnshared.count, ordering: .releasing) } }
-    /// `pendingUnshared.count`, readable without the state lock by the in-place write path.
+    var pendingUnshared = Set<UInt32>() { didSet { updateUnsharedCount() } }
+    /// The same for the record a commit is writing now; cleared once it is durable.
+    var unsharedInFlight = Set<UInt32>() { didSet { updateUnsharedCount() } }
+    /// Size of both sets, readable without the state lock by the in-place write path.
     let unsharedCount = Atomic<Int>(0)
+
+    private func updateUnsharedCount() {
+        unsharedCount.store(pendingUnshared.count + unsharedInFlight.count, ordering: .releasing)
+    }
+
+    /// Whether an in-place write to this RSEG must wait for a commit.
+    func isUnsharedUncommitted(_ location: UInt32) -> Bool {
+        pendingUnshared.contains(location) || unsharedInFlight.contains(location)
+    }
+
     /// Segments set aside for fully reserved snapshots (sum of their `reservedSegments`).
     var reservedTotal = 0
     /// RSEGs in use or pending free.
