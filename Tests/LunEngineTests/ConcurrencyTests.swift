@@ -85,4 +85,39 @@ final class ConcurrencyTests: XCTestCase {
         for (id, expected) in models.images { assertSameBytes(try reopened.image(id), expected, "disk \(id) after reopen") }
         try reopened.close()
     }
+
+    /// A snapshot waits a bounded time for in-flight writes; past it mkdir fails with EBUSY and
+    /// changes nothing, and once the writes drain it succeeds.
+    func testSnapshotGivesUpWithEBUSYWhenWritesDoNotDrain() throws {
+        let drives = MemoryDrives(count: 4, sizeBytes: 1 << 30)
+        try drives.format(raid: .raid0)
+        let pool = try drives.open()
+        let id = try pool.createDisk(named: "vm")
+        let big = [UInt8](repeating: 0x42, count: 600 << 20)
+        let writing = AtomicFlag(false), done = AtomicFlag(false)
+        let writer = Thread {
+            writing.value.store(true, ordering: .releasing)
+            try? pool.write(id, at: 0, big)
+            done.value.store(true, ordering: .releasing)
+        }
+        writer.start()
+        while !writing.value.load(ordering: .acquiring) { usleep(100) }
+        var sawBusy = false
+        while !done.value.load(ordering: .acquiring) && !sawBusy {
+            let result = Result { () throws(LunError) -> DiskID in
+                try pool.createSnapshot(of: id, named: "s", quiesceTimeoutSeconds: 0.01)
+            }
+            switch result {
+            case .success: break
+            case .failure(let error): XCTAssertEqual(error.errno, EBUSY); sawBusy = true
+            }
+            if case .success = result { break }
+        }
+        XCTAssertTrue(sawBusy, "the long write should have held the snapshot off")
+        XCTAssertNil(pool.child(named: "s", of: id), "a refused mkdir leaves nothing behind")
+        while !writer.isFinished { usleep(1000) }
+        let snap = try pool.createSnapshot(of: id, named: "s")
+        XCTAssertEqual(pool.info(snap)!.sizeBytes, 600 << 20)
+        try pool.close()
+    }
 }
