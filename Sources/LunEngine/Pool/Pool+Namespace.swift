@@ -114,20 +114,29 @@ extension Pool {
         return p.id
     }
 
-    /// unlink of disk.img: the disk leaves its chain (its neighbours keep their bytes) and its
-    /// segments are freed; the directory stays, hollow, for the snapshots below it.
-    public func deleteImage(_ id: DiskID) throws(LunError) {
+    /// The frame of every change to one disk's place in the tree or chain: its family lock
+    /// exclusive (no I/O in flight), the state lock, a check that it still exists, the change,
+    /// and a commit before returning.
+    private func changeCommitted(_ id: DiskID, _ change: (Disk) throws(LunError) -> Void) throws(LunError) {
         try checkWritable()
         let x = try liveDisk(id)
         x.family.lock.lockExclusive()
         defer { x.family.lock.unlock() }
         try stateLock.withLock { () throws(LunError) in
             guard !x.removed else { throw .stale("disk \(id) was removed") }
-            guard x.hasImage else { throw .notFound("\(x.name) has no image") }
-            dropImageLocked(x)
+            try change(x)
         }
         try commit()
-        log("deleted image of \(x.name) (id \(id))")
+    }
+
+    /// unlink of disk.img: the disk leaves its chain (its neighbours keep their bytes) and its
+    /// segments are freed; the directory stays, hollow, for the snapshots below it.
+    public func deleteImage(_ id: DiskID) throws(LunError) {
+        try changeCommitted(id) { (x) throws(LunError) in
+            guard x.hasImage else { throw .notFound("\(x.name) has no image") }
+            dropImageLocked(x)
+            log("deleted image of \(x.name) (id \(id))")
+        }
     }
 
     private func dropImageLocked(_ x: Disk) {
@@ -142,20 +151,14 @@ extension Pool {
 
     /// rmdir: removes a node with no children, and its image. `.notEmpty` if it has children.
     public func removeNode(_ id: DiskID) throws(LunError) {
-        try checkWritable()
-        let x = try liveDisk(id)
-        x.family.lock.lockExclusive()
-        defer { x.family.lock.unlock() }
-        try stateLock.withLock { () throws(LunError) in
-            guard !x.removed else { throw .stale("disk \(id) was removed") }
+        try changeCommitted(id) { (x) throws(LunError) in
             guard !state.disks.values.contains(where: { $0.parent == id }) else {
                 throw .notEmpty("\(x.name) has snapshots below it")
             }
             if x.hasImage { dropImageLocked(x) }
             state.applyDropDisk(x)
+            log("removed \(x.name) (id \(id))")
         }
-        try commit()
-        log("removed \(x.name) (id \(id))")
     }
 
     /// Renames within the same directory. `.exists` if the name is taken.
@@ -174,12 +177,8 @@ extension Pool {
 
     /// Changes a disk's RAID level; `.notPermitted` once it has been written.
     public func setRAID(_ id: DiskID, _ level: RAIDLevel) throws(LunError) {
-        try checkWritable()
         try checkRAIDPossible(level)
-        let d = try liveDisk(id)
-        d.family.lock.lockExclusive()
-        defer { d.family.lock.unlock() }
-        try stateLock.withLock { () throws(LunError) in
+        try changeCommitted(id) { (d) throws(LunError) in
             if d.raid == level { return }
             guard !d.hasWritten, d.map.mappedCount == 0, d.predecessor == nil, d.successor == nil else {
                 throw .notPermitted("the RAID level of \(d.name) is fixed once it has been written or snapshotted")
@@ -187,20 +186,13 @@ extension Pool {
             d.raid = level
             state.logDisk(d)
         }
-        try commit()
     }
 
     /// Reserves (or releases) a segment for every segment the disk shares, which is all that
     /// copy-on-write can ever need on its behalf. `.noSpace` if the pool cannot set it aside.
     public func setReserved(_ id: DiskID, _ reserved: Bool) throws(LunError) {
-        try checkWritable()
-        let d = try liveDisk(id)
-        d.family.lock.lockExclusive()
-        defer { d.family.lock.unlock() }
-        try stateLock.withLock { () throws(LunError) in
-            var shared = 0
-            d.map.forEachMapped { _, e in if e.sp || e.ss { shared += 1 } }
-            let want = reserved ? shared : 0
+        try changeCommitted(id) { (d) throws(LunError) in
+            let want = reserved ? d.map.sharedCount : 0
             let extra = want - d.reservedSegments
             if extra > 0 {
                 let free = state.freeSegments(level: d.raid) - state.reservedTotal
@@ -211,7 +203,6 @@ extension Pool {
             d.reserved = reserved
             state.logDisk(d)
         }
-        try commit()
     }
 
     /// Whether snapshots taken of this disk are created reserved.
