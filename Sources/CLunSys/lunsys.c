@@ -11,6 +11,8 @@ int lunsys_fallocate(int fd, int mode, int64_t offset, int64_t length) {
 
 int lunsys_gettid(void) { return (int)syscall(SYS_gettid); }
 
+int lunsys_open_direct(const char *path, int flags) { return open(path, flags | O_DIRECT); }
+
 int lunsys_rwlock_init_writer_preferring(pthread_rwlock_t *lock) {
     pthread_rwlockattr_t attr;
     pthread_rwlockattr_init(&attr);

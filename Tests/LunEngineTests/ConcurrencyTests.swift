@@ -86,6 +86,106 @@ final class ConcurrencyTests: XCTestCase {
         try reopened.close()
     }
 
+    /// Writers that unshare the same segments of one chain at once: four threads write the
+    /// live disk and one writes its snapshot, each in its own 4 KiB blocks but all in the same
+    /// 1 MiB segments, so copies on first write run side by side and meet claims. A reader
+    /// checks the blocks nobody writes while this goes on; another thread takes and deletes
+    /// snapshots (plans made before one must be made again) and one commits in a loop.
+    func testWritersUnsharingTheSameSegmentsOfOneChain() throws {
+        let drives = MemoryDrives(count: 8, sizeBytes: 256 << 20)
+        try drives.format(raid: .raid5)
+        let pool = try drives.open()
+        let size = 8 << 20, block = 4096, owners = 5
+        var rng = SeededRandom(seed: 4242)
+        let initial = rng.bytes(size)
+        let live = try pool.createDisk(named: "vm")
+        try pool.write(live, at: 0, initial)
+        let base = try pool.createSnapshot(of: live, named: "base")
+        let failures = Failures()
+        let models = Models()
+        let stop = AtomicFlag(false)
+        let group = DispatchGroup()
+        // Owner t < 4 writes blocks b % 5 == t of the live disk; owner 4 those of the snapshot.
+        for t in 0..<owners {
+            group.enter()
+            Thread {
+                defer { group.leave() }
+                var rng = SeededRandom(seed: UInt64(t) &* 104_729 &+ 3)
+                let target = t < owners - 1 ? live : base
+                var image = initial
+                do {
+                    for _ in 0..<120 {
+                        let b = Int(rng.below(UInt64(size / block / owners))) * owners + t
+                        let len = Int(rng.below(UInt64(block))) + 1
+                        let off = b * block + Int(rng.below(UInt64(block - len + 1)))
+                        let bytes = rng.bytes(len)
+                        try pool.write(target, at: UInt64(off), bytes)
+                        image.replaceSubrange(off..<off + len, with: bytes)
+                    }
+                } catch {
+                    failures.add("writer \(t): \(error)")
+                }
+                models.lock.withLock { models.images[DiskID(1000 + t)] = image }
+            }.start()
+        }
+        let reader = Thread {
+            var rng = SeededRandom(seed: 77)
+            while !stop.value.load(ordering: .acquiring) {
+                // Blocks of the snapshot that only the live writers touch, and the other way round.
+                let onSnapshot = rng.below(2) == 0
+                let b = Int(rng.below(UInt64(size / block)))
+                if onSnapshot == (b % owners == owners - 1) { continue }
+                do {
+                    let got = try pool.readBytes(onSnapshot ? base : live, at: UInt64(b * block), count: block)
+                    if !sameBytes(got, Array(initial[b * block..<(b + 1) * block])) {
+                        failures.add("block \(b) of \(onSnapshot ? "the snapshot" : "the live disk") changed under another disk's write")
+                    }
+                } catch {
+                    failures.add("reader: \(error)")
+                }
+            }
+        }
+        let snapshotter = Thread {
+            var n = 0
+            while !stop.value.load(ordering: .acquiring) {
+                do {
+                    let s = try pool.createSnapshot(of: live, named: "s\(n)")
+                    n += 1
+                    usleep(500)
+                    try pool.removeNode(s)
+                    try pool.commit()
+                } catch {
+                    failures.add("snapshotter: \(error)")
+                }
+            }
+        }
+        reader.start()
+        snapshotter.start()
+        group.wait()
+        stop.value.store(true, ordering: .releasing)
+        while !reader.isFinished || !snapshotter.isFinished { usleep(1000) }
+        XCTAssertEqual(failures.messages, [])
+        // Put the owners' blocks together into the expected images.
+        var expectedLive = initial, expectedBase = initial
+        for t in 0..<owners {
+            let image = models.images[DiskID(1000 + t)]!
+            for b in stride(from: t, to: size / block, by: owners) {
+                let range = b * block..<(b + 1) * block
+                if t < owners - 1 { expectedLive.replaceSubrange(range, with: image[range]) } else {
+                    expectedBase.replaceSubrange(range, with: image[range])
+                }
+            }
+        }
+        assertSameBytes(try pool.image(live), expectedLive, "live disk")
+        assertSameBytes(try pool.image(base), expectedBase, "snapshot")
+        try pool.close()
+        let reopened = try drives.open()
+        XCTAssertEqual(try PoolChecker(pool: reopened, scrub: true).run().problems, [])
+        assertSameBytes(try reopened.image(live), expectedLive, "live disk after reopen")
+        assertSameBytes(try reopened.image(base), expectedBase, "snapshot after reopen")
+        try reopened.close()
+    }
+
     /// A snapshot waits a bounded time for in-flight writes; past it mkdir fails with EBUSY and
     /// changes nothing, and once the writes drain it succeeds.
     func testSnapshotGivesUpWithEBUSYWhenWritesDoNotDrain() throws {

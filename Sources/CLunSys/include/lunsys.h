@@ -7,6 +7,8 @@
 int lunsys_fallocate(int fd, int mode, int64_t offset, int64_t length);
 /// The caller's thread id, for log lines.
 int lunsys_gettid(void);
+/// open(2) with O_DIRECT added to `flags`; returns the descriptor or -1 with errno set.
+int lunsys_open_direct(const char *path, int flags);
 
 
 #include <pthread.h>

@@ -1,5 +1,13 @@
 // A drive backed by a file or a block device: pread/pwrite with EINTR retried, fdatasync as
 // the durability barrier, and holes punched to zero a range where the file system allows it.
+//
+// Large aligned transfers (a whole stripe unit of a sequential stream, a 1 MiB segment copy)
+// go through a second descriptor opened O_DIRECT, straight between the request's memory and
+// the disk: copying them through the host's page cache cost more CPU than the FUSE crossing
+// (see docs/BENCHMARKS.md). Small ones (4 KiB random I/O, RAID 5 read-modify-write) keep the
+// page cache, which absorbs them. The kernel keeps the two views coherent: a direct read first
+// writes back cached dirty pages of its range, a direct write drops the cached pages of its
+// range. fdatasync works on the file, so it covers both.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -10,7 +18,20 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
     public let sizeBytes: UInt64
     /// Open for the life of the device; exposed so the FUSE layer can reply from it directly.
     public let fileDescriptor: Int32
+    /// The same file opened O_DIRECT, or -1 where that is refused (tmpfs) or turned off.
+    private let directDescriptor: Int32
+    /// Transfers of at least this many bytes, aligned to `directAlignment`, go direct.
+    private let directMinimumBytes: Int
     private var punchWorks = true
+    /// Aligned buffers for direct writes whose source memory is not aligned.
+    private let bounceBuffers = BounceBuffers(byteCount: 1 << 20, alignment: FileDevice.directAlignment)
+
+    /// Offset, length and memory alignment of a direct transfer (a page covers every common
+    /// logical block size).
+    static let directAlignment = 4096
+    /// Default for `directMinimumBytes`; `LUNFS_DIRECT_MIN_BYTES` overrides it (0 turns
+    /// direct transfers off), for measurements.
+    static let defaultDirectMinimumBytes = 64 << 10
 
     /// Opens an existing drive file or block device read-write.
     public init(path: String) throws(LunError) {
@@ -27,6 +48,20 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
         self.name = path
         self.sizeBytes = size
         self.fileDescriptor = fd
+        var minimum = Self.defaultDirectMinimumBytes
+        if let text = getenv("LUNFS_DIRECT_MIN_BYTES"), let value = Int(String(cString: text)), value >= 0 {
+            minimum = value
+        }
+        self.directMinimumBytes = minimum
+        self.directDescriptor = minimum == 0 ? -1 : lunsys_open_direct(path, O_RDWR | O_CLOEXEC)
+    }
+
+    /// Whether a transfer of `count` bytes at `offset` from or into `memory` goes direct.
+    @inline(__always)
+    private func isDirect(_ memory: UnsafeRawPointer, _ count: Int, _ offset: UInt64) -> Bool {
+        let a = Self.directAlignment
+        return directDescriptor >= 0 && count >= directMinimumBytes
+            && count % a == 0 && Int(offset % UInt64(a)) == 0 && Int(bitPattern: memory) % a == 0
     }
 
     /// Creates (or extends) a sparse drive file of `sizeBytes`.
@@ -39,12 +74,17 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
         return try FileDevice(path: path)
     }
 
-    deinit { close(fileDescriptor) }
+    deinit {
+        close(fileDescriptor)
+        if directDescriptor >= 0 { close(directDescriptor) }
+    }
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(LunError) {
+        guard let base = buffer.baseAddress else { return }
+        let fd = isDirect(base, buffer.count, offset) ? directDescriptor : fileDescriptor
         var done = 0
         while done < buffer.count {
-            let n = pread(fileDescriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
             if n > 0 { done += n; continue }
             if n == 0 {  // past the end of a file: zeros, as for a sparse tail
                 (buffer.baseAddress! + done).initializeMemory(as: UInt8.self, repeating: 0, count: buffer.count - done)
@@ -57,9 +97,30 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
 
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
         precondition(offset + UInt64(buffer.count) <= sizeBytes, "write past the end of drive \(name)")
+        guard let base = buffer.baseAddress else { return }
+        let a = Self.directAlignment
+        if directDescriptor >= 0 && buffer.count >= directMinimumBytes && buffer.count % a == 0
+            && offset % UInt64(a) == 0 && Int(bitPattern: base) % a != 0 {
+            // Aligned on the disk but not in memory (a FUSE request's payload): copy it into
+            // aligned memory, a piece at a time.
+            let bounce = bounceBuffers.take()
+            defer { bounceBuffers.give(bounce) }
+            var done = 0
+            while done < buffer.count {
+                let n = min(bounce.count, buffer.count - done)
+                bounce.baseAddress!.copyMemory(from: base + done, byteCount: n)
+                try write(directDescriptor, UnsafeRawBufferPointer(rebasing: bounce[0..<n]), at: offset + UInt64(done))
+                done += n
+            }
+            return
+        }
+        try write(isDirect(base, buffer.count, offset) ? directDescriptor : fileDescriptor, buffer, at: offset)
+    }
+
+    private func write(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
         var done = 0
         while done < buffer.count {
-            let n = pwrite(fileDescriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            let n = pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
             if n > 0 { done += n; continue }
             if n < 0 && errno == EINTR { continue }
             throw .io("write \(name) at \(offset + UInt64(done)): \(String(cString: strerror(errno)))")
@@ -94,5 +155,31 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
             try write(UnsafeRawBufferPointer(rebasing: zeros[0..<n]), at: offset + done)
             done += UInt64(n)
         }
+    }
+}
+
+/// A few aligned buffers reused across calls and threads, so that a direct write of unaligned
+/// memory costs a copy and no allocation (a fresh 1 MiB buffer would be mapped and faulted in
+/// each time).
+final class BounceBuffers: @unchecked Sendable {
+    private let byteCount: Int
+    private let alignment: Int
+    private let lock = Lock()
+    private var free: [UnsafeMutableRawBufferPointer] = []
+
+    init(byteCount: Int, alignment: Int) {
+        self.byteCount = byteCount
+        self.alignment = alignment
+    }
+
+    deinit { for b in free { b.deallocate() } }
+
+    func take() -> UnsafeMutableRawBufferPointer {
+        if let b = lock.withLock({ free.popLast() }) { return b }
+        return .allocate(byteCount: byteCount, alignment: alignment)
+    }
+
+    func give(_ buffer: UnsafeMutableRawBufferPointer) {
+        lock.withLock { free.append(buffer) }
     }
 }

@@ -2,10 +2,6 @@
 // its map. Disks linked by a chain share one `SharingFamily`, whose read-write lock guards
 // their maps: I/O takes it shared, anything that changes a map takes it exclusive.
 
-final class SharingFamily: @unchecked Sendable {
-    let lock = ReadWriteLock()
-}
-
 final class Disk: @unchecked Sendable {
     let id: DiskID
     var name: String

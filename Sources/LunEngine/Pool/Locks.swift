@@ -1,5 +1,6 @@
-// The two lock kinds the engine uses: a plain mutex, and the read-write lock that guards one
-// sharing chain (I/O takes it shared; map changes and the snapshot split take it exclusive).
+// The lock kinds the engine uses: a plain mutex, a mutex with a condition to wait on, and the
+// read-write lock that guards one sharing chain (I/O takes it shared; map changes and the
+// snapshot split take it exclusive).
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -36,4 +37,23 @@ final class ReadWriteLock: @unchecked Sendable {
         var deadline = timespec(tv_sec: sec, tv_nsec: nsec)
         return pthread_rwlock_timedwrlock(rw, &deadline) == 0
     }
+}
+
+/// A mutex with a condition variable, for waiting until another thread changes something.
+final class Condition: @unchecked Sendable {
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t> = .allocate(capacity: 1)
+    private let cond: UnsafeMutablePointer<pthread_cond_t> = .allocate(capacity: 1)
+    init() { pthread_mutex_init(mutex, nil); pthread_cond_init(cond, nil) }
+    deinit {
+        pthread_cond_destroy(cond); pthread_mutex_destroy(mutex)
+        cond.deallocate(); mutex.deallocate()
+    }
+    @inline(__always) func withLock<T>(_ body: () -> T) -> T {
+        pthread_mutex_lock(mutex); defer { pthread_mutex_unlock(mutex) }
+        return body()
+    }
+    /// Inside `withLock`: releases the mutex until `broadcast`, then takes it again.
+    func wait() { pthread_cond_wait(cond, mutex) }
+    /// Inside `withLock`: wakes every waiter.
+    func broadcast() { pthread_cond_broadcast(cond) }
 }

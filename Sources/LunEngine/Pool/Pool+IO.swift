@@ -1,10 +1,11 @@
 // Reads and writes of a logical disk. A read walks the sharing chain to the holder of each
-// segment (unmapped reads zeros). A write to a segment this disk holds alone goes in place
-// under the family lock taken shared; anything else takes it exclusive and unshares first:
-// the writer always gets a fresh segment (old bytes copied in, new bytes on top, written as
-// one full stripe) and a predecessor that needed the old bytes inherits the old segment
-// (the handoff) or, in the middle of a chain, gets a copy. A segment some committed state
-// maps is therefore never written in place, so a crash can never show a snapshot new bytes.
+// segment (unmapped reads zeros). A write to a segment this disk holds alone goes in place.
+// A write to a shared or unmapped segment unshares it: the writer always gets a fresh
+// segment (old bytes copied in, new bytes on top, written as one full stripe) and a
+// predecessor that needed the old bytes inherits the old segment (the handoff) or, in the
+// middle of a chain, gets a copy. A segment some committed state maps is therefore never
+// written in place, so a crash can never show a snapshot new bytes. Both kinds of write run
+// with the chain's lock taken shared; only the switch of the maps takes it exclusive.
 
 extension Pool {
     var segmentBytes: Int { Int(geometry.rsegSizeBytes) }
@@ -30,7 +31,7 @@ extension Pool {
     }
 
     @inline(__always)
-    func forEachSegmentPiece(offset: UInt64, count: Int, _ body: (Int, Int, Int, Int) throws(LunError) -> Void) throws(LunError) {
+    func forEachSegmentPiece<E: Error>(offset: UInt64, count: Int, _ body: (Int, Int, Int, Int) throws(E) -> Void) throws(E) {
         let seg = segmentBytes
         var done = 0
         while done < count {
@@ -51,27 +52,8 @@ extension Pool {
             throw .tooLarge("write ending at \(offset) + \(buffer.count) is past the largest disk size")
         }
         let d = try liveDisk(id)
-        d.family.lock.lockShared()
-        var fast = !d.removed && d.hasImage && end <= d.sizeBytes && state.unsharedCount.load(ordering: .acquiring) == 0
-        if fast {
-            var k = Int(offset / geometry.rsegSizeBytes)
-            let last = buffer.isEmpty ? k - 1 : Int((end - 1) / geometry.rsegSizeBytes)
-            while fast && k <= last { fast = d.map.entry(k).isExclusive; k += 1 }
-        }
-        if fast {
-            defer { d.family.lock.unlock() }
-            try forEachSegmentPiece(offset: offset, count: buffer.count) { k, within, at, len throws(LunError) in
-                let e = d.map.entry(k)
-                try storeIO.write(store: Int(e.store), rseg: e.rseg, offset: within,
-                                  from: UnsafeRawBufferPointer(rebasing: buffer[at..<at + len]))
-            }
-            return
-        }
-        d.family.lock.unlock()
-        d.family.lock.lockExclusive()
-        defer { d.family.lock.unlock() }
-        guard !d.removed, d.hasImage else { throw .stale("disk \(id) was deleted") }
-        try writeUnsharing(d, at: offset, from: buffer)
+        if try writeWithSharedLock(d, at: offset, from: buffer) { return }
+        try writeWithExclusiveLock(d, at: offset, from: buffer)
     }
 
     /// What one segment of a write needs before its bytes can land.
@@ -98,6 +80,17 @@ extension Pool {
         }
     }
 
+    /// One segment's piece of a write: segment k, bytes [within, within + len) of it, taken
+    /// from buffer[at...], and the map entry the plan was made from.
+    private struct WriteStep {
+        let k: Int, within: Int, at: Int, len: Int
+        let entry: LMapEntry
+        let plan: SegmentPlan
+        /// Fresh segments given to it: its own new one, and one for the predecessor.
+        var mine: (store: Int, rseg: Int)? = nil
+        var theirs: (store: Int, rseg: Int)? = nil
+    }
+
     private func plan(_ e: LMapEntry) -> SegmentPlan {
         if !e.isMapped { return .fresh }
         if e.isExclusive { return .inPlace(e) }
@@ -105,75 +98,172 @@ extension Pool {
         return e.sp ? .copyInAndOut : .copyIn
     }
 
-    /// The exclusive-lock write path. Caller holds `d.family.lock` exclusive.
-    private func writeUnsharing(_ d: Disk, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError) {
-        let seg = segmentBytes
-        var plans: [(k: Int, within: Int, at: Int, len: Int, plan: SegmentPlan)] = []
-        var needed = 0
+    /// The steps of a write as the maps stand. Caller holds the family lock (either way).
+    /// `mustCommitFirst`: an in-place piece lands on a segment that the committed maps still
+    /// show shared; a crash must not show its new bytes to the other disk, so a commit goes first.
+    private func planSteps(_ d: Disk, at offset: UInt64, count: Int) -> (steps: [WriteStep], mustCommitFirst: Bool) {
+        var steps: [WriteStep] = []
         var mustCommitFirst = false
-        try forEachSegmentPiece(offset: offset, count: buffer.count) { k, within, at, len throws(LunError) in
-            let p = plan(d.map.entry(k))
-            if case .inPlace(let e) = p, state.unsharedCount.load(ordering: .acquiring) > 0 {
-                mustCommitFirst = mustCommitFirst || stateLock.withLock { state.isUnsharedUncommitted(PoolState.location(e)) }
+        forEachSegmentPiece(offset: offset, count: count) { k, within, at, len in
+            let e = d.map.entry(k)
+            let p = plan(e)
+            if case .inPlace = p, !mustCommitFirst, state.unsharedCount.load(ordering: .acquiring) > 0 {
+                mustCommitFirst = stateLock.withLock { state.isUnsharedUncommitted(PoolState.location(e)) }
             }
-            needed += p.segmentsNeeded
-            plans.append((k, within, at, len, p))
+            steps.append(WriteStep(k: k, within: within, at: at, len: len, entry: e, plan: p))
         }
-        // A disk that still shares the segment in the committed maps must not see these bytes
-        // after a crash.
-        if mustCommitFirst { try commit() }
-        var fresh = try allocate(needed, for: d, sharedSegments: plans.filter { $0.plan.segmentsNeeded > 0 && !($0.plan.isFresh) }.map(\.k))
-        defer { if !fresh.isEmpty { stateLock.withLock { for f in fresh { state.releaseRSEG(store: f.store, rseg: f.rseg) } } } }
+        return (steps, mustCommitFirst)
+    }
+
+    /// The usual write path, with the family lock taken shared so that reads and other writes
+    /// of the chain go on. In-place pieces land at once. Pieces that need a fresh segment
+    /// claim their segment numbers (see SharingFamily), get their segments filled, and only
+    /// the switch of the maps takes the lock exclusive. Returns false, having done nothing,
+    /// for a write that grows the disk or is its first: the exclusive path logs those.
+    private func writeWithSharedLock(_ d: Disk, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError) -> Bool {
         let end = offset + UInt64(buffer.count)
-        if end > d.sizeBytes || !d.hasWritten {
-            stateLock.withLock {
-                d.sizeBytes = max(d.sizeBytes, end)
-                d.hasWritten = true
-                state.logDisk(d)
-            }
-        }
-        var staging: UnsafeMutableRawBufferPointer?
-        defer { staging?.deallocate() }
-        for step in plans {
-            let piece = UnsafeRawBufferPointer(rebasing: buffer[step.at..<step.at + step.len])
-            if case .inPlace(let e) = step.plan {
-                try storeIO.write(store: Int(e.store), rseg: e.rseg, offset: step.within, from: piece)
+        while true {
+            d.family.lock.lockShared()
+            var locked = true
+            defer { if locked { d.family.lock.unlock() } }
+            guard !d.removed, d.hasImage else { throw .stale("disk \(d.id) was deleted") }
+            if end > d.sizeBytes || !d.hasWritten { return false }
+            let epoch = d.family.changeEpoch
+            var (steps, mustCommitFirst) = planSteps(d, at: offset, count: buffer.count)
+            if mustCommitFirst {
+                try commit()
                 continue
             }
-            let k = step.k
-            let mine = fresh.removeFirst()
-            let theirs = step.plan.segmentsNeeded == 2 ? fresh.removeFirst() : nil
-            let whole = step.within == 0 && step.len == seg
-            if whole && theirs == nil {
-                do throws(LunError) { try storeIO.write(store: mine.store, rseg: mine.rseg, offset: 0, from: piece) } catch {
-                    fresh.append(mine); throw error
+            let unsharing = steps.filter { $0.plan.segmentsNeeded > 0 }.map(\.k)
+            if unsharing.isEmpty {
+                for step in steps {
+                    try storeIO.write(store: Int(step.entry.store), rseg: step.entry.rseg, offset: step.within,
+                                      from: UnsafeRawBufferPointer(rebasing: buffer[step.at..<step.at + step.len]))
                 }
-            } else {
-                if staging == nil { staging = scratchBuffer(seg) }
-                let buf = staging!
-                do throws(LunError) {
-                    let old = d.holderEntry(k)
-                    if old.isMapped {
-                        try storeIO.read(store: Int(old.store), rseg: old.rseg, offset: 0, into: buf)
-                    } else {
-                        buf.initializeMemory(as: UInt8.self, repeating: 0)
-                    }
-                    if let theirs {
-                        try storeIO.write(store: theirs.store, rseg: theirs.rseg, offset: 0, from: UnsafeRawBufferPointer(buf))
-                    }
-                    (buf.baseAddress! + step.within).copyMemory(from: piece.baseAddress!, byteCount: step.len)
-                    try storeIO.write(store: mine.store, rseg: mine.rseg, offset: 0, from: UnsafeRawBufferPointer(buf))
-                } catch {
-                    fresh.append(mine)
-                    if let theirs { fresh.append(theirs) }
-                    throw error
+                return true
+            }
+            guard d.family.claim(unsharing) else {
+                d.family.lock.unlock()
+                locked = false
+                d.family.waitUntilUnclaimed(unsharing)
+                continue
+            }
+            defer { d.family.release(unsharing) }
+            var fresh = try allocateSteps(&steps, for: d)
+            defer { releaseUnmapped(fresh) }
+            try fillSegments(d, steps, from: buffer)
+            // The data is in place; the maps may now point at it. Anything that changed the
+            // chain or these entries in between means the plan is stale: plan again.
+            d.family.lock.unlock()
+            d.family.lock.lockExclusive()
+            guard !d.removed, d.hasImage else { throw .stale("disk \(d.id) was deleted") }
+            guard d.family.changeEpoch == epoch,
+                  steps.allSatisfy({ d.map.entry($0.k).raw == $0.entry.raw }) else { continue }
+            switchMaps(d, steps)
+            fresh = []
+            return true
+        }
+    }
+
+    /// The write path for a write that grows the disk or is its first: the family lock
+    /// exclusive throughout, the disk's new size logged before the data lands.
+    private func writeWithExclusiveLock(_ d: Disk, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError) {
+        while true {
+            d.family.lock.lockExclusive()
+            var locked = true
+            defer { if locked { d.family.lock.unlock() } }
+            guard !d.removed, d.hasImage else { throw .stale("disk \(d.id) was deleted") }
+            var (steps, mustCommitFirst) = planSteps(d, at: offset, count: buffer.count)
+            // A write with the lock shared may be between filling its segments and switching
+            // the maps: let it finish first.
+            let unsharing = steps.filter { $0.plan.segmentsNeeded > 0 }.map(\.k)
+            if d.family.isClaimed(unsharing) {
+                d.family.lock.unlock()
+                locked = false
+                d.family.waitUntilUnclaimed(unsharing)
+                continue
+            }
+            if mustCommitFirst { try commit() }
+            var fresh = try allocateSteps(&steps, for: d)
+            defer { releaseUnmapped(fresh) }
+            let end = offset + UInt64(buffer.count)
+            if end > d.sizeBytes || !d.hasWritten {
+                stateLock.withLock {
+                    d.sizeBytes = max(d.sizeBytes, end)
+                    d.hasWritten = true
+                    state.logDisk(d)
                 }
             }
-            // The bytes are in place; now the maps may point at them.
-            stateLock.withLock {
+            try fillSegments(d, steps, from: buffer)
+            switchMaps(d, steps)
+            fresh = []
+            return
+        }
+    }
+
+    /// Allocates the fresh segments the steps need and records them in the steps; returns
+    /// them all, for release if the write does not get to map them.
+    private func allocateSteps(_ steps: inout [WriteStep], for d: Disk) throws(LunError) -> [(store: Int, rseg: Int)] {
+        let needed = steps.reduce(0) { $0 + $1.plan.segmentsNeeded }
+        let shared = steps.filter { $0.plan.segmentsNeeded > 0 && !$0.plan.isFresh }.map(\.k)
+        let fresh = try allocate(needed, for: d, sharedSegments: shared)
+        var next = 0
+        for i in steps.indices where steps[i].plan.segmentsNeeded > 0 {
+            steps[i].mine = fresh[next]; next += 1
+            if steps[i].plan.segmentsNeeded == 2 { steps[i].theirs = fresh[next]; next += 1 }
+        }
+        return fresh
+    }
+
+    /// Fresh segments that no map points at go back to the free pool.
+    private func releaseUnmapped(_ fresh: [(store: Int, rseg: Int)]) {
+        if fresh.isEmpty { return }
+        stateLock.withLock { for f in fresh { state.releaseRSEG(store: f.store, rseg: f.rseg) } }
+    }
+
+    /// Writes every step's bytes: in place, or into its fresh segment as a whole segment (the
+    /// old bytes copied in, the new ones on top; the predecessor's copy first if it gets one).
+    /// Caller holds the family lock, either way, and the claim of every unsharing step.
+    private func fillSegments(_ d: Disk, _ steps: [WriteStep], from buffer: UnsafeRawBufferPointer) throws(LunError) {
+        let seg = segmentBytes
+        var staging: UnsafeMutableRawBufferPointer?
+        defer { staging?.deallocate() }
+        for step in steps {
+            let piece = UnsafeRawBufferPointer(rebasing: buffer[step.at..<step.at + step.len])
+            guard let mine = step.mine else {
+                try storeIO.write(store: Int(step.entry.store), rseg: step.entry.rseg, offset: step.within, from: piece)
+                continue
+            }
+            if step.within == 0 && step.len == seg && step.theirs == nil {
+                try storeIO.write(store: mine.store, rseg: mine.rseg, offset: 0, from: piece)
+                continue
+            }
+            if staging == nil { staging = scratchBuffer(seg) }
+            let buf = staging!
+            let old = d.holderEntry(step.k)
+            if old.isMapped {
+                try storeIO.read(store: Int(old.store), rseg: old.rseg, offset: 0, into: buf)
+            } else {
+                buf.initializeMemory(as: UInt8.self, repeating: 0)
+            }
+            if let theirs = step.theirs {
+                try storeIO.write(store: theirs.store, rseg: theirs.rseg, offset: 0, from: UnsafeRawBufferPointer(buf))
+            }
+            (buf.baseAddress! + step.within).copyMemory(from: piece.baseAddress!, byteCount: step.len)
+            try storeIO.write(store: mine.store, rseg: mine.rseg, offset: 0, from: UnsafeRawBufferPointer(buf))
+        }
+    }
+
+    /// Points the maps at the filled segments: the writer at its own, a predecessor at the
+    /// old segment it inherits or at its copy, a successor no longer needed by the writer.
+    /// Caller holds the family lock exclusive.
+    private func switchMaps(_ d: Disk, _ steps: [WriteStep]) {
+        stateLock.withLock {
+            for step in steps {
+                guard let mine = step.mine else { continue }
+                let k = step.k
                 switch step.plan {
-                case .inPlace: break
-                case .fresh: break
+                case .inPlace, .fresh: break
                 case .handOff(let e):
                     let p = d.predecessor!
                     state.applySetEntry(p, k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
@@ -184,8 +274,9 @@ extension Pool {
                     state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
                 case .copyInAndOut:
                     let p = d.predecessor!, s = d.successor!
+                    let theirs = step.theirs!
                     state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
-                    state.applySetEntry(p, k, .held(store: UInt32(theirs!.store), rseg: theirs!.rseg, sp: p.map.entry(k).sp))
+                    state.applySetEntry(p, k, .held(store: UInt32(theirs.store), rseg: theirs.rseg, sp: p.map.entry(k).sp))
                     state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
                 }
                 state.applySetEntry(d, k, .held(store: UInt32(mine.store), rseg: mine.rseg, sp: false))

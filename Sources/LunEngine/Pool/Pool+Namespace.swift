@@ -86,7 +86,7 @@ extension Pool {
         try Self.validate(name: name)
         let x = try liveDisk(id)
         guard x.hasImage else { throw .notPermitted("\(x.name) has no image to snapshot") }
-        guard x.family.lock.lockExclusive(timeoutSeconds: quiesceTimeoutSeconds) else {
+        guard x.family.lockForChange(timeoutSeconds: quiesceTimeoutSeconds) else {
             throw .busy("writes to \(x.name) did not drain within \(quiesceTimeoutSeconds) s")
         }
         defer { x.family.lock.unlock() }
@@ -120,7 +120,7 @@ extension Pool {
     private func changeCommitted(_ id: DiskID, _ change: (Disk) throws(LunError) -> Void) throws(LunError) {
         try checkWritable()
         let x = try liveDisk(id)
-        x.family.lock.lockExclusive()
+        x.family.lockForChange()
         defer { x.family.lock.unlock() }
         try stateLock.withLock { () throws(LunError) in
             guard !x.removed else { throw .stale("disk \(id) was removed") }

@@ -18,7 +18,7 @@ extension Pool {
             let mapped = try withShared(d) { () throws(LunError) -> Bool in d.holderEntry(Int(sizeBytes / seg)).isMapped }
             if mapped { try writeZeros(id, from: sizeBytes, to: tailEnd) }
         }
-        d.family.lock.lockExclusive()
+        d.family.lockForChange()
         defer { d.family.lock.unlock() }
         guard !d.removed, d.hasImage else { throw .stale("disk \(id) was deleted") }
         if sizeBytes < d.sizeBytes {
@@ -47,7 +47,7 @@ extension Pool {
         }
         if offset < firstWhole * seg { try writeZeros(id, from: offset, to: firstWhole * seg) }
         if endWhole * seg < end { try writeZeros(id, from: endWhole * seg, to: end) }
-        d.family.lock.lockExclusive()
+        d.family.lockForChange()
         defer { d.family.lock.unlock() }
         guard !d.removed, d.hasImage else { throw .stale("disk \(id) was deleted") }
         try dropSegments(d, d.map.mappedSegments(from: Int(firstWhole)).filter { $0 < Int(endWhole) })
