@@ -1,5 +1,5 @@
-// One libfuse session from creation to teardown: mount options, the multithreaded loop, and
-// the reverse-order cleanup. The FileSystem rides along as the session's userdata and is
+// One libfuse session from creation to teardown: mount options, the request loop, and the
+// reverse-order cleanup. The FileSystem rides along as the session's userdata and is
 // retained here for exactly as long as the session exists.
 #if canImport(Glibc)
 import Glibc
@@ -9,7 +9,7 @@ import CFuse3
 struct SessionOptions {
     /// Options handed to libfuse's -o (ours first, then the user's).
     var fuseOptions: [String] = []
-    /// The upper bound on libfuse worker threads.
+    /// Worker threads serving requests.
     var maximumThreads = 16
 }
 
@@ -76,13 +76,11 @@ final class FuseSession {
         isMounted = true
     }
 
-    /// Serves requests until unmounted or signalled; returns libfuse's status (0 = clean).
+    /// Serves requests until unmounted or signalled; returns 0, or the first error a worker
+    /// met reading the device. See RequestLoop for why this is not fuse_session_loop_mt.
     func run() -> Int32 {
         precondition(isMounted)
-        let config = fuse_loop_cfg_create()
-        defer { fuse_loop_cfg_destroy(config) }
-        fuse_loop_cfg_set_max_threads(config, UInt32(max(1, maximumThreads)))
-        return fuse_session_loop_mt(session, config)
+        return RequestLoop(session: session, workers: max(1, maximumThreads)).run()
     }
 
     deinit {

@@ -13,8 +13,8 @@ let mountUsage = """
     Without --foreground the file system runs as a daemon logging to POOL/lunfs.log, and
     mount returns once the mount is ready.
 
-    -o options: direct_io (images bypass the page cache), max_threads=N (libfuse workers,
-    default 16), and any libfuse mount option (allow_other, ro, ...).
+    -o options: direct_io (images bypass the page cache), max_threads=N (threads serving
+    requests, default 16), and any libfuse mount option (allow_other, ro, ...).
     """
 
 struct MountArguments {
