@@ -1,5 +1,5 @@
-// What the engine needs from a drive: positional reads and writes, a durability barrier and
-// a way to zero a range. The engine is written against this protocol only, so tests can hand
+// What the engine needs from a drive: positional reads and writes, a durability barrier, a
+// way to zero a range, and an optional read-ahead hint. The engine is written against this protocol only, so tests can hand
 // it in-memory drives that inject faults (LunEngineTesting) instead of files.
 
 public protocol BlockDevice: AnyObject, Sendable {
@@ -15,4 +15,14 @@ public protocol BlockDevice: AnyObject, Sendable {
     func sync() throws(LunError)
     /// Makes the range read as zeros (a hole punched in a file, or zeros written).
     func zero(at offset: UInt64, length: UInt64) throws(LunError)
+    /// A hint that the range will be read soon: the read may start now, in the background.
+    func prefetch(at offset: UInt64, length: Int)
+    /// Whether the engine may have several transfers to this drive in flight from one request
+    /// (real drives); false keeps every call in program order (simulated drives).
+    var takesParallelTransfers: Bool { get }
+}
+
+extension BlockDevice {
+    public func prefetch(at offset: UInt64, length: Int) {}
+    public var takesParallelTransfers: Bool { false }
 }

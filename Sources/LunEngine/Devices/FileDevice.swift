@@ -81,18 +81,29 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(LunError) {
         guard let base = buffer.baseAddress else { return }
-        let fd = isDirect(base, buffer.count, offset) ? directDescriptor : fileDescriptor
+        var fd = isDirect(base, buffer.count, offset) ? directDescriptor : fileDescriptor
         var done = 0
         while done < buffer.count {
-            let n = pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            let n = pread(fd, base + done, buffer.count - done, off_t(offset) + off_t(done))
             if n > 0 { done += n; continue }
             if n == 0 {  // past the end of a file: zeros, as for a sparse tail
-                (buffer.baseAddress! + done).initializeMemory(as: UInt8.self, repeating: 0, count: buffer.count - done)
+                (base + done).initializeMemory(as: UInt8.self, repeating: 0, count: buffer.count - done)
                 return
             }
             if errno == EINTR { continue }
+            // A file system may take O_DIRECT at open and refuse an alignment later.
+            if errno == EINVAL && fd == directDescriptor { fd = fileDescriptor; continue }
             throw .io("read \(name) at \(offset + UInt64(done)): \(String(cString: strerror(errno)))")
         }
+    }
+
+    public var takesParallelTransfers: Bool { true }
+
+    public func prefetch(at offset: UInt64, length: Int) {
+        // Only reads that will go through the page cache gain from it.
+        let a = Self.directAlignment
+        guard length < directMinimumBytes || length % a != 0 || offset % UInt64(a) != 0 || directDescriptor < 0 else { return }
+        _ = posix_fadvise(fileDescriptor, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
     }
 
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
@@ -117,12 +128,14 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
         try write(isDirect(base, buffer.count, offset) ? directDescriptor : fileDescriptor, buffer, at: offset)
     }
 
-    private func write(_ fd: Int32, _ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
+    private func write(_ descriptor: Int32, _ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
+        var fd = descriptor
         var done = 0
         while done < buffer.count {
             let n = pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
             if n > 0 { done += n; continue }
             if n < 0 && errno == EINTR { continue }
+            if n < 0 && errno == EINVAL && fd == directDescriptor { fd = fileDescriptor; continue }
             throw .io("write \(name) at \(offset + UInt64(done)): \(String(cString: strerror(errno)))")
         }
     }

@@ -10,12 +10,16 @@ final class DriveSet: @unchecked Sendable {
     /// Errors hidden by redundancy or reported to callers, for `status` and `check`.
     let errorCount = Atomic<Int>(0)
     let log: @Sendable (String) -> Void
+    /// Runs the pieces of one large transfer side by side, when every drive allows it.
+    let transfers: TransferPool?
 
     init(devices: [BlockDevice?], log: @escaping @Sendable (String) -> Void) {
         self.devices = devices
         self.failed = devices.map { AtomicFlag($0 == nil) }
         self.dirty = devices.map { _ in AtomicFlag(false) }
         self.log = log
+        let parallel = devices.allSatisfy { $0?.takesParallelTransfers ?? true } && devices.contains { $0 != nil }
+        self.transfers = parallel ? TransferPool.shared : nil
     }
 
     var count: Int { devices.count }
@@ -73,6 +77,11 @@ final class DriveSet: @unchecked Sendable {
         var bytes = [UInt8](repeating: 0, count: count)
         try typed { try bytes.withUnsafeMutableBytes { try read(i, into: $0, at: offset) } }
         return bytes
+    }
+
+    /// Starts reading a range in the background, if the drive can (a hint; never fails).
+    func prefetch(_ i: Int, at offset: UInt64, length: Int) {
+        device(i)?.prefetch(at: offset, length: length)
     }
 
     func zero(_ i: Int, at offset: UInt64, length: UInt64) throws(LunError) {

@@ -38,12 +38,42 @@ struct StoreIO: @unchecked Sendable {
         }
     }
 
+    /// Pieces of at least this size go side by side to their drives.
+    private static let sideBySideMinimumBytes = 64 << 10
+
+    /// Like forEachColumn, but the pieces of a large range run side by side on the drive set's
+    /// transfer pool (when it has one). Every piece runs; the first error is thrown after.
+    private func forEachColumnSideBySide(offset: Int, count: Int, _ body: (Int, Int, Int, Int) throws(LunError) -> Void) throws(LunError) {
+        let first = offset / stripeUnit, last = (offset + count - 1) / stripeUnit
+        guard let pool = drives.transfers, last > first, count >= 2 * Self.sideBySideMinimumBytes else {
+            try forEachColumn(offset: offset, count: count, body)
+            return
+        }
+        try sideBySide(pool, last - first + 1) { (i) throws(LunError) in
+            let column = first + i
+            let start = max(offset, column * stripeUnit)
+            let end = min(offset + count, (column + 1) * stripeUnit)
+            try body(column, start - column * stripeUnit, start - offset, end - start)
+        }
+    }
+
+    /// Runs body(0..<count) on the pool and throws the first error any of them threw.
+    private func sideBySide(_ pool: TransferPool, _ count: Int, _ body: (Int) throws(LunError) -> Void) throws(LunError) {
+        let errors = UnsafeMutableBufferPointer<LunError?>.allocate(capacity: count)
+        errors.initialize(repeating: nil)
+        defer { errors.deinitialize(); errors.deallocate() }
+        pool.run(count) { i in
+            do throws(LunError) { try body(i) } catch { errors[i] = error }
+        }
+        for e in errors { if let e { throw e } }
+    }
+
     // MARK: Read
 
     func read(store: Int, rseg: Int, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) {
         precondition(offset >= 0 && offset + buffer.count <= Int(geometry.rsegSizeBytes))
         guard let level = table.level(store) else { preconditionFailure("read of undefined store \(store)") }
-        try forEachColumn(offset: offset, count: buffer.count) { column, within, at, n throws(LunError) in
+        try forEachColumnSideBySide(offset: offset, count: buffer.count) { column, within, at, n throws(LunError) in
             let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[at..<at + n])
             try readColumn(store: store, level: level, rseg: rseg, column: column, within: within, into: piece)
         }
@@ -83,13 +113,13 @@ struct StoreIO: @unchecked Sendable {
         guard let level = table.level(store) else { preconditionFailure("write to undefined store \(store)") }
         switch level {
         case .raid0:
-            try forEachColumn(offset: offset, count: buffer.count) { column, within, at, n throws(LunError) in
+            try forEachColumnSideBySide(offset: offset, count: buffer.count) { column, within, at, n throws(LunError) in
                 let m = table.member(store, column)
                 try drives.write(m.drive, UnsafeRawBufferPointer(rebasing: buffer[at..<at + n]),
                                  at: physicalOffset(m, rseg: rseg, within: within))
             }
         case .raid1:
-            try forEachColumn(offset: offset, count: buffer.count) { column, within, at, n throws(LunError) in
+            try forEachColumnSideBySide(offset: offset, count: buffer.count) { column, within, at, n throws(LunError) in
                 let piece = UnsafeRawBufferPointer(rebasing: buffer[at..<at + n])
                 try writeCopies([column, column + 4], store: store, rseg: rseg, within: within, piece)
             }
@@ -130,15 +160,28 @@ struct StoreIO: @unchecked Sendable {
         for column in 1..<4 {
             xorBytes(into: parity.baseAddress!, from: buffer.baseAddress! + column * stripeUnit, count: stripeUnit)
         }
-        var failures = 0
-        for member in 0..<5 {
+        let writeMember = { (member: Int) throws(LunError) in
             let m = table.member(store, member)
             let isParity = member == RAIDLevel.parityMember(store: store)
             let column = (member - RAIDLevel.parityMember(store: store) - 1 + 5) % 5
             let bytes = isParity ? UnsafeRawBufferPointer(parity)
                 : UnsafeRawBufferPointer(rebasing: buffer[column * stripeUnit..<(column + 1) * stripeUnit])
-            guard drives.isAvailable(m.drive) else { failures += 1; continue }
-            do { try drives.write(m.drive, bytes, at: physicalOffset(m, rseg: rseg, within: 0)) } catch { failures += 1 }
+            guard drives.isAvailable(m.drive) else { throw .io("drive \(m.drive) is not available") }
+            try drives.write(m.drive, bytes, at: physicalOffset(m, rseg: rseg, within: 0))
+        }
+        var failures = 0
+        if let pool = drives.transfers {
+            let failed = UnsafeMutableBufferPointer<Bool>.allocate(capacity: 5)
+            failed.initialize(repeating: false)
+            defer { failed.deallocate() }
+            pool.run(5) { member in
+                do throws(LunError) { try writeMember(member) } catch { failed[member] = true }
+            }
+            failures = failed.filter { $0 }.count
+        } else {
+            for member in 0..<5 {
+                do throws(LunError) { try writeMember(member) } catch { failures += 1 }
+            }
         }
         if failures > 1 { throw .io("RAID 5 store \(store) lost \(failures) members") }
     }
@@ -151,6 +194,10 @@ struct StoreIO: @unchecked Sendable {
         let n = piece.count
         let delta = scratchBuffer(n)
         defer { delta.deallocate() }
+        // The two old reads go to different drives: let the parity's start while the data's runs.
+        if drives.isAvailable(parityMember.drive) {
+            drives.prefetch(parityMember.drive, at: physicalOffset(parityMember, rseg: rseg, within: within), length: n)
+        }
         try readColumn(store: store, level: .raid5, rseg: rseg, column: column, within: within, into: delta)
         xorBytes(into: delta.baseAddress!, from: piece.baseAddress!, count: n)   // old ^ new
         var landed = 0
