@@ -1,7 +1,7 @@
 // The threads that read requests from /dev/fuse and hand them to libfuse. libfuse's own
 // multithreaded loop reads each request into a malloc'd buffer, which leaves a WRITE's
 // payload 80 bytes past a page boundary; the engine then has to copy every large write into
-// aligned memory before it can go to the drives with O_DIRECT (12% of the daemon's CPU on
+// aligned memory before it can go to the drives with O_DIRECT (12% of all CPU samples on
 // 1 MiB writes). Here each worker reads into its own buffer placed so that the payload of a
 // WRITE starts on a page, and libfuse parses and dispatches it as usual.
 #if canImport(Glibc)
