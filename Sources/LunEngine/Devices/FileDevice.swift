@@ -56,12 +56,17 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
         self.directDescriptor = minimum == 0 ? -1 : lunsys_open_direct(path, O_RDWR | O_CLOEXEC)
     }
 
-    /// Whether a transfer of `count` bytes at `offset` from or into `memory` goes direct.
+    /// Whether a transfer of `count` bytes at `offset` goes direct (the memory side: reads
+    /// need aligned memory, writes copy unaligned memory into a bounce buffer).
     @inline(__always)
-    private func isDirect(_ memory: UnsafeRawPointer, _ count: Int, _ offset: UInt64) -> Bool {
+    private func goesDirect(_ count: Int, _ offset: UInt64) -> Bool {
         let a = Self.directAlignment
-        return directDescriptor >= 0 && count >= directMinimumBytes
-            && count % a == 0 && Int(offset % UInt64(a)) == 0 && Int(bitPattern: memory) % a == 0
+        return directDescriptor >= 0 && count >= directMinimumBytes && count % a == 0 && offset % UInt64(a) == 0
+    }
+
+    @inline(__always)
+    private static func isAligned(_ memory: UnsafeRawPointer) -> Bool {
+        Int(bitPattern: memory) % directAlignment == 0
     }
 
     /// Creates (or extends) a sparse drive file of `sizeBytes`.
@@ -81,7 +86,7 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(LunError) {
         guard let base = buffer.baseAddress else { return }
-        var fd = isDirect(base, buffer.count, offset) ? directDescriptor : fileDescriptor
+        var fd = goesDirect(buffer.count, offset) && Self.isAligned(base) ? directDescriptor : fileDescriptor
         var done = 0
         while done < buffer.count {
             let n = pread(fd, base + done, buffer.count - done, off_t(offset) + off_t(done))
@@ -101,19 +106,21 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
 
     public func prefetch(at offset: UInt64, length: Int) {
         // Only reads that will go through the page cache gain from it.
-        let a = Self.directAlignment
-        guard length < directMinimumBytes || length % a != 0 || offset % UInt64(a) != 0 || directDescriptor < 0 else { return }
+        guard !goesDirect(length, offset) else { return }
         _ = posix_fadvise(fileDescriptor, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
     }
 
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
         precondition(offset + UInt64(buffer.count) <= sizeBytes, "write past the end of drive \(name)")
         guard let base = buffer.baseAddress else { return }
-        let a = Self.directAlignment
-        if directDescriptor >= 0 && buffer.count >= directMinimumBytes && buffer.count % a == 0
-            && offset % UInt64(a) == 0 && Int(bitPattern: base) % a != 0 {
-            // Aligned on the disk but not in memory (a FUSE request's payload): copy it into
-            // aligned memory, a piece at a time.
+        guard goesDirect(buffer.count, offset) else {
+            try write(fileDescriptor, buffer, at: offset)
+            return
+        }
+        if !Self.isAligned(base) {
+            // Aligned on the disk but not in memory: copy it into aligned memory, a piece at
+            // a time. FUSE payloads (RequestLoop) and the engine's scratch buffers are aligned
+            // already; this is for any other caller's memory.
             let bounce = bounceBuffers.take()
             defer { bounceBuffers.give(bounce) }
             var done = 0
@@ -125,7 +132,7 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
             }
             return
         }
-        try write(isDirect(base, buffer.count, offset) ? directDescriptor : fileDescriptor, buffer, at: offset)
+        try write(directDescriptor, buffer, at: offset)
     }
 
     private func write(_ descriptor: Int32, _ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {

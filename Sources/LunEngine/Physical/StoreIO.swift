@@ -26,7 +26,7 @@ struct StoreIO: @unchecked Sendable {
 
     /// Calls `body(column, offsetInColumn, bufferOffset, length)` for each column piece of a range.
     @inline(__always)
-    private func forEachColumn(offset: Int, count: Int, _ body: (Int, Int, Int, Int) throws(LunError) -> Void) throws(LunError) {
+    private func forEachColumn<E: Error>(offset: Int, count: Int, _ body: (Int, Int, Int, Int) throws(E) -> Void) throws(E) {
         var done = 0
         while done < count {
             let pos = offset + done
@@ -41,31 +41,37 @@ struct StoreIO: @unchecked Sendable {
     /// Pieces of at least this size go side by side to their drives.
     private static let sideBySideMinimumBytes = 64 << 10
 
-    /// Like forEachColumn, but the pieces of a large range run side by side on the drive set's
-    /// transfer pool (when it has one). Every piece runs; the first error is thrown after.
+    /// Like forEachColumn, but the pieces of a large range run side by side (see `runAll`).
+    /// Every piece runs; the first error is thrown after.
     private func forEachColumnSideBySide(offset: Int, count: Int, _ body: (Int, Int, Int, Int) throws(LunError) -> Void) throws(LunError) {
-        let first = offset / stripeUnit, last = (offset + count - 1) / stripeUnit
-        guard let pool = drives.transfers, last > first, count >= 2 * Self.sideBySideMinimumBytes else {
+        guard drives.transfers != nil, count >= 2 * Self.sideBySideMinimumBytes else {
             try forEachColumn(offset: offset, count: count, body)
             return
         }
-        try sideBySide(pool, last - first + 1) { (i) throws(LunError) in
-            let column = first + i
-            let start = max(offset, column * stripeUnit)
-            let end = min(offset + count, (column + 1) * stripeUnit)
-            try body(column, start - column * stripeUnit, start - offset, end - start)
+        var pieces: [(column: Int, within: Int, at: Int, n: Int)] = []
+        forEachColumn(offset: offset, count: count) { pieces.append(($0, $1, $2, $3)) }
+        let errors = runAll(pieces.count) { (i) throws(LunError) in
+            let p = pieces[i]
+            try body(p.column, p.within, p.at, p.n)
         }
+        if let first = errors.first(where: { $0 != nil }) { throw first! }
     }
 
-    /// Runs body(0..<count) on the pool and throws the first error any of them threw.
-    private func sideBySide(_ pool: TransferPool, _ count: Int, _ body: (Int) throws(LunError) -> Void) throws(LunError) {
+    /// Runs body(0..<count), side by side on the drive set's transfer pool when it has one
+    /// (file drives), else one after another; returns what each threw.
+    private func runAll(_ count: Int, _ body: (Int) throws(LunError) -> Void) -> [LunError?] {
+        guard let pool = drives.transfers, count > 1 else {
+            return (0..<count).map { i in
+                do throws(LunError) { try body(i); return nil } catch { return error }
+            }
+        }
         let errors = UnsafeMutableBufferPointer<LunError?>.allocate(capacity: count)
         errors.initialize(repeating: nil)
         defer { errors.deinitialize(); errors.deallocate() }
         pool.run(count) { i in
             do throws(LunError) { try body(i) } catch { errors[i] = error }
         }
-        for e in errors { if let e { throw e } }
+        return Array(errors)
     }
 
     // MARK: Read
@@ -169,20 +175,7 @@ struct StoreIO: @unchecked Sendable {
             guard drives.isAvailable(m.drive) else { throw .io("drive \(m.drive) is not available") }
             try drives.write(m.drive, bytes, at: physicalOffset(m, rseg: rseg, within: 0))
         }
-        var failures = 0
-        if let pool = drives.transfers {
-            let failed = UnsafeMutableBufferPointer<Bool>.allocate(capacity: 5)
-            failed.initialize(repeating: false)
-            defer { failed.deallocate() }
-            pool.run(5) { member in
-                do throws(LunError) { try writeMember(member) } catch { failed[member] = true }
-            }
-            failures = failed.filter { $0 }.count
-        } else {
-            for member in 0..<5 {
-                do throws(LunError) { try writeMember(member) } catch { failures += 1 }
-            }
-        }
+        let failures = runAll(5, writeMember).filter { $0 != nil }.count
         if failures > 1 { throw .io("RAID 5 store \(store) lost \(failures) members") }
     }
 
