@@ -15,6 +15,8 @@ public struct CheckReport: Sendable {
     public var segmentsChecked = 0
     public var storesChecked = 0
     public var rsegsScrubbed = 0
+    /// What the scrub found, block by block.
+    public var scrub: ScrubReport?
 }
 
 public struct PoolChecker {
@@ -29,10 +31,11 @@ public struct PoolChecker {
         checkMetadataCopies(&report)
         pool.commitLock.lock()
         defer { pool.commitLock.unlock() }
-        pool.stateLock.lock()
-        defer { pool.stateLock.unlock() }
-        checkMaps(&report)
-        checkSpace(&report)
+        pool.stateLock.withLock {
+            checkMaps(&report)
+            checkSpace(&report)
+        }
+        // The scrub takes the state lock itself, to name the disks of what it finds.
         if scrub { scrubStores(&report) }
         for d in 0..<pool.drives.count where !pool.drives.isAvailable(d) {
             report.problems.append("drive \(d) (\(pool.drives.name(d))) is missing or failed; redundant disks run degraded")
@@ -147,43 +150,12 @@ public struct PoolChecker {
         }
     }
 
-    /// Reads every used RSEG from every member: RAID 1 copies must match, RAID 5 members must
-    /// XOR to zero. A mismatch means a drive returned wrong bytes at some point.
+    /// Reads every used RSEG from every member and checks every block against its checksum,
+    /// then RAID 1 copies against each other and RAID 5 parity against the data.
     private func scrubStores(_ report: inout CheckReport) {
-        let state = pool.state
-        let geometry = state.geometry
-        let unit = Int(geometry.stripeUnitBytes)
-        let a = scratchBuffer(unit), b = scratchBuffer(unit)
-        defer { a.deallocate(); b.deallocate() }
-        for id in 0..<state.rsds.highWater where state.rsds.isLive(id) {
-            guard let level = state.rsds.level(id), level != .raid0 else { continue }
-            let members = state.rsds.memberList(id)
-            for r in 0..<geometry.rsegsPerStore where state.rsds.isUsed(id, rseg: r) {
-                report.rsegsScrubbed += 1
-                func offset(_ m: StoreMember) -> UInt64 { UInt64(m.pseg) * geometry.psegSizeBytes + UInt64(r) * geometry.stripeUnitBytes }
-                let groups: [[Int]] = level == .raid1 ? (0..<4).map { [$0, $0 + 4] } : [Array(0..<5)]
-                for group in groups {
-                    guard group.allSatisfy({ pool.drives.isAvailable(members[$0].drive) }) else { continue }
-                    do {
-                        try pool.drives.read(members[group[0]].drive, into: a, at: offset(members[group[0]]))
-                        for m in group.dropFirst() {
-                            try pool.drives.read(members[m].drive, into: b, at: offset(members[m]))
-                            if level == .raid1 {
-                                if memcmp(a.baseAddress!, b.baseAddress!, unit) != 0 {
-                                    report.problems.append("store \(id) RSEG \(r): mirror copies on drives \(members[group[0]].drive) and \(members[m].drive) differ")
-                                }
-                            } else {
-                                xorBytes(into: a.baseAddress!, from: b.baseAddress!, count: unit)
-                            }
-                        }
-                        if level == .raid5 && a.contains(where: { $0 != 0 }) {
-                            report.problems.append("store \(id) RSEG \(r): RAID 5 parity does not match its data")
-                        }
-                    } catch {
-                        report.problems.append("store \(id) RSEG \(r): read failed: \(error)")
-                    }
-                }
-            }
-        }
+        let scrub = pool.scrub(repair: false)
+        report.rsegsScrubbed = scrub.rsegsChecked
+        report.scrub = scrub
+        report.problems += scrub.findings
     }
 }

@@ -1,19 +1,14 @@
-// CRC-32C (Castagnoli) over metadata blocks: every superblock, checkpoint and journal record
-// carries one, so a torn or rotten block is rejected instead of trusted.
+// CRC-32C (Castagnoli): every superblock, checkpoint and journal record carries one, and so
+// does every 4 KiB block of user data (Physical/BlockChecksums.swift), so a torn or rotten
+// block is rejected instead of trusted. The arithmetic is in CLunSys (the SSE 4.2 instruction).
+import CLunSys
 
 public enum CRC32C {
-    private static let table: [UInt32] = (0..<256).map { i -> UInt32 in
-        var c = UInt32(i)
-        for _ in 0..<8 { c = (c & 1) != 0 ? (c >> 1) ^ 0x82F6_3B78 : c >> 1 }
-        return c
-    }
-
+    /// The checksum of `bytes`, continuing from `seed` (0 to start a new one).
+    @inline(__always)
     public static func checksum(_ bytes: UnsafeRawBufferPointer, seed: UInt32 = 0) -> UInt32 {
-        var crc = ~seed
-        table.withUnsafeBufferPointer { t in
-            for b in bytes { crc = t[Int((crc ^ UInt32(b)) & 0xFF)] ^ (crc >> 8) }
-        }
-        return ~crc
+        guard let base = bytes.baseAddress else { return seed }
+        return lunsys_crc32c(seed, base, UInt64(bytes.count))
     }
 
     public static func checksum(_ bytes: [UInt8]) -> UInt32 {

@@ -5,7 +5,7 @@
 
 public struct Superblock: Equatable, Sendable {
     public static let magic: [UInt8] = Array("LUNFSSB1".utf8)
-    public static let formatVersion: UInt32 = 1
+    public static let formatVersion: UInt32 = 2
     public static let blockSize = 4096
     public static let slotOffsets: [UInt64] = [0, 4096]
 

@@ -19,6 +19,10 @@ enum MetadataOpCode: UInt8 {
     case split = 6
     /// disk varint: hand the disk's share relations to its neighbours and leave the chain
     case unlink = 7
+    /// store varint: the store joins the write-intent set (in-place writes may be in flight)
+    case intentAdd = 8
+    /// store varint: the store leaves the write-intent set (its writes are all synced)
+    case intentClear = 9
 }
 
 /// The persistent fields of a disk, in journal records and checkpoints alike.

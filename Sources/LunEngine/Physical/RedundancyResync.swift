@@ -1,62 +1,21 @@
-// After an unclean shutdown, an in-place write may have reached one mirror copy and not the
-// other, or the data and not the parity. Either version is a state the disk really had, but
-// the copies must agree before a drive fails, or a degraded read could return the other one.
-// So a pool that was not closed cleanly rewrites, for every used RSEG, the mirror copies from
-// the primary and the RAID 5 parity from the data, as md does after a crash without a bitmap.
+// After an unclean shutdown, an in-place write may have reached a block and not its checksum,
+// one mirror copy and not the other, or the data and not the parity. Only stores of the
+// write-intent set can hold such a write; recovery checks them block by block against their
+// checksums before the pool serves I/O (Physical/RedundancyCheck.swift). A stale drive, one
+// that was out of service while the pool was written, is rebuilt from redundancy instead.
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 
 extension Pool {
-    /// Returns how many chunks it rewrote. Runs before the pool serves I/O.
-    func resynchronizeRedundancy() -> Int {
-        let rsds = state.rsds
-        let unit = Int(geometry.stripeUnitBytes)
-        let a = scratchBuffer(unit), b = scratchBuffer(unit)
-        defer { a.deallocate(); b.deallocate() }
-        var fixed = 0
-        var done = 0
-        let total = (0..<rsds.highWater).reduce(0) { $0 + (rsds.isLive($1) ? rsds.usedMask($1).nonzeroBitCount : 0) }
-        if total > 0 { log("resync after an unclean shutdown: checking mirror and parity copies of \(total) segments") }
-        for id in 0..<rsds.highWater where rsds.isLive(id) {
-            guard let level = rsds.level(id), level != .raid0 else { continue }
-            let members = rsds.memberList(id)
-            for r in 0..<geometry.rsegsPerStore where rsds.isUsed(id, rseg: r) {
-                done += 1
-                if done % 4096 == 0 { log("resync after an unclean shutdown: \(done) of \(total) segments (\(done * 100 / max(total, 1))%)") }
-                func at(_ m: StoreMember) -> UInt64 { UInt64(m.pseg) * geometry.psegSizeBytes + UInt64(r) * geometry.stripeUnitBytes }
-                do {
-                    if level == .raid1 {
-                        for c in 0..<4 {
-                            let primary = members[c], mirror = members[c + 4]
-                            guard drives.isAvailable(primary.drive), drives.isAvailable(mirror.drive) else { continue }
-                            try drives.read(primary.drive, into: a, at: at(primary))
-                            try drives.read(mirror.drive, into: b, at: at(mirror))
-                            if memcmp(a.baseAddress!, b.baseAddress!, unit) != 0 {
-                                try drives.write(mirror.drive, UnsafeRawBufferPointer(a), at: at(mirror))
-                                fixed += 1
-                            }
-                        }
-                    } else {
-                        guard members.allSatisfy({ drives.isAvailable($0.drive) }) else { continue }
-                        let p = RAIDLevel.parityMember(store: id)
-                        a.initializeMemory(as: UInt8.self, repeating: 0)
-                        for m in 0..<5 where m != p {
-                            try drives.read(members[m].drive, into: b, at: at(members[m]))
-                            xorBytes(into: a.baseAddress!, from: b.baseAddress!, count: unit)
-                        }
-                        try drives.read(members[p].drive, into: b, at: at(members[p]))
-                        if memcmp(a.baseAddress!, b.baseAddress!, unit) != 0 {
-                            try drives.write(members[p].drive, UnsafeRawBufferPointer(a), at: at(members[p]))
-                            fixed += 1
-                        }
-                    }
-                } catch {
-                    log("resync of store \(id) RSEG \(r) failed: \(error)")
-                }
-            }
-        }
-        return fixed
+    /// Settles the stores of the write-intent set. `LUNFS_RECOVER_ALL=1` checks every store
+    /// instead (to measure what the set saves).
+    func recoverInFlightWrites() -> ScrubReport {
+        let all = ProcessInfo.processInfo.environment["LUNFS_RECOVER_ALL"] == "1"
+        let stores = all ? (0..<state.rsds.highWater).filter { state.rsds.isLive($0) } : state.intent.sorted()
+        if !stores.isEmpty { log("recovery after an unclean shutdown: checking \(stores.count) stores" + (all ? "" : " of the write-intent set")) }
+        return checkRedundancy(stores: stores, mode: .recoverInFlight)
     }
 }
 
@@ -82,17 +41,22 @@ extension Pool {
                 for r in 0..<geometry.rsegsPerStore where rsds.isUsed(id, rseg: r) {
                     func at(_ x: StoreMember) -> UInt64 { UInt64(x.pseg) * geometry.psegSizeBytes + UInt64(r) * geometry.stripeUnitBytes }
                     do {
+                        let checksums = storeIO.checksums
                         if level == .raid1 {
                             let partner = members[m < 4 ? m + 4 : m - 4]
-                            try drives.read(partner.drive, into: a, at: at(partner))
+                            guard try checksums.read(partner.drive, into: a, at: at(partner)).isEmpty else {
+                                throw LunError.io("the mirror copy on drive \(partner.drive) fails its checksum")
+                            }
                         } else {
                             a.initializeMemory(as: UInt8.self, repeating: 0)
                             for (o, other) in members.enumerated() where o != m {
-                                try drives.read(other.drive, into: b, at: at(other))
+                                guard try checksums.read(other.drive, into: b, at: at(other)).isEmpty else {
+                                    throw LunError.io("RAID 5 member on drive \(other.drive) fails its checksum")
+                                }
                                 xorBytes(into: a.baseAddress!, from: b.baseAddress!, count: unit)
                             }
                         }
-                        try drives.devices(member.drive)?.write(UnsafeRawBufferPointer(a), at: at(member))
+                        try checksums.writeOutOfService(member.drive, UnsafeRawBufferPointer(a), at: at(member))
                         rebuilt += 1
                     } catch {
                         log("rebuild of store \(id) RSEG \(r) on drive \(member.drive) failed: \(error)")

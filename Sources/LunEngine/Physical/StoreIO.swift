@@ -2,25 +2,47 @@
 // column c of RSEG r sits at `r * stripeUnit` inside the PSEG of the member that holds column
 // c, so a whole-RSEG write on RAID 5 is a full-stripe write and computes parity without
 // reading. Reads of RAID 1 and 5 survive one missing or failing member; RAID 0 cannot.
+//
+// Every block read is checked against its checksum (BlockChecksums). A block that fails is
+// read again under the stripe lock (an in-place write holds it from a block to its checksum,
+// so a second failure is damage, not a race), then taken from the RAID 1 partner or rebuilt
+// from the other RAID 5 members, each of them checked too; the good bytes are returned and
+// written over the bad copy. With no good copy the read fails with EIO: never wrong bytes.
+// Writes cover whole 4 KiB blocks: a partial first or last block is merged with what it holds.
 
 struct StoreIO: @unchecked Sendable {
     let table: RSDTable
     let drives: DriveSet
+    let checksums: BlockChecksums
     let geometry: PoolGeometry
-    /// RAID 5 read-modify-write of one stripe must not interleave with another on the same stripe.
+    /// An in-place write of one stripe row holds its lock from the first block to the last
+    /// checksum; a read that finds damage takes it before it believes what it found.
     private let stripeLocks: [Lock]
 
-    init(table: RSDTable, drives: DriveSet, geometry: PoolGeometry) {
+    init(table: RSDTable, checksums: BlockChecksums, geometry: PoolGeometry) {
         self.table = table
-        self.drives = drives
+        self.drives = checksums.drives
+        self.checksums = checksums
         self.geometry = geometry
         stripeLocks = (0..<256).map { _ in Lock() }
     }
 
     private var stripeUnit: Int { Int(geometry.stripeUnitBytes) }
+    private static let blockBytes = ChecksumArea.blockBytes
 
     @inline(__always)
-    private func physicalOffset(_ member: StoreMember, rseg: Int, within: Int) -> UInt64 {
+    private func stripeLock(_ store: Int, _ rseg: Int) -> Lock { stripeLocks[(store &* 8 &+ rseg) & 255] }
+
+    private func withStripeLock<T>(_ store: Int, _ rseg: Int, held: Bool, _ body: () throws(LunError) -> T) throws(LunError) -> T {
+        if held { return try body() }
+        let lock = stripeLock(store, rseg)
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+
+    @inline(__always)
+    func physicalOffset(_ member: StoreMember, rseg: Int, within: Int) -> UInt64 {
         UInt64(member.pseg) * geometry.psegSizeBytes + UInt64(rseg) * geometry.stripeUnitBytes + UInt64(within)
     }
 
@@ -76,40 +98,160 @@ struct StoreIO: @unchecked Sendable {
 
     // MARK: Read
 
-    func read(store: Int, rseg: Int, offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) {
+    /// Reads `buffer.count` bytes at `offset` of RSEG `rseg`. `describe` names what is read
+    /// (disk and offset) for the log line of a repair or a failure.
+    func read(store: Int, rseg: Int, offset: Int, into buffer: UnsafeMutableRawBufferPointer,
+              describe: () -> String = { "" }) throws(LunError) {
         precondition(offset >= 0 && offset + buffer.count <= Int(geometry.rsegSizeBytes))
         guard let level = table.level(store) else { preconditionFailure("read of undefined store \(store)") }
-        try forEachColumnSideBySide(offset: offset, count: buffer.count) { column, within, at, n throws(LunError) in
-            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[at..<at + n])
-            try readColumn(store: store, level: level, rseg: rseg, column: column, within: within, into: piece)
+        let bb = Self.blockBytes
+        let start = offset & ~(bb - 1), end = (offset + buffer.count + bb - 1) & ~(bb - 1)
+        if start == offset && end == offset + buffer.count {
+            try readBlocks(store, level, rseg, offset, buffer, lockHeld: false, describe)
+            return
+        }
+        let whole = scratchBuffer(end - start)
+        defer { whole.deallocate() }
+        try readBlocks(store, level, rseg, start, whole, lockHeld: false, describe)
+        buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: whole[(offset - start)..<(offset - start + buffer.count)]))
+    }
+
+    /// Reads whole blocks of a range. The pieces' fast paths may run side by side on the
+    /// transfer pool; anything that needs the stripe lock runs after, on the calling thread,
+    /// so that no pool thread ever waits for a lock a writer holds while it waits for the pool.
+    private func readBlocks(_ store: Int, _ level: RAIDLevel, _ rseg: Int, _ offset: Int, _ buffer: UnsafeMutableRawBufferPointer,
+                            lockHeld: Bool, _ describe: () -> String) throws(LunError) {
+        var pieces: [(column: Int, within: Int, at: Int, n: Int)] = []
+        forEachColumn(offset: offset, count: buffer.count) { pieces.append(($0, $1, $2, $3)) }
+        let sideBySide = drives.transfers != nil && buffer.count >= 2 * Self.sideBySideMinimumBytes
+        var good: [Bool]
+        if sideBySide {
+            let flags = UnsafeMutableBufferPointer<Bool>.allocate(capacity: pieces.count)
+            flags.initialize(repeating: false)
+            defer { flags.deallocate() }
+            drives.transfers!.run(pieces.count) { i in
+                let p = pieces[i]
+                flags[i] = readPrimary(store: store, level: level, rseg: rseg, column: p.column, within: p.within,
+                                       into: UnsafeMutableRawBufferPointer(rebasing: buffer[p.at..<p.at + p.n]))
+            }
+            good = Array(flags)
+        } else {
+            good = pieces.map { p in
+                readPrimary(store: store, level: level, rseg: rseg, column: p.column, within: p.within,
+                            into: UnsafeMutableRawBufferPointer(rebasing: buffer[p.at..<p.at + p.n]))
+            }
+        }
+        for (i, p) in pieces.enumerated() where !good[i] {
+            try withStripeLock(store, rseg, held: lockHeld) { () throws(LunError) in
+                try recoverColumn(store: store, level: level, rseg: rseg, column: p.column, within: p.within,
+                                  into: UnsafeMutableRawBufferPointer(rebasing: buffer[p.at..<p.at + p.n]), describe)
+            }
         }
     }
 
-    private func readColumn(store: Int, level: RAIDLevel, rseg: Int, column: Int, within: Int,
-                            into piece: UnsafeMutableRawBufferPointer) throws(LunError) {
-        let primary = level.dataMember(store: store, column: column)
-        let m = table.member(store, primary)
+    /// The fast path: the primary copy read and checked; false when anything failed.
+    private func readPrimary(store: Int, level: RAIDLevel, rseg: Int, column: Int, within: Int,
+                             into piece: UnsafeMutableRawBufferPointer) -> Bool {
+        let primary = table.member(store, level.dataMember(store: store, column: column))
+        guard drives.isAvailable(primary.drive) else { return false }
         do {
-            try drives.read(m.drive, into: piece, at: physicalOffset(m, rseg: rseg, within: within))
-            return
+            return try checksums.read(primary.drive, into: piece, at: physicalOffset(primary, rseg: rseg, within: within)).isEmpty
         } catch {
             drives.noteError()
-            if level == .raid0 { throw error }
+            return false
         }
-        if level == .raid1 {
-            let mirror = table.member(store, column + 4)
-            try drives.read(mirror.drive, into: piece, at: physicalOffset(mirror, rseg: rseg, within: within))
-            return
+    }
+
+    /// One data column's blocks, checked; the slow path when the primary copy fails.
+    private func readColumn(store: Int, level: RAIDLevel, rseg: Int, column: Int, within: Int,
+                            into piece: UnsafeMutableRawBufferPointer, lockHeld: Bool, _ describe: () -> String) throws(LunError) {
+        if readPrimary(store: store, level: level, rseg: rseg, column: column, within: within, into: piece) { return }
+        try withStripeLock(store, rseg, held: lockHeld) { () throws(LunError) in
+            try recoverColumn(store: store, level: level, rseg: rseg, column: column, within: within, into: piece, describe)
         }
-        // RAID 5: the column is the XOR of the other four members at the same place.
-        piece.initializeMemory(as: UInt8.self, repeating: 0)
-        let temp = scratchBuffer(piece.count)
-        defer { temp.deallocate() }
-        for other in 0..<5 where other != primary {
-            let o = table.member(store, other)
-            try drives.read(o.drive, into: temp, at: physicalOffset(o, rseg: rseg, within: within))
-            xorBytes(into: piece.baseAddress!, from: temp.baseAddress!, count: piece.count)
+    }
+
+    /// Caller holds the stripe lock. Reads the primary copy again; blocks that still fail (or
+    /// all of them, when the drive cannot be read) come from redundancy and are rewritten.
+    private func recoverColumn(store: Int, level: RAIDLevel, rseg: Int, column: Int, within: Int,
+                               into piece: UnsafeMutableRawBufferPointer, _ describe: () -> String) throws(LunError) {
+        let bb = Self.blockBytes
+        let memberIndex = level.dataMember(store: store, column: column)
+        let primary = table.member(store, memberIndex)
+        let at = physicalOffset(primary, rseg: rseg, within: within)
+        var bad = Array(0..<(piece.count / bb))
+        var readable = false
+        if drives.isAvailable(primary.drive) {
+            do {
+                bad = try checksums.read(primary.drive, into: piece, at: at)
+                readable = true
+            } catch {
+                drives.noteError()
+            }
         }
+        if bad.isEmpty { return }
+        if readable { checksums.mismatches.add(bad.count, ordering: .relaxed) }
+        for run in Self.runs(bad) {
+            let runPiece = UnsafeMutableRawBufferPointer(rebasing: piece[(run.lowerBound * bb)..<(run.upperBound * bb)])
+            let runAt = at + UInt64(run.lowerBound * bb)
+            let place = "drive \(primary.drive) (\(drives.name(primary.drive))) offset \(runAt), \(run.count * 4) KiB"
+            do {
+                try readRedundantCopy(store: store, level: level, rseg: rseg, member: memberIndex,
+                                      within: within + run.lowerBound * bb, into: runPiece)
+            } catch {
+                guard readable else { throw error }
+                drives.log("read of \(describe()) failed: \(place) fails its checksum and no good copy is left (\(error))")
+                throw .io("\(place) fails its checksum and no good copy is left")
+            }
+            guard readable else { continue }
+            do {
+                try checksums.write(primary.drive, UnsafeRawBufferPointer(runPiece), at: runAt)
+                checksums.repairs.add(run.count, ordering: .relaxed)
+                drives.log("repaired \(describe()): \(place) failed its checksum; rewritten from "
+                           + (level == .raid1 ? "the mirror copy" : "the other RAID 5 members"))
+            } catch {
+                drives.log("could not repair \(place): \(error)")
+            }
+        }
+    }
+
+    /// Fills `piece` (blocks at `within` of data member `member`) from the store's redundancy,
+    /// checking every block it reads.
+    private func readRedundantCopy(store: Int, level: RAIDLevel, rseg: Int, member: Int, within: Int,
+                                   into piece: UnsafeMutableRawBufferPointer) throws(LunError) {
+        switch level {
+        case .raid0:
+            throw .io("RAID 0 keeps one copy")
+        case .raid1:
+            let partner = table.member(store, member < 4 ? member + 4 : member - 4)
+            let bad = try checksums.read(partner.drive, into: piece, at: physicalOffset(partner, rseg: rseg, within: within))
+            if !bad.isEmpty {
+                checksums.mismatches.add(bad.count, ordering: .relaxed)
+                throw .io("the mirror copy on drive \(partner.drive) fails its checksum too")
+            }
+        case .raid5:
+            piece.initializeMemory(as: UInt8.self, repeating: 0)
+            let temp = scratchBuffer(piece.count)
+            defer { temp.deallocate() }
+            for other in 0..<5 where other != member {
+                let o = table.member(store, other)
+                let bad = try checksums.read(o.drive, into: temp, at: physicalOffset(o, rseg: rseg, within: within))
+                if !bad.isEmpty {
+                    checksums.mismatches.add(bad.count, ordering: .relaxed)
+                    throw .io("RAID 5 member on drive \(o.drive) fails its checksum too")
+                }
+                xorBytes(into: piece.baseAddress!, from: temp.baseAddress!, count: piece.count)
+            }
+        }
+    }
+
+    /// Sorted block numbers grouped into runs of consecutive ones.
+    static func runs(_ blocks: [Int]) -> [Range<Int>] {
+        var result: [Range<Int>] = []
+        for b in blocks {
+            if let last = result.last, last.upperBound == b { result[result.count - 1] = last.lowerBound..<(b + 1) } else { result.append(b..<(b + 1)) }
+        }
+        return result
     }
 
     // MARK: Write
@@ -117,12 +259,37 @@ struct StoreIO: @unchecked Sendable {
     func write(store: Int, rseg: Int, offset: Int, from buffer: UnsafeRawBufferPointer) throws(LunError) {
         precondition(offset >= 0 && offset + buffer.count <= Int(geometry.rsegSizeBytes))
         guard let level = table.level(store) else { preconditionFailure("write to undefined store \(store)") }
+        let lock = stripeLock(store, rseg)
+        lock.lock()
+        defer { lock.unlock() }
+        let bb = Self.blockBytes
+        let start = offset & ~(bb - 1), end = (offset + buffer.count + bb - 1) & ~(bb - 1)
+        if start == offset && end == offset + buffer.count {
+            try writeBlocks(store, level, rseg, offset, buffer)
+            return
+        }
+        // Checksums cover whole blocks: merge a partial first and last block with what they hold.
+        let whole = scratchBuffer(end - start)
+        defer { whole.deallocate() }
+        if offset != start {
+            try readBlocks(store, level, rseg, start, UnsafeMutableRawBufferPointer(rebasing: whole[0..<bb]), lockHeld: true, { "" })
+        }
+        if offset + buffer.count != end && (end - bb > start || offset == start) {
+            try readBlocks(store, level, rseg, end - bb, UnsafeMutableRawBufferPointer(rebasing: whole[(end - start - bb)...]),
+                           lockHeld: true, { "" })
+        }
+        (whole.baseAddress! + (offset - start)).copyMemory(from: buffer.baseAddress!, byteCount: buffer.count)
+        try writeBlocks(store, level, rseg, start, UnsafeRawBufferPointer(whole))
+    }
+
+    /// Caller holds the stripe lock; the range covers whole blocks.
+    private func writeBlocks(_ store: Int, _ level: RAIDLevel, _ rseg: Int, _ offset: Int, _ buffer: UnsafeRawBufferPointer) throws(LunError) {
         switch level {
         case .raid0:
             try forEachColumnSideBySide(offset: offset, count: buffer.count) { column, within, at, n throws(LunError) in
                 let m = table.member(store, column)
-                try drives.write(m.drive, UnsafeRawBufferPointer(rebasing: buffer[at..<at + n]),
-                                 at: physicalOffset(m, rseg: rseg, within: within))
+                try checksums.write(m.drive, UnsafeRawBufferPointer(rebasing: buffer[at..<at + n]),
+                                    at: physicalOffset(m, rseg: rseg, within: within))
             }
         case .raid1:
             try forEachColumnSideBySide(offset: offset, count: buffer.count) { column, within, at, n throws(LunError) in
@@ -130,9 +297,6 @@ struct StoreIO: @unchecked Sendable {
                 try writeCopies([column, column + 4], store: store, rseg: rseg, within: within, piece)
             }
         case .raid5:
-            let lock = stripeLocks[(store &* 8 &+ rseg) & 255]
-            lock.lock()
-            defer { lock.unlock() }
             if offset == 0 && buffer.count == Int(geometry.rsegSizeBytes) {
                 try writeFullStripe(store: store, rseg: rseg, buffer)
             } else {
@@ -152,7 +316,7 @@ struct StoreIO: @unchecked Sendable {
             let m = table.member(store, member)
             guard drives.isAvailable(m.drive) else { continue }
             do {
-                try drives.write(m.drive, piece, at: physicalOffset(m, rseg: rseg, within: within))
+                try checksums.write(m.drive, piece, at: physicalOffset(m, rseg: rseg, within: within))
                 landed += 1
             } catch { lastError = error }
         }
@@ -173,14 +337,15 @@ struct StoreIO: @unchecked Sendable {
             let bytes = isParity ? UnsafeRawBufferPointer(parity)
                 : UnsafeRawBufferPointer(rebasing: buffer[column * stripeUnit..<(column + 1) * stripeUnit])
             guard drives.isAvailable(m.drive) else { throw .io("drive \(m.drive) is not available") }
-            try drives.write(m.drive, bytes, at: physicalOffset(m, rseg: rseg, within: 0))
+            try checksums.write(m.drive, bytes, at: physicalOffset(m, rseg: rseg, within: 0))
         }
         let failures = runAll(5, writeMember).filter { $0 != nil }.count
         if failures > 1 { throw .io("RAID 5 store \(store) lost \(failures) members") }
     }
 
     /// new parity = old parity ^ old data ^ new data; with the data member gone, the parity
-    /// alone carries the new bytes, which reconstruction then returns.
+    /// alone carries the new bytes, which reconstruction then returns. Old data and old parity
+    /// are checked; a damaged old parity is computed afresh from the data columns.
     private func readModifyWrite(store: Int, rseg: Int, column: Int, within: Int, _ piece: UnsafeRawBufferPointer) throws(LunError) {
         let dataMember = table.member(store, RAIDLevel.raid5.dataMember(store: store, column: column))
         let parityMember = table.member(store, RAIDLevel.parityMember(store: store))
@@ -191,7 +356,7 @@ struct StoreIO: @unchecked Sendable {
         if drives.isAvailable(parityMember.drive) {
             drives.prefetch(parityMember.drive, at: physicalOffset(parityMember, rseg: rseg, within: within), length: n)
         }
-        try readColumn(store: store, level: .raid5, rseg: rseg, column: column, within: within, into: delta)
+        try readColumn(store: store, level: .raid5, rseg: rseg, column: column, within: within, into: delta, lockHeld: true, { "" })
         xorBytes(into: delta.baseAddress!, from: piece.baseAddress!, count: n)   // old ^ new
         var landed = 0
         if drives.isAvailable(parityMember.drive) {
@@ -199,34 +364,36 @@ struct StoreIO: @unchecked Sendable {
             defer { parity.deallocate() }
             let at = physicalOffset(parityMember, rseg: rseg, within: within)
             do {
-                try drives.read(parityMember.drive, into: parity, at: at)
-                xorBytes(into: parity.baseAddress!, from: delta.baseAddress!, count: n)
-                // The data goes first: a crash between the two leaves parity stale for this
-                // range, which only matters if a drive is lost before the range is rewritten.
-                if drives.isAvailable(dataMember.drive) {
-                    do { try drives.write(dataMember.drive, piece, at: physicalOffset(dataMember, rseg: rseg, within: within)); landed += 1 } catch {}
+                if try checksums.read(parityMember.drive, into: parity, at: at).isEmpty {
+                    xorBytes(into: parity.baseAddress!, from: delta.baseAddress!, count: n)
+                } else {
+                    try parityFromData(store: store, rseg: rseg, within: within, column: column, newData: piece, into: parity)
+                    drives.log("RAID 5 store \(store) RSEG \(rseg): parity on drive \(parityMember.drive) offset \(at) failed its checksum; computed it again from the data")
                 }
-                try drives.write(parityMember.drive, UnsafeRawBufferPointer(parity), at: at)
+                // The data goes first: a crash between the two leaves parity stale for this
+                // range; the store is in the write-intent set, so recovery settles it.
+                if drives.isAvailable(dataMember.drive) {
+                    do { try checksums.write(dataMember.drive, piece, at: physicalOffset(dataMember, rseg: rseg, within: within)); landed += 1 } catch {}
+                }
+                try checksums.write(parityMember.drive, UnsafeRawBufferPointer(parity), at: at)
                 landed += 1
             } catch {
                 drives.noteError()
             }
             if landed > 0 { return }
         }
-        try drives.write(dataMember.drive, piece, at: physicalOffset(dataMember, rseg: rseg, within: within))
+        try checksums.write(dataMember.drive, piece, at: physicalOffset(dataMember, rseg: rseg, within: within))
     }
 
-    /// Makes a whole RSEG read as zeros on every member (parity of zeros is zeros).
-    func zero(store: Int, rseg: Int) throws(LunError) {
-        guard let level = table.level(store) else { preconditionFailure("zero of undefined store \(store)") }
-        var failures = 0
-        for member in 0..<level.memberCount {
-            let m = table.member(store, member)
-            guard drives.isAvailable(m.drive) else { failures += 1; continue }
-            do { try drives.zero(m.drive, at: physicalOffset(m, rseg: rseg, within: 0), length: geometry.stripeUnitBytes) } catch { failures += 1 }
-        }
-        if failures > 0 && level == .raid0 || failures > 1 && level == .raid5 {
-            throw .io("cannot zero RSEG \(store).\(rseg): \(failures) members failed")
+    /// Parity of a range with column `column` replaced by `newData`, from the checked data columns.
+    private func parityFromData(store: Int, rseg: Int, within: Int, column: Int, newData: UnsafeRawBufferPointer,
+                                into parity: UnsafeMutableRawBufferPointer) throws(LunError) {
+        parity.copyMemory(from: newData)
+        let temp = scratchBuffer(parity.count)
+        defer { temp.deallocate() }
+        for other in 0..<4 where other != column {
+            try readColumn(store: store, level: .raid5, rseg: rseg, column: other, within: within, into: temp, lockHeld: true, { "" })
+            xorBytes(into: parity.baseAddress!, from: temp.baseAddress!, count: parity.count)
         }
     }
 }

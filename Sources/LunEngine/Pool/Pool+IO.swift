@@ -22,7 +22,8 @@ extension Pool {
             let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[at..<at + len])
             let e = d.holderEntry(k)
             if e.isMapped {
-                try storeIO.read(store: Int(e.store), rseg: e.rseg, offset: within, into: piece)
+                try storeIO.read(store: Int(e.store), rseg: e.rseg, offset: within, into: piece,
+                                 describe: { "disk \(d.name) (id \(d.id)) offset \(UInt64(k) * UInt64(segmentBytes) + UInt64(within))" })
             } else {
                 piece.initializeMemory(as: UInt8.self, repeating: 0)
             }
@@ -137,8 +138,7 @@ extension Pool {
             let unsharing = steps.filter { $0.plan.segmentsNeeded > 0 }.map(\.k)
             if unsharing.isEmpty {
                 for step in steps {
-                    try storeIO.write(store: Int(step.entry.store), rseg: step.entry.rseg, offset: step.within,
-                                      from: UnsafeRawBufferPointer(rebasing: buffer[step.at..<step.at + step.len]))
+                    try writeInPlace(step.entry, at: step.within, UnsafeRawBufferPointer(rebasing: buffer[step.at..<step.at + step.len]))
                 }
                 return true
             }
@@ -186,6 +186,11 @@ extension Pool {
             if mustCommitFirst { try commit() }
             var fresh = try allocateSteps(&steps, for: d)
             defer { releaseUnmapped(fresh) }
+            // In-place pieces join the write-intent set now: joining may commit, and that
+            // commit must not carry the new size without the data it covers.
+            let inPlaceStores = Set(steps.filter { $0.mine == nil }.map { Int($0.entry.store) })
+            for s in inPlaceStores { try beginInPlaceWrite(s) }
+            defer { for s in inPlaceStores { endInPlaceWrite(s) } }
             let end = offset + UInt64(buffer.count)
             if end > d.sizeBytes || !d.hasWritten {
                 stateLock.withLock {
@@ -231,7 +236,7 @@ extension Pool {
         for step in steps {
             let piece = UnsafeRawBufferPointer(rebasing: buffer[step.at..<step.at + step.len])
             guard let mine = step.mine else {
-                try storeIO.write(store: Int(step.entry.store), rseg: step.entry.rseg, offset: step.within, from: piece)
+                try writeInPlace(step.entry, at: step.within, piece)
                 continue
             }
             if step.within == 0 && step.len == seg && step.theirs == nil {
@@ -252,6 +257,14 @@ extension Pool {
             (buf.baseAddress! + step.within).copyMemory(from: piece.baseAddress!, byteCount: step.len)
             try storeIO.write(store: mine.store, rseg: mine.rseg, offset: 0, from: UnsafeRawBufferPointer(buf))
         }
+    }
+
+    /// Overwrites part of a segment that committed maps point at, inside the write-intent set.
+    private func writeInPlace(_ e: LMapEntry, at within: Int, _ piece: UnsafeRawBufferPointer) throws(LunError) {
+        let store = Int(e.store)
+        try beginInPlaceWrite(store)
+        defer { endInPlaceWrite(store) }
+        try storeIO.write(store: store, rseg: e.rseg, offset: within, from: piece)
     }
 
     /// Points the maps at the filled segments: the writer at its own, a predecessor at the

@@ -34,7 +34,7 @@ public final class Pool: @unchecked Sendable {
     static let driveListName = "drives.list"
     static let lockName = "lock"
 
-    init(directory: String, readOnly: Bool, drives: DriveSet, state: PoolState, metadata: MetadataStore,
+    init(directory: String, readOnly: Bool, drives: DriveSet, driveSizes: [UInt64], state: PoolState, metadata: MetadataStore,
          log: @escaping @Sendable (String) -> Void) {
         self.directory = directory
         self.readOnly = readOnly
@@ -42,7 +42,8 @@ public final class Pool: @unchecked Sendable {
         self.state = state
         self.metadata = metadata
         self.log = log
-        self.storeIO = StoreIO(table: state.rsds, drives: drives, geometry: state.geometry)
+        let checksums = BlockChecksums(drives: drives, driveSizes: driveSizes, psegSizeBytes: state.geometry.psegSizeBytes)
+        self.storeIO = StoreIO(table: state.rsds, checksums: checksums, geometry: state.geometry)
     }
 
     var geometry: PoolGeometry { state.geometry }
@@ -100,7 +101,8 @@ public final class Pool: @unchecked Sendable {
         let smallest = devices.map(\.sizeBytes).min()!
         let geometry = PoolGeometry(psegSizeBytes: psegSizeBytes,
                                     quorumPSEGs: PoolGeometry.defaultQuorumPSEGs(driveSizeBytes: smallest, psegSizeBytes: psegSizeBytes))
-        guard geometry.isValid, smallest / psegSizeBytes > UInt64(geometry.quorumPSEGs) else {
+        guard geometry.isValid,
+              ChecksumArea.usablePSEGs(driveSizeBytes: smallest, psegSizeBytes: psegSizeBytes) > geometry.quorumPSEGs else {
             throw .invalid("drives of \(smallest) bytes are too small: each needs more than \(geometry.quorumPSEGs) segments of \(psegSizeBytes) bytes")
         }
         var uuid = [UInt8](repeating: 0, count: 16)
@@ -111,7 +113,9 @@ public final class Pool: @unchecked Sendable {
                                   checkpointSeq: 0, checkpointLength: 0, checkpointCRC: 0, journalStart: 0,
                                   createdAt: UInt64(time(nil)), driveSizeBytes: 0)
         let drives = DriveSet(devices: devices, log: { _ in })
-        let empty = PoolState(geometry: geometry, psegCount: devices.map { Int($0.sizeBytes / psegSizeBytes) })
+        let empty = PoolState(geometry: geometry, psegCount: devices.map {
+            ChecksumArea.usablePSEGs(driveSizeBytes: $0.sizeBytes, psegSizeBytes: psegSizeBytes)
+        })
         _ = try MetadataStore.format(drives: drives, template: template, sizes: devices.map(\.sizeBytes),
                                      checkpoint: empty.encodeCheckpoint())
     }
@@ -178,7 +182,9 @@ public final class Pool: @unchecked Sendable {
         }
         let geometry = sb.geometry
         let driveSizes = (0..<devices.count).map { i in devices[i]?.sizeBytes ?? sizes?[i] ?? 0 }
-        let state = PoolState(geometry: geometry, psegCount: driveSizes.map { Int($0 / geometry.psegSizeBytes) })
+        let state = PoolState(geometry: geometry, psegCount: driveSizes.map {
+            ChecksumArea.usablePSEGs(driveSizeBytes: $0, psegSizeBytes: geometry.psegSizeBytes)
+        })
         try state.loadCheckpoint(recovered.checkpoint)
         for record in recovered.records { try state.replay(record) }
         try state.rebuildDerivedState()
@@ -186,7 +192,8 @@ public final class Pool: @unchecked Sendable {
         state.journalOpCount = 0
         let metadata = MetadataStore(drives: drives, superblock: sb, nextSeq: recovered.lastSeq + 1,
                                      writePosition: recovered.journalEnd)
-        let pool = Pool(directory: directory, readOnly: readOnly, drives: drives, state: state, metadata: metadata, log: log)
+        let pool = Pool(directory: directory, readOnly: readOnly, drives: drives, driveSizes: driveSizes, state: state,
+                        metadata: metadata, log: log)
         pool.openNotes = recovered.notes
         for n in recovered.notes { log(n) }
         if !readOnly {
@@ -196,9 +203,15 @@ public final class Pool: @unchecked Sendable {
                 pool.openNotes.append("drives \(stale) were out of service when the pool was last written; rebuilt \(rebuilt) chunks on them from redundancy")
             }
             if !sb.isClean {
-                let fixed = pool.resynchronizeRedundancy()
-                if fixed > 0 { pool.openNotes.append("after an unclean shutdown, \(fixed) mirror or parity chunks were brought back in step") }
+                let report = pool.recoverInFlightWrites()
+                if report.acceptedBlocks + report.repairedBlocks + report.inconsistentBlocks > 0 {
+                    pool.openNotes.append("after an unclean shutdown: \(report.rsegsChecked) segments of the write-intent set checked; "
+                        + "\(report.repairedBlocks) blocks repaired from a good copy, \(report.acceptedBlocks) cut in flight taken as they are, "
+                        + "\(report.inconsistentBlocks) mirror or parity blocks brought back in step")
+                }
             }
+            // Everything written before this open is settled: the set starts empty.
+            for s in state.intent { state.forgetIntent(s) }
             // A fresh checkpoint puts every mirror back in step and empties the journal.
             try pool.commitLock.withLock { () throws(LunError) in try pool.checkpointLocked() }
             log("opened pool \(directory): \(state.disks.count) nodes, \(recovered.records.count) journal records replayed")
@@ -216,6 +229,7 @@ public final class Pool: @unchecked Sendable {
 
     func commitLocked() throws(LunError) {
         stateLock.lock()
+        state.clearIdleIntents()
         let payload = state.journal.bytes
         let freed = state.pendingFree
         let tooBig = !metadata.fits(recordBytes: metadata.recordSize(payloadBytes: payload.count))
@@ -230,10 +244,13 @@ public final class Pool: @unchecked Sendable {
         // Until the record is durable, a write to a segment it unshares must still wait.
         state.unsharedInFlight = state.pendingUnshared
         state.pendingUnshared = []
+        state.intentJoinsInFlight = state.intentJoinsPending
+        state.intentJoinsPending = []
         stateLock.unlock()
         do {
             // Data first: every op in the record was logged after its data writes completed.
             try drives.syncDirty()
+            stateLock.withLock { state.intentClock += 1 }
             if !payload.isEmpty { try metadata.append(payload) }
         } catch {
             stateLock.withLock {
@@ -243,6 +260,8 @@ public final class Pool: @unchecked Sendable {
                 state.pendingFree = freed + state.pendingFree
                 state.pendingUnshared.formUnion(state.unsharedInFlight)
                 state.unsharedInFlight = []
+                state.intentJoinsPending.formUnion(state.intentJoinsInFlight.intersection(state.intent))
+                state.intentJoinsInFlight = []
             }
             log("commit failed: \(error)")
             throw error
@@ -250,6 +269,8 @@ public final class Pool: @unchecked Sendable {
         commits.add(1, ordering: .relaxed)
         stateLock.withLock {
             state.unsharedInFlight = []
+            state.intentDurable.formUnion(state.intentJoinsInFlight.intersection(state.intent))
+            state.intentJoinsInFlight = []
             for f in freed { state.releaseRSEG(store: f.store, rseg: f.rseg) }
         }
         if metadata.journalBytesSinceCheckpoint * 2 > metadata.layout.journalCapacity
@@ -275,6 +296,8 @@ public final class Pool: @unchecked Sendable {
         state.journalOpCount = 0
         state.pendingFree = []
         state.pendingUnshared = []
+        state.intentDurable = state.intent
+        state.intentJoinsPending = []
         // Releasing may empty stores; their freeStore ops go into the next record.
         for f in freed { state.releaseRSEG(store: f.store, rseg: f.rseg) }
     }
@@ -328,6 +351,35 @@ public final class Pool: @unchecked Sendable {
         try stateLock.withLock { () throws(LunError) -> Disk in
             guard let d = state.disk(id) else { throw .stale("disk \(id) no longer exists") }
             return d
+        }
+    }
+
+    /// Before an in-place write to `store`: its place in the write-intent set must be durable,
+    /// so that a crash in the middle of the write is found and settled by recovery.
+    func beginInPlaceWrite(_ store: Int) throws(LunError) {
+        var attempts = 0
+        while true {
+            let ready = stateLock.withLock { () -> Bool in
+                if state.intentDurable.contains(store) {
+                    state.intentWriters[store, default: 0] += 1
+                    return true
+                }
+                if !state.intent.contains(store) { state.applyIntentAdd(store) }
+                return false
+            }
+            if ready { return }
+            // A drive that fails its sync leaves service and fails this commit; the next one
+            // goes without it.
+            attempts += 1
+            do { try commit() } catch { if attempts >= 3 { throw error } }
+        }
+    }
+
+    func endInPlaceWrite(_ store: Int) {
+        stateLock.withLock {
+            let running = state.intentWriters[store]! - 1
+            state.intentWriters[store] = running == 0 ? nil : running
+            state.intentLastWrite[store] = state.intentClock
         }
     }
 

@@ -36,6 +36,54 @@ final class PoolState: @unchecked Sendable {
         pendingUnshared.contains(location) || unsharedInFlight.contains(location)
     }
 
+    // The write-intent set (docs/DESIGN.md section 9): stores that may hold an in-place write
+    // whose data and checksum, or whose copies, a crash could leave out of step. Recovery after
+    // an unclean shutdown checks these stores and no others.
+    /// Stores in the set as logged (durable or in the pending record).
+    var intent = Set<Int>()
+    /// Stores whose joining is durable: in-place writes to them may go ahead.
+    var intentDurable = Set<Int>()
+    /// Joins logged in the pending record, and in the record a commit is writing.
+    var intentJoinsPending = Set<Int>()
+    var intentJoinsInFlight = Set<Int>()
+    /// In-place writes running, per store, and the `intentClock` when one last finished.
+    var intentWriters: [Int: Int] = [:]
+    var intentLastWrite: [Int: Int] = [:]
+    /// Commits whose data sync succeeded. A write that ended at clock c is synced once the
+    /// clock reads c + 2 (the sync that moved it to c + 2 began after the write ended).
+    var intentClock = 0
+    /// A store leaves the set after this many synced commits without an in-place write.
+    static let intentIdleCommits = 3
+
+    func applyIntentAdd(_ store: Int) {
+        intent.insert(store)
+        intentJoinsPending.insert(store)
+        intentLastWrite[store] = intentClock
+        log(.intentAdd) { $0.varint(UInt64(store)) }
+    }
+
+    func applyIntentClear(_ store: Int) {
+        intent.remove(store)
+        intentDurable.remove(store)
+        intentJoinsPending.remove(store)
+        intentLastWrite[store] = nil
+        log(.intentClear) { $0.varint(UInt64(store)) }
+    }
+
+    /// A freed store leaves the set with it (no op: replay of the free does the same).
+    func forgetIntent(_ store: Int) {
+        intent.remove(store); intentDurable.remove(store); intentJoinsPending.remove(store); intentLastWrite[store] = nil
+    }
+
+    /// Logs the departure of every store whose in-place writes are all synced and that has
+    /// had none for a while. Called by a commit before it takes the pending record.
+    func clearIdleIntents() {
+        for s in intent where intentWriters[s] == nil && intentDurable.contains(s)
+            && (intentLastWrite[s] ?? 0) <= intentClock - Self.intentIdleCommits {
+            applyIntentClear(s)
+        }
+    }
+
     /// Segments set aside for fully reserved snapshots (sum of their `reservedSegments`).
     var reservedTotal = 0
     /// RSEGs in use or pending free.
@@ -78,6 +126,7 @@ final class PoolState: @unchecked Sendable {
     func applyFreeStore(_ id: Int) {
         for m in rsds.memberList(id) where !replaying { psegs.release(drive: m.drive, pseg: m.pseg) }
         rsds.undefine(id)
+        forgetIntent(id)
         log(.freeStore) { $0.varint(UInt64(id)) }
     }
 
@@ -301,6 +350,9 @@ final class PoolState: @unchecked Sendable {
                 w.varint(UInt64(k - last)); w.u32(e.raw); last = k
             }
         }
+        let intentStores = intent.sorted()
+        w.varint(UInt64(intentStores.count))
+        for s in intentStores { w.varint(UInt64(s)) }
         return w.bytes
     }
 
@@ -331,6 +383,8 @@ final class PoolState: @unchecked Sendable {
             records.append(rec)
         }
         for rec in records { try link(rec) }
+        let intentCount = try r.varint()
+        for _ in 0..<intentCount { intent.insert(Int(try r.varint())) }
     }
 
     /// Creates or updates a disk from a record (links are resolved by `link`).
@@ -396,6 +450,7 @@ final class PoolState: @unchecked Sendable {
                 let id = Int(try r.varint())
                 guard rsds.isLive(id) else { throw .corrupt("journal frees undefined store \(id)") }
                 rsds.undefine(id)
+                forgetIntent(id)
             case .putDisk:
                 let rec = try DiskRecordCoding.decode(&r)
                 upsert(rec)
@@ -408,6 +463,10 @@ final class PoolState: @unchecked Sendable {
                 applySplit(x, p)
             case .unlink:
                 applyUnlink(try disk(try r.varint()))
+            case .intentAdd:
+                intent.insert(Int(try r.varint()))
+            case .intentClear:
+                intent.remove(Int(try r.varint()))
             }
         }
         pendingUnshared.removeAll()
