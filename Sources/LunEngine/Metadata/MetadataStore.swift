@@ -80,8 +80,10 @@ final class MetadataStore: @unchecked Sendable {
     // MARK: Checkpoint
 
     /// Writes the full state to the idle slot, then a new superblock generation that points at it.
+    /// Before the mirrors' superblocks, every other present, in-service drive gets an identity
+    /// block of the new generation (`currentThrough`), so a drive that misses checkpoints is
+    /// known stale when it comes back (`DriveIdentity`, docs/DESIGN.md section 2).
     func writeCheckpoint(_ payload: [UInt8], clean: Bool = false) throws(LunError) {
-        let stale = (0..<min(64, drives.count)).reduce(UInt64(0)) { $0 | (drives.isAvailable($1) ? 0 : 1 << UInt64($1)) }
         var w = ByteWriter(capacity: payload.count + 16)
         w.raw(Self.checkpointMagic)
         w.u64(nextSeq - 1)
@@ -99,8 +101,23 @@ final class MetadataStore: @unchecked Sendable {
         sb.checkpointCRC = CRC32C.checksum(bytes)
         sb.journalStart = writePosition
         sb.flags = clean ? Superblock.cleanFlag : 0
-        sb.staleDrives = stale
+        sb.currentThrough = sb.generation
+        sb.identityFlags = 0
         try writeToMirrors(bytes, at: layout.checkpointOffsets[Int(sb.checkpointSlot)])
+        for d in 0..<drives.count where !mirrors.contains(d) && drives.isAvailable(d) {
+            var identity = sb
+            identity.driveIndex = UInt32(d)
+            // A drive that fails this leaves service; the stale mask below then names it.
+            try? drives.write(d, bytes: identity.encode(), at: Superblock.slotOffsets[Int(sb.generation % 2)])
+            try? drives.sync(d)
+        }
+        let stale = (0..<min(64, drives.count)).reduce(UInt64(0)) { $0 | (drives.isAvailable($1) ? 0 : 1 << UInt64($1)) }
+        sb.staleDrives = stale
+        // The generation at which a drive last left service: drives current through an
+        // older generation missed writes.
+        if stale & ~superblock.staleDrives != 0 || (stale != 0 && sb.lastDegradedGeneration == 0) {
+            sb.lastDegradedGeneration = sb.generation
+        }
         var landed = 0
         for m in mirrors where drives.isAvailable(m) {
             var copy = sb

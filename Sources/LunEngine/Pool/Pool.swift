@@ -28,6 +28,14 @@ public final class Pool: @unchecked Sendable {
     private let commits = Atomic<Int>(0)
     /// What recovery noticed when the pool was opened (damaged copies it worked around).
     public private(set) var openNotes: [String] = []
+    /// What a read-write open changed to bring the pool back in step (rebuilt drives, resync,
+    /// drive list put in order, rewritten metadata), for `lunfs check --repair`.
+    public private(set) var repairs: [String] = []
+    /// For each slot, the position in the list of drives given to `open` that fills it (the
+    /// drive list may name the drives out of order).
+    private(set) var slotOrigins: [Int] = []
+    /// Drive files flock()ed while the pool is open read-write.
+    private var lockedDrives: [FileDevice] = []
 
     /// Seconds between background commits of a mounted pool, like ext4's commit interval.
     public static let backgroundCommitSeconds = 5.0
@@ -56,11 +64,16 @@ public final class Pool: @unchecked Sendable {
     }
 
     /// Creates the pool directory's drives, formats them and opens the pool.
-    /// The directory may be missing or empty; anything else is `.exists`.
+    /// The directory may be missing or empty; anything else is `.exists`. A drive named by
+    /// `options.drivePaths` that holds a lunfs superblock is refused (`.exists`) unless
+    /// `options.force`; one opened by another process (its pool is open) always (`.busy`).
+    /// A create that fails removes the files and directory it made.
     public static func create(directory: String, options: PoolOptions,
                               log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
         let fm = FileManager.default
         var isDir: ObjCBool = false
+        var made: [String] = []
+        var madeDirectory = false
         if fm.fileExists(atPath: directory, isDirectory: &isDir) {
             guard isDir.boolValue else { throw .invalid("\(directory) is a file, not a pool directory") }
             let entries = (try? fm.contentsOfDirectory(atPath: directory)) ?? []
@@ -69,27 +82,52 @@ public final class Pool: @unchecked Sendable {
             do { try fm.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
                 throw .invalid("cannot create \(directory): \(error.localizedDescription)")
             }
+            madeDirectory = true
         }
-        var paths = options.drivePaths
-        var devices: [BlockDevice] = []
-        if paths.isEmpty {
-            guard (1...64).contains(options.driveCount) else { throw .invalid("drive count must be 1 to 64") }
-            for i in 0..<options.driveCount {
-                let name = String(format: "drive-%02d.img", i)
-                devices.append(try FileDevice.createFile(path: directory + "/" + name, sizeBytes: options.driveSizeBytes))
-                paths.append(name)
+        do {
+            var paths = options.drivePaths
+            var devices: [BlockDevice] = []
+            if paths.isEmpty {
+                guard (1...64).contains(options.driveCount) else { throw LunError.invalid("drive count must be 1 to 64") }
+                for i in 0..<options.driveCount {
+                    let name = String(format: "drive-%02d.img", i)
+                    made.append(directory + "/" + name)
+                    devices.append(try FileDevice.createFile(path: directory + "/" + name, sizeBytes: options.driveSizeBytes))
+                    paths.append(name)
+                }
+            } else {
+                var checked: [FileDevice] = []
+                defer { for device in checked { device.unlock() } }
+                for p in paths {
+                    let device = try FileDevice(path: p)
+                    guard device.lockExclusive() else {
+                        throw LunError.busy("drive \(p) is in use by another process (a lunfs pool on it is open); not formatting it")
+                    }
+                    checked.append(device)
+                    if let sb = DriveIdentity.read(device), !options.force {
+                        let uuid = sb.poolUUID.map { String(format: "%02x", $0) }.joined()
+                        throw LunError.exists("drive \(p) holds lunfs pool \(uuid) (drive \(sb.driveIndex) of \(sb.driveCount)); use --force to format it anyway")
+                    }
+                    devices.append(device)
+                }
             }
-        } else {
-            for p in paths { devices.append(try FileDevice(path: p)) }
+            let level = options.raid ?? PoolOptions.defaultRAID(drives: devices.count)
+            try format(devices: devices, raid: level, psegSizeBytes: options.psegSizeBytes)
+            let list = zip(paths, devices).map { "\($0) \($1.sizeBytes)" }.joined(separator: "\n") + "\n"
+            made.append(directory + "/" + driveListName)
+            guard fm.createFile(atPath: directory + "/" + driveListName, contents: Data(list.utf8)) else {
+                throw LunError.io("cannot write \(directory)/\(driveListName)")
+            }
+            for case let device as FileDevice in devices { device.unlock() }
+            devices.removeAll()
+            made.append(directory + "/" + lockName)
+            return try open(directory: directory, log: log)
+        } catch {
+            for path in made { unlink(path) }
+            if madeDirectory { rmdir(directory) }
+            log("creating pool \(directory) failed; removed the files it made: \(error)")
+            throw error as! LunError
         }
-        let level = options.raid ?? PoolOptions.defaultRAID(drives: devices.count)
-        try format(devices: devices, raid: level, psegSizeBytes: options.psegSizeBytes)
-        let list = zip(paths, devices).map { "\($0) \($1.sizeBytes)" }.joined(separator: "\n") + "\n"
-        guard fm.createFile(atPath: directory + "/" + driveListName, contents: Data(list.utf8)) else {
-            throw .io("cannot write \(directory)/\(driveListName)")
-        }
-        devices.removeAll()
-        return try open(directory: directory, log: log)
     }
 
     /// Writes a new, empty pool onto `devices` (files, block devices or simulated drives).
@@ -143,42 +181,84 @@ public final class Pool: @unchecked Sendable {
         }
         var devices: [BlockDevice?] = []
         var sizes: [UInt64] = []
+        var lines: [String] = []
         var notes: [String] = []
+        var locked: [FileDevice] = []
+        func unlockAll() { for device in locked { device.unlock() } }
         for line in list.split(separator: "\n") where !line.isEmpty {
             let parts = line.split(separator: " ")
             let path = String(parts[0])
             let full = path.hasPrefix("/") ? path : directory + "/" + path
+            lines.append(String(line))
             sizes.append(parts.count > 1 ? UInt64(parts[1]) ?? 0 : 0)
-            do { devices.append(try FileDevice(path: full)) } catch {
+            do {
+                let device = try FileDevice(path: full)
+                // A drive opened read-write by another process (another pool's daemon) is busy.
+                if !readOnly {
+                    guard device.lockExclusive() else {
+                        unlockAll()
+                        if lockFD >= 0 { Glibc.close(lockFD) }
+                        throw LunError.busy("drive \(devices.count) (\(full)) is in use by another process")
+                    }
+                    locked.append(device)
+                }
+                devices.append(device)
+            } catch let error as LunError {
+                if case .busy = error { throw error }
                 notes.append("drive \(devices.count) (\(full)) is missing: \(error)")
                 devices.append(nil)
-            }
+            } catch { preconditionFailure("\(error)") }
         }
         do {
             let pool = try open(devices: devices, sizes: sizes, directory: directory, readOnly: readOnly, log: log)
             pool.lockFD = lockFD
+            pool.lockedDrives = locked
             pool.openNotes = notes + pool.openNotes
             for n in notes { log(n) }
+            if pool.slotOrigins != Array(0..<lines.count) {
+                let reordered = pool.slotOrigins.map { lines[$0] }.joined(separator: "\n") + "\n"
+                if readOnly {
+                    pool.openNotes.append("\(driveListName) names the drives out of order; a read-write open rewrites it")
+                } else {
+                    let temporary = directory + "/" + driveListName + ".new"
+                    if FileManager.default.createFile(atPath: temporary, contents: Data(reordered.utf8)),
+                       Glibc.rename(temporary, directory + "/" + driveListName) == 0 {
+                        let message = "rewrote \(driveListName) with the drives in the order their superblocks name"
+                        log(message)
+                        pool.openNotes.append(message)
+                        pool.repairs.append(message)
+                    } else {
+                        log("cannot rewrite \(directory)/\(driveListName) in drive order; the drives are still matched by identity")
+                    }
+                }
+            }
             return pool
         } catch {
+            unlockAll()
             if lockFD >= 0 { Glibc.close(lockFD) }
             throw error
         }
     }
 
-    /// Opens a pool on devices (nil for a missing drive); `sizes` gives every drive's size,
-    /// needed for the missing ones. Used directly by tests on simulated drives.
-    public static func open(devices: [BlockDevice?], sizes: [UInt64]? = nil, directory: String = "(memory)", readOnly: Bool = false,
+    /// Opens a pool on devices (nil for a missing drive); `sizes` gives every drive's size as
+    /// recorded (needed for the missing ones; a present drive of another size is truncated or
+    /// grown). Each drive's identity is checked first (`DriveIdentity`): drives are put in the
+    /// slots their superblocks name, and blank, foreign or truncated drives count as missing.
+    /// Used directly by tests on simulated drives.
+    public static func open(devices given: [BlockDevice?], sizes: [UInt64]? = nil, directory: String = "(memory)", readOnly: Bool = false,
                             log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
+        let resolution = DriveIdentity.resolve(devices: given, recorded: sizes)
+        let devices = resolution.devices
         let drives = DriveSet(devices: devices, log: log)
+        // Nothing on a replacement is the pool's: recovery must not read it.
+        for d in resolution.replacements { drives.setInService(d, false) }
         let recovered = try MetadataStore.recover(drives: drives)
         let sb = recovered.superblock
         guard Int(sb.driveCount) == devices.count else {
             throw .corrupt("the pool has \(sb.driveCount) drives, \(devices.count) were given")
         }
         let geometry = sb.geometry
-        let driveSizes = (0..<devices.count).map { i in devices[i]?.sizeBytes ?? sizes?[i] ?? 0 }
-        let state = PoolState(geometry: geometry, psegCount: driveSizes.map { Int($0 / geometry.psegSizeBytes) })
+        let state = PoolState(geometry: geometry, psegCount: resolution.sizes.map { Int($0 / geometry.psegSizeBytes) })
         try state.loadCheckpoint(recovered.checkpoint)
         for record in recovered.records { try state.replay(record) }
         try state.rebuildDerivedState()
@@ -187,22 +267,51 @@ public final class Pool: @unchecked Sendable {
         let metadata = MetadataStore(drives: drives, superblock: sb, nextSeq: recovered.lastSeq + 1,
                                      writePosition: recovered.journalEnd)
         let pool = Pool(directory: directory, readOnly: readOnly, drives: drives, state: state, metadata: metadata, log: log)
-        pool.openNotes = recovered.notes
-        for n in recovered.notes { log(n) }
-        if !readOnly {
-            let stale = (0..<min(64, devices.count)).filter { sb.staleDrives & (1 << UInt64($0)) != 0 && devices[$0] != nil }
+        pool.slotOrigins = resolution.origins
+        pool.openNotes = resolution.notes + recovered.notes
+        for n in pool.openNotes { log(n) }
+        // A stale drive is never read as current: out of service until it is rebuilt.
+        let (stale, staleNotes) = staleDrives(resolution: resolution, superblock: sb)
+        let replacements = replacementDrives(resolution: resolution)
+        for n in staleNotes { log(n) }
+        pool.openNotes += staleNotes
+        for d in stale { drives.setInService(d, false) }
+        if readOnly {
             if !stale.isEmpty {
-                let rebuilt = pool.rebuildStaleDrives(stale)
-                pool.openNotes.append("drives \(stale) were out of service when the pool was last written; rebuilt \(rebuilt) chunks on them from redundancy")
+                pool.openNotes.append("drives \(stale) missed writes (stale) and are not read; a read-write open rebuilds them")
             }
-            if !sb.isClean {
-                let fixed = pool.resynchronizeRedundancy()
-                if fixed > 0 { pool.openNotes.append("after an unclean shutdown, \(fixed) mirror or parity chunks were brought back in step") }
-            }
-            // A fresh checkpoint puts every mirror back in step and empties the journal.
-            try pool.commitLock.withLock { () throws(LunError) in try pool.checkpointLocked() }
-            log("opened pool \(directory): \(state.disks.count) nodes, \(recovered.records.count) journal records replayed")
+            return pool
         }
+        for d in resolution.replacements {
+            guard let device = drives.devices(d) else { continue }
+            do {
+                try DriveIdentity.write(DriveIdentity.freshIdentity(from: sb, slot: d), to: device)
+                pool.repairs.append("drive \(d) (\(device.name)) was given a fresh identity as drive \(d) of the pool")
+            } catch {
+                log("cannot write an identity to drive \(d) (\(device.name)): \(error)")
+            }
+        }
+        if !stale.isEmpty {
+            let result = pool.rebuildStaleDrives(stale, replacements: replacements)
+            var note = "drives \(stale) were out of service when the pool was last written; rebuilt \(result.rebuilt) chunks on them from redundancy"
+            if !result.failed.isEmpty {
+                note += "; drives \(result.failed.keys.sorted()) stay out of service: " + result.failed.sorted { $0.key < $1.key }.map { "\($0.value) chunks on drive \($0.key) could not be rebuilt" }.joined(separator: ", ")
+            }
+            pool.openNotes.append(note)
+            pool.repairs.append(note)
+            try pool.refuseDataOnlyOnStaleDrives(Set(stale).subtracting(replacements))
+        }
+        if !sb.isClean {
+            let fixed = pool.resynchronizeRedundancy()
+            if fixed > 0 {
+                pool.openNotes.append("after an unclean shutdown, \(fixed) mirror or parity chunks were brought back in step")
+                pool.repairs.append("after an unclean shutdown, \(fixed) mirror or parity chunks were brought back in step")
+            }
+        }
+        if !recovered.notes.isEmpty { pool.repairs.append("rewrote the metadata on every mirror (\(recovered.notes.count) damaged copies)") }
+        // A fresh checkpoint puts every mirror back in step and empties the journal.
+        try pool.commitLock.withLock { () throws(LunError) in try pool.checkpointLocked() }
+        log("opened pool \(directory): \(state.disks.count) nodes, \(recovered.records.count) journal records replayed")
         return pool
     }
 
@@ -312,10 +421,13 @@ public final class Pool: @unchecked Sendable {
             }
         }
         closed = true
+        for device in lockedDrives { device.unlock() }
+        lockedDrives = []
         if lockFD >= 0 { Glibc.close(lockFD); lockFD = -1 }
     }
 
     deinit {
+        for device in lockedDrives { device.unlock() }
         if lockFD >= 0 { Glibc.close(lockFD) }
     }
 
