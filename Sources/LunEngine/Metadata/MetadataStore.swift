@@ -40,7 +40,7 @@ final class MetadataStore: @unchecked Sendable {
 
     // MARK: Format
 
-    /// Writes identity superblocks to every drive and the first checkpoint to the mirrors.
+    /// Writes identity superblocks (both slots) to every drive and the first checkpoint to the mirrors.
     static func format(drives: DriveSet, template: Superblock, sizes: [UInt64], checkpoint: [UInt8]) throws(LunError) -> MetadataStore {
         let store = MetadataStore(drives: drives, superblock: template, nextSeq: 1, writePosition: 0)
         for d in 0..<drives.count {
@@ -48,7 +48,8 @@ final class MetadataStore: @unchecked Sendable {
             sb.driveIndex = UInt32(d)
             sb.driveSizeBytes = sizes[d]
             sb.generation = 0
-            try drives.write(d, bytes: sb.encode(), at: Superblock.slotOffsets[1])
+            // Both slots: a drive formatted over another pool (init --force) keeps nothing of it.
+            for offset in Superblock.slotOffsets { try drives.write(d, bytes: sb.encode(), at: offset) }
             try drives.sync(d)
         }
         try store.writeCheckpoint(checkpoint)
