@@ -246,3 +246,38 @@ final class DriveIdentityTests: XCTestCase {
         XCTAssertTrue(before == after, "a read-only open and check change no byte of any drive")
     }
 }
+
+extension DriveIdentityTests {
+    /// Every superblock copy on the metadata mirrors damaged, checkpoint and journal intact:
+    /// a read-only open finds the superblock in another drive's identity and the check names
+    /// the damage; a read-write open (check --repair) rewrites the superblocks.
+    func testSuperblocksDamagedOnEveryMirrorAreRebuilt() throws {
+        let (dir, id, data) = try makeFilePool()
+        do {   // a journal record after the checkpoint, so that replay matters
+            let pool = try Pool.open(directory: dir)
+            try pool.write(id, at: 0, [UInt8](repeating: 0x5A, count: 4096))
+            try pool.commit()
+        }
+        var expected = data
+        expected.replaceSubrange(0..<4096, with: [UInt8](repeating: 0x5A, count: 4096))
+        let junk = Data(repeating: 0xC3, count: 8192)
+        for m in 0..<3 {
+            let handle = try XCTUnwrap(FileHandle(forWritingAtPath: drive(dir, m)))
+            try handle.write(contentsOf: junk)
+            try handle.close()
+        }
+        let readOnly = try Pool.open(directory: dir, readOnly: true)
+        assertSameBytes(try readOnly.image(id), expected, "read-only, from the identity copy")
+        let report = try PoolChecker(pool: readOnly).run()
+        XCTAssertTrue(report.problems.contains { $0.contains("superblock") }, "\(report.problems)")
+        try readOnly.close()
+        let repaired = try Pool.open(directory: dir)
+        XCTAssertTrue(repaired.repairs.contains { $0.contains("superblock") }, "\(repaired.repairs)")
+        XCTAssertTrue(repaired.driveStates().allSatisfy(\.available), "the mirrors' data is current: nothing to rebuild")
+        assertSameBytes(try repaired.image(id), expected)
+        try repaired.close()
+        let again = try Pool.open(directory: dir, readOnly: true)
+        XCTAssertEqual(try PoolChecker(pool: again, scrub: true).run().problems, [])
+        XCTAssertFalse(again.openNotes.contains { $0.contains("superblock") }, "\(again.openNotes)")
+    }
+}

@@ -28,6 +28,8 @@ struct DriveResolution {
     /// Slots holding a blank or foreign drive: present, but nothing on them is the pool's.
     /// They are given a fresh identity and rebuilt from redundancy.
     var replacements: Set<Int> = []
+    /// The replacements that hold another pool's superblock (the others are blank).
+    var foreign: Set<Int> = []
     var notes: [String] = []
 
     var isReordered: Bool { origins != Array(0..<origins.count) }
@@ -111,7 +113,7 @@ enum DriveIdentity {
         }
         for i in 0..<count {
             switch kinds[i] {
-            case .blank?: notes.append("drive \(i) (\(devices[i]!.name)) holds no lunfs superblock: treated as missing and rebuilt from redundancy")
+            case .blank?: notes.append("drive \(i) (\(devices[i]!.name)) holds no lunfs superblock: blank, treated as missing and rebuilt from redundancy (unless it is a mirror holding the current metadata)")
             case .foreign?: notes.append("drive \(i) (\(devices[i]!.name)) belongs to another pool: treated as missing and rebuilt from redundancy")
             default: break
             }
@@ -141,6 +143,7 @@ enum DriveIdentity {
         var resolution = DriveResolution(devices: origins.map { devices[$0] }, sizes: origins.map { sizes[$0] },
                                          origins: origins, identities: origins.map { kinds[$0] == .member ? found[$0] : nil })
         resolution.replacements = Set((0..<count).filter { kinds[origins[$0]] == .blank || kinds[origins[$0]] == .foreign })
+        resolution.foreign = Set((0..<count).filter { kinds[origins[$0]] == .foreign })
         resolution.notes = notes
         return resolution
     }

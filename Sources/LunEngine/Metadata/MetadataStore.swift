@@ -169,6 +169,7 @@ final class MetadataStore: @unchecked Sendable {
     static func recover(drives: DriveSet) throws(LunError) -> RecoveredMetadata {
         var notes: [String] = []
         var best: Superblock?
+        var copy: (sb: Superblock, drive: Int)?
         var identities: [Superblock] = []
         for d in 0..<drives.count where drives.isAvailable(d) {
             var good = 0
@@ -181,8 +182,16 @@ final class MetadataStore: @unchecked Sendable {
                 good += 1
                 identities.append(sb)
                 if sb.generation > 0, sb.mirrors.contains(UInt32(d)), best == nil || sb.generation > best!.generation { best = sb }
+                // The other drives' identities are copies of the superblock of their checkpoint.
+                if sb.generation > 0, !sb.mirrors.contains(UInt32(d)), copy == nil || sb.generation > copy!.sb.generation { copy = (sb, d) }
             }
             if good == 0 { notes.append("drive \(d) (\(drives.name(d))): no valid superblock") }
+        }
+        if best == nil, let copy {
+            // Every mirror's superblock is damaged: the newest copy in another drive's identity
+            // points at the same checkpoint (its checksum is verified below).
+            best = copy.sb
+            notes.append("no metadata mirror holds a valid superblock; using the copy of generation \(copy.sb.generation) in drive \(copy.drive)'s identity")
         }
         guard let chosen = best else {
             throw .corrupt("no valid superblock with metadata on any drive of the pool")
@@ -225,6 +234,16 @@ final class MetadataStore: @unchecked Sendable {
         }
         return RecoveredMetadata(superblock: chosen, checkpoint: Array(checkpoint[16...]), records: records,
                                  journalEnd: position, lastSeq: seq - 1, notes: notes)
+    }
+
+    /// Whether mirror `m` holds the checkpoint `sb` points at (a mirror whose superblocks are
+    /// damaged but whose metadata is current).
+    static func holdsCheckpoint(drives: DriveSet, mirror m: Int, of sb: Superblock) -> Bool {
+        let layout = QuorumLayout(quorumBytes: sb.geometry.quorumBytes)
+        guard sb.checkpointLength <= layout.checkpointCapacity,
+              let bytes = try? readBlock(drives, m, layout.checkpointOffsets[Int(sb.checkpointSlot)], Int(sb.checkpointLength))
+        else { return false }
+        return CRC32C.checksum(bytes) == sb.checkpointCRC && Array(bytes[0..<8]) == checkpointMagic
     }
 
     private static func readBlock(_ drives: DriveSet, _ d: Int, _ offset: UInt64, _ count: Int) throws(LunError) -> [UInt8] {

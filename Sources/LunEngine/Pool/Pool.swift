@@ -247,13 +247,24 @@ public final class Pool: @unchecked Sendable {
     /// Used directly by tests on simulated drives.
     public static func open(devices given: [BlockDevice?], sizes: [UInt64]? = nil, directory: String = "(memory)", readOnly: Bool = false,
                             log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
-        let resolution = DriveIdentity.resolve(devices: given, recorded: sizes)
+        var resolution = DriveIdentity.resolve(devices: given, recorded: sizes)
         let devices = resolution.devices
         let drives = DriveSet(devices: devices, log: log)
-        // Nothing on a replacement is the pool's: recovery must not read it.
-        for d in resolution.replacements { drives.setInService(d, false) }
+        // Nothing on a foreign drive is the pool's: recovery must not read it. A blank one
+        // may be a mirror whose superblocks alone are damaged; its checksummed metadata may serve.
+        for d in resolution.replacements where resolution.foreign.contains(d) {
+            drives.setInService(d, false)
+        }
         let recovered = try MetadataStore.recover(drives: drives)
         let sb = recovered.superblock
+        var recoveredNotes = recovered.notes
+        for d in resolution.replacements.sorted() where !resolution.foreign.contains(d) && sb.mirrors.contains(UInt32(d))
+            && MetadataStore.holdsCheckpoint(drives: drives, mirror: d, of: sb) {
+            // Its superblocks are damaged but it holds the current checkpoint: a member, current.
+            resolution.replacements.remove(d)
+            recoveredNotes.append("drive \(d): both superblock slots are damaged but its metadata is current; its superblock is rewritten")
+        }
+        for d in resolution.replacements { drives.setInService(d, false) }
         guard Int(sb.driveCount) == devices.count else {
             throw .corrupt("the pool has \(sb.driveCount) drives, \(devices.count) were given")
         }
@@ -268,7 +279,7 @@ public final class Pool: @unchecked Sendable {
                                      writePosition: recovered.journalEnd)
         let pool = Pool(directory: directory, readOnly: readOnly, drives: drives, state: state, metadata: metadata, log: log)
         pool.slotOrigins = resolution.origins
-        pool.openNotes = resolution.notes + recovered.notes
+        pool.openNotes = resolution.notes + recoveredNotes
         for n in pool.openNotes { log(n) }
         // A stale drive is never read as current: out of service until it is rebuilt.
         let (stale, staleNotes) = staleDrives(resolution: resolution, superblock: sb)
@@ -308,7 +319,7 @@ public final class Pool: @unchecked Sendable {
                 pool.repairs.append("after an unclean shutdown, \(fixed) mirror or parity chunks were brought back in step")
             }
         }
-        if !recovered.notes.isEmpty { pool.repairs.append("rewrote the metadata on every mirror (\(recovered.notes.count) damaged copies)") }
+        if !recoveredNotes.isEmpty { pool.repairs.append("rewrote the superblock and metadata on every mirror: " + recoveredNotes.joined(separator: "; ")) }
         // A fresh checkpoint puts every mirror back in step and empties the journal.
         try pool.commitLock.withLock { () throws(LunError) in try pool.checkpointLocked() }
         log("opened pool \(directory): \(state.disks.count) nodes, \(recovered.records.count) journal records replayed")
