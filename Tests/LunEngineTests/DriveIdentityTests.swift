@@ -281,3 +281,28 @@ extension DriveIdentityTests {
         XCTAssertFalse(again.openNotes.contains { $0.contains("superblock") }, "\(again.openNotes)")
     }
 }
+
+extension DriveIdentityTests {
+    /// A blank drive in a RAID 0 pool: its chunks cannot be rebuilt, so it stays out of service
+    /// and stale, across checkpoints and opens; reads of the data it held fail with EIO, never
+    /// return its zeros.
+    func testUnrebuildableReplacementStaysOutOfServiceAndStale() throws {
+        let drives = MemoryDrives(count: 4, sizeBytes: 64 << 20)
+        try drives.format(raid: .raid0)
+        var pool = try drives.open()
+        let id = try pool.createDisk(named: "vm")
+        var rng = TestRandom(seed: 51)
+        try pool.write(id, at: 0, rng.bytes(4 << 20))
+        try pool.close()
+        var devices: [BlockDevice?] = drives.devices
+        devices[3] = MemoryDevice(name: "blank", sizeBytes: 64 << 20)
+        for round in 0..<2 {
+            pool = try Pool.open(devices: devices)
+            XCTAssertFalse(pool.driveStates()[3].available, "round \(round)")
+            XCTAssertThrowsError(try pool.image(id), "round \(round)") { XCTAssertEqual(($0 as? LunError)?.errno, EIO) }
+            try pool.commit()
+            try pool.close()
+            XCTAssertNotEqual(pool.metadata.superblock.staleDrives & (1 << 3), 0, "round \(round): the stale bit stays")
+        }
+    }
+}

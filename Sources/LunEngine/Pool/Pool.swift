@@ -257,7 +257,10 @@ public final class Pool: @unchecked Sendable {
         }
         let recovered = try MetadataStore.recover(drives: drives)
         let sb = recovered.superblock
-        var recoveredNotes = recovered.notes
+        // (Blank drives were named already.)
+        var recoveredNotes = recovered.notes.filter { n in
+            !resolution.replacements.contains { n.hasPrefix("drive \($0) (") && n.hasSuffix("no valid superblock") }
+        }
         for d in resolution.replacements.sorted() where !resolution.foreign.contains(d) && sb.mirrors.contains(UInt32(d))
             && MetadataStore.holdsCheckpoint(drives: drives, mirror: d, of: sb) {
             // Its superblocks are damaged but it holds the current checkpoint: a member, current.
@@ -289,7 +292,7 @@ public final class Pool: @unchecked Sendable {
         for d in stale { drives.setInService(d, false) }
         if readOnly {
             if !stale.isEmpty {
-                pool.openNotes.append("drives \(stale) missed writes (stale) and are not read; a read-write open rebuilds them")
+                pool.openNotes.append("drives \(stale) are stale (they missed writes, or replace a drive) and are not read; a read-write open rebuilds them")
             }
             return pool
         }
@@ -304,7 +307,7 @@ public final class Pool: @unchecked Sendable {
         }
         if !stale.isEmpty {
             let result = pool.rebuildStaleDrives(stale, replacements: replacements)
-            var note = "drives \(stale) were out of service when the pool was last written; rebuilt \(result.rebuilt) chunks on them from redundancy"
+            var note = "drives \(stale) were stale (missing or out of service when the pool was last written, or replacements); rebuilt \(result.rebuilt) chunks on them from redundancy"
             if !result.failed.isEmpty {
                 note += "; drives \(result.failed.keys.sorted()) stay out of service: " + result.failed.sorted { $0.key < $1.key }.map { "\($0.value) chunks on drive \($0.key) could not be rebuilt" }.joined(separator: ", ")
             }
