@@ -105,20 +105,24 @@ final class MetadataStore: @unchecked Sendable {
         sb.currentThrough = sb.generation
         sb.identityFlags = 0
         try writeToMirrors(bytes, at: layout.checkpointOffsets[Int(sb.checkpointSlot)])
+        // The stale mask, and the generation at which a drive last left service: drives
+        // current through an older generation missed writes.
+        func markStale() {
+            let stale = (0..<min(64, drives.count)).reduce(UInt64(0)) { $0 | (drives.isAvailable($1) ? 0 : 1 << UInt64($1)) }
+            sb.staleDrives = stale
+            if stale & ~superblock.staleDrives != 0 || (stale != 0 && superblock.lastDegradedGeneration == 0) {
+                sb.lastDegradedGeneration = sb.generation
+            }
+        }
+        markStale()
         for d in 0..<drives.count where !mirrors.contains(d) && drives.isAvailable(d) {
             var identity = sb
             identity.driveIndex = UInt32(d)
-            // A drive that fails this leaves service; the stale mask below then names it.
+            // A drive that fails this leaves service; the stale mask is then made again.
             try? drives.write(d, bytes: identity.encode(), at: Superblock.slotOffsets[Int(sb.generation % 2)])
             try? drives.sync(d)
         }
-        let stale = (0..<min(64, drives.count)).reduce(UInt64(0)) { $0 | (drives.isAvailable($1) ? 0 : 1 << UInt64($1)) }
-        sb.staleDrives = stale
-        // The generation at which a drive last left service: drives current through an
-        // older generation missed writes.
-        if stale & ~superblock.staleDrives != 0 || (stale != 0 && sb.lastDegradedGeneration == 0) {
-            sb.lastDegradedGeneration = sb.generation
-        }
+        markStale()
         var landed = 0
         for m in mirrors where drives.isAvailable(m) {
             var copy = sb

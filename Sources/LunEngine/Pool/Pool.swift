@@ -34,6 +34,8 @@ public final class Pool: @unchecked Sendable {
     /// For each slot, the position in the list of drives given to `open` that fills it (the
     /// drive list may name the drives out of order).
     private(set) var slotOrigins: [Int] = []
+    /// Drives present but stale (they missed writes) and out of service until rebuilt.
+    public private(set) var staleDriveIndexes: Set<Int> = []
     /// Drive files flock()ed while the pool is open read-write.
     private var lockedDrives: [FileDevice] = []
 
@@ -290,6 +292,7 @@ public final class Pool: @unchecked Sendable {
         for n in staleNotes { log(n) }
         pool.openNotes += staleNotes
         for d in stale { drives.setInService(d, false) }
+        pool.staleDriveIndexes = Set(stale)
         if readOnly {
             if !stale.isEmpty {
                 pool.openNotes.append("drives \(stale) are stale (they missed writes, or replace a drive) and are not read; a read-write open rebuilds them")
@@ -313,6 +316,7 @@ public final class Pool: @unchecked Sendable {
             }
             pool.openNotes.append(note)
             pool.repairs.append(note)
+            pool.staleDriveIndexes = Set(result.failed.keys)
             try pool.refuseDataOnlyOnStaleDrives(Set(stale).subtracting(replacements))
         }
         if !sb.isClean {
