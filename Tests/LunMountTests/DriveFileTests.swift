@@ -74,6 +74,12 @@ final class DriveFileTests: MountTestCase {
             XCTAssertTrue(result.errorOutput.contains("in use"), result.errorOutput)
             XCTAssertFalse(FileManager.default.fileExists(atPath: other), "a refused init leaves nothing behind")
         }
+        let repair = try pool.lunfs(["check", "--repair", pool.poolPath])
+        XCTAssertEqual(repair.status, 2, repair.output)
+        XCTAssertTrue(repair.errorOutput.contains("unmount"), repair.errorOutput)
+        let check = try pool.lunfs(["check", pool.poolPath])
+        XCTAssertEqual(check.status, 0, check.output + check.errorOutput)
+        XCTAssertTrue(check.output.contains("mounted"), check.output)
         try makeDirectory(pool.path("still-works"))
     }
 
