@@ -122,6 +122,14 @@ final class DriveIdentityTests: XCTestCase {
         assertSameBytes(try pool.image(id), data)
         XCTAssertEqual(try PoolChecker(pool: pool).run().problems, [])
         try pool.close()
+        // A drive list without sizes: the superblocks' recorded sizes rule.
+        let bare = try listLines(dir).map { String($0.split(separator: " ")[0]) }
+        try (bare.joined(separator: "\n") + "\n").write(toFile: dir + "/drives.list", atomically: true, encoding: .utf8)
+        setSize(drive(dir, 3), 128 << 20)
+        let unsized = try Pool.open(directory: dir)
+        XCTAssertEqual(unsized.usage().capacityBytes, capacity, "\(unsized.openNotes)")
+        assertSameBytes(try unsized.image(id), data)
+        try unsized.close()
     }
 
     // MARK: Freshness

@@ -98,7 +98,19 @@ enum DriveIdentity {
                 notes.append("drive \(i) (\(device.name)) has grown to \(device.sizeBytes) bytes; using the \(want) recorded")
             }
         }
-        let found: [Superblock?] = devices.map { $0.flatMap(read) }
+        var found: [Superblock?] = devices.map { $0.flatMap(read) }
+        // A drive list without sizes (older pools): the size the drive's superblock records.
+        for i in 0..<count where (recorded?[i] ?? 0) == 0 {
+            guard let want = found[i]?.driveSizeBytes, want > 0, let device = devices[i] else { continue }
+            if device.sizeBytes > want {
+                notes.append("drive \(i) (\(device.name)) has grown to \(device.sizeBytes) bytes; using the \(want) its superblock records")
+                sizes[i] = want
+            } else if device.sizeBytes < want {
+                notes.append("drive \(i) (\(device.name)) is \(device.sizeBytes) bytes, smaller than the \(want) its superblock records: truncated, treated as missing")
+                devices[i] = nil
+                found[i] = nil
+            }
+        }
         // The pool's UUID: most votes, then the newest generation.
         var votes: [[UInt8]: (count: Int, generation: UInt64)] = [:]
         for sb in found.compactMap({ $0 }) {

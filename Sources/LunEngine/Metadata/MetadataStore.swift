@@ -21,6 +21,9 @@ final class MetadataStore: @unchecked Sendable {
     let layout: QuorumLayout
     private(set) var nextSeq: UInt64
     private var writePosition: UInt64
+    /// The size the pool uses for each drive (recorded at format), written into each drive's
+    /// superblock; empty when not known (the field is then left as it was).
+    var driveSizes: [UInt64] = []
     /// Journal bytes written since the checkpoint; the ring must never lap them.
     private(set) var journalBytesSinceCheckpoint: UInt64 = 0
 
@@ -43,6 +46,7 @@ final class MetadataStore: @unchecked Sendable {
     /// Writes identity superblocks (both slots) to every drive and the first checkpoint to the mirrors.
     static func format(drives: DriveSet, template: Superblock, sizes: [UInt64], checkpoint: [UInt8]) throws(LunError) -> MetadataStore {
         let store = MetadataStore(drives: drives, superblock: template, nextSeq: 1, writePosition: 0)
+        store.driveSizes = sizes
         for d in 0..<drives.count {
             var sb = template
             sb.driveIndex = UInt32(d)
@@ -118,6 +122,7 @@ final class MetadataStore: @unchecked Sendable {
         for d in 0..<drives.count where !mirrors.contains(d) && drives.isAvailable(d) {
             var identity = sb
             identity.driveIndex = UInt32(d)
+            if d < driveSizes.count { identity.driveSizeBytes = driveSizes[d] }
             // A drive that fails this leaves service; the stale mask is then made again.
             try? drives.write(d, bytes: identity.encode(), at: Superblock.slotOffsets[Int(sb.generation % 2)])
             try? drives.sync(d)
@@ -127,7 +132,7 @@ final class MetadataStore: @unchecked Sendable {
         for m in mirrors where drives.isAvailable(m) {
             var copy = sb
             copy.driveIndex = UInt32(m)
-            copy.driveSizeBytes = superblock.driveSizeBytes
+            copy.driveSizeBytes = m < driveSizes.count ? driveSizes[m] : superblock.driveSizeBytes
             do {
                 try drives.write(m, bytes: copy.encode(), at: Superblock.slotOffsets[Int(sb.generation % 2)])
                 try drives.sync(m)

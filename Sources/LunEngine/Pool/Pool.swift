@@ -282,6 +282,7 @@ public final class Pool: @unchecked Sendable {
         state.journalOpCount = 0
         let metadata = MetadataStore(drives: drives, superblock: sb, nextSeq: recovered.lastSeq + 1,
                                      writePosition: recovered.journalEnd)
+        metadata.driveSizes = resolution.sizes
         let pool = Pool(directory: directory, readOnly: readOnly, drives: drives, state: state, metadata: metadata, log: log)
         pool.slotOrigins = resolution.origins
         pool.openNotes = resolution.notes + recoveredNotes
