@@ -2,7 +2,8 @@
 // the pool read-only: it writes nothing, runs no recovery and works on a mounted pool (its last
 // committed state). `--repair` opens it read-write, so the recovery steps of an open run
 // (stale drives rebuilt, mirrors and parity resynchronised after an unclean shutdown, metadata
-// rewritten on every mirror, the drive list put in order), and says what they changed.
+// rewritten on every mirror, the drive list put in order, and superblocks damaged on every
+// copy rebuilt from the checkpoint and journal), and says what they changed.
 // Exit 0 when clean, 1 when it finds inconsistencies, 2 when the pool cannot be opened at all.
 #if canImport(Glibc)
 import Glibc
@@ -22,7 +23,7 @@ func runCheck(_ args: [String]) -> Int32 {
         let pool: Pool
         if repair {
             do {
-                pool = try Pool.open(directory: directory)
+                pool = try Pool.open(directory: directory, repair: true)
             } catch LunError.busy(let why) {
                 throw LunError.busy("\(why); unmount the pool before 'check --repair'")
             }

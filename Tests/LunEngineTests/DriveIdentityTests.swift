@@ -314,3 +314,36 @@ extension DriveIdentityTests {
         }
     }
 }
+
+extension DriveIdentityTests {
+    /// A pool of two drives (both metadata mirrors) with every superblock copy damaged and
+    /// its checkpoint and journal intact: a plain open refuses it, a repair open rebuilds the
+    /// superblocks from the checkpoint and replays the journal.
+    func testSuperblocksDamagedOnEveryDriveAreRebuiltByRepair() throws {
+        let (dir, id, data) = try makeFilePool(drives: 2, raid: .raid1)
+        do {   // journal records after the checkpoint, and no clean close
+            let pool = try Pool.open(directory: dir)
+            try pool.write(id, at: 8192, [UInt8](repeating: 0x6B, count: 4096))
+            try pool.commit()
+        }
+        var expected = data
+        expected.replaceSubrange(8192..<12288, with: [UInt8](repeating: 0x6B, count: 4096))
+        let junk = Data(repeating: 0x3C, count: 8192)
+        for m in 0..<2 {
+            let handle = try XCTUnwrap(FileHandle(forWritingAtPath: drive(dir, m)))
+            try handle.write(contentsOf: junk)
+            try handle.close()
+        }
+        XCTAssertThrowsError(try Pool.open(directory: dir)) { error in
+            guard case .corrupt(let message)? = error as? LunError else { return XCTFail("\(error)") }
+            XCTAssertTrue(message.contains("--repair"), message)
+        }
+        let repaired = try Pool.open(directory: dir, repair: true)
+        XCTAssertTrue(repaired.repairs.contains { $0.contains("rebuilt one from the checkpoint") }, "\(repaired.repairs)")
+        assertSameBytes(try repaired.image(id), expected)
+        try repaired.close()
+        let again = try Pool.open(directory: dir, readOnly: true)
+        assertSameBytes(try again.image(id), expected)
+        XCTAssertEqual(try PoolChecker(pool: again, scrub: true).run().problems, [])
+    }
+}

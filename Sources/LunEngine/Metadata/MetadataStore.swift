@@ -175,7 +175,9 @@ final class MetadataStore: @unchecked Sendable {
     // MARK: Recovery
 
     /// Finds the newest consistent metadata across the drives; `.corrupt` if none survives.
-    static func recover(drives: DriveSet) throws(LunError) -> RecoveredMetadata {
+    /// With `reconstruct` (check --repair), a pool whose every superblock copy is damaged gets
+    /// one rebuilt from its checkpoint and journal (`reconstructSuperblock`).
+    static func recover(drives: DriveSet, sizes: [UInt64] = [], reconstruct: Bool = false) throws(LunError) -> RecoveredMetadata {
         var notes: [String] = []
         var best: Superblock?
         var copy: (sb: Superblock, drive: Int)?
@@ -202,8 +204,13 @@ final class MetadataStore: @unchecked Sendable {
             best = copy.sb
             notes.append("no metadata mirror holds a valid superblock; using the copy of generation \(copy.sb.generation) in drive \(copy.drive)'s identity")
         }
+        if best == nil, identities.isEmpty, reconstruct, let (rebuilt, why) = reconstructSuperblock(drives: drives, sizes: sizes) {
+            best = rebuilt
+            notes += why
+        }
         guard let chosen = best else {
-            throw .corrupt("no valid superblock with metadata on any drive of the pool")
+            throw .corrupt("no valid superblock with metadata on any drive of the pool"
+                           + (reconstruct ? "" : "; 'lunfs check --repair' can rebuild one if a checkpoint survives"))
         }
         guard identities.allSatisfy({ $0.poolUUID == chosen.poolUUID }) else {
             throw .corrupt("drives belong to different pools")

@@ -159,7 +159,8 @@ public final class Pool: @unchecked Sendable {
     /// Opens an existing pool directory: picks the newest good metadata copy, replays the
     /// journal and takes the pool lock (`.busy` if another process holds it). A read-only open
     /// takes no lock and writes nothing: it shows the last committed state of a mounted pool.
-    public static func open(directory: String, readOnly: Bool = false,
+    /// `repair` (check --repair, read-write) may also rebuild superblocks damaged on every copy.
+    public static func open(directory: String, readOnly: Bool = false, repair: Bool = false,
                             log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDir) else { throw .notFound("no pool at \(directory)") }
@@ -212,7 +213,7 @@ public final class Pool: @unchecked Sendable {
             } catch { preconditionFailure("\(error)") }
         }
         do {
-            let pool = try open(devices: devices, sizes: sizes, directory: directory, readOnly: readOnly, log: log)
+            let pool = try open(devices: devices, sizes: sizes, directory: directory, readOnly: readOnly, repair: repair, log: log)
             pool.lockFD = lockFD
             pool.lockedDrives = locked
             pool.openNotes = notes + pool.openNotes
@@ -248,7 +249,7 @@ public final class Pool: @unchecked Sendable {
     /// slots their superblocks name, and blank, foreign or truncated drives count as missing.
     /// Used directly by tests on simulated drives.
     public static func open(devices given: [BlockDevice?], sizes: [UInt64]? = nil, directory: String = "(memory)", readOnly: Bool = false,
-                            log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
+                            repair: Bool = false, log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
         var resolution = DriveIdentity.resolve(devices: given, recorded: sizes)
         let devices = resolution.devices
         let drives = DriveSet(devices: devices, log: log)
@@ -257,7 +258,7 @@ public final class Pool: @unchecked Sendable {
         for d in resolution.replacements where resolution.foreign.contains(d) {
             drives.setInService(d, false)
         }
-        let recovered = try MetadataStore.recover(drives: drives)
+        let recovered = try MetadataStore.recover(drives: drives, sizes: resolution.sizes, reconstruct: repair && !readOnly)
         let sb = recovered.superblock
         // (Blank drives were named already.)
         var recoveredNotes = recovered.notes.filter { n in

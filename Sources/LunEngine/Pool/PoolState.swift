@@ -304,7 +304,9 @@ final class PoolState: @unchecked Sendable {
         return w.bytes
     }
 
-    func loadCheckpoint(_ bytes: [UInt8]) throws(LunError) {
+    /// Loads a checkpoint payload; returns how many bytes of it the state took.
+    @discardableResult
+    func loadCheckpoint(_ bytes: [UInt8]) throws(LunError) -> Int {
         var r = ByteReader(bytes)
         nextDiskID = try r.u32()
         let storeCount = try r.varint()
@@ -331,6 +333,7 @@ final class PoolState: @unchecked Sendable {
             records.append(rec)
         }
         for rec in records { try link(rec) }
+        return r.position
     }
 
     /// Creates or updates a disk from a record (links are resolved by `link`).
