@@ -347,3 +347,18 @@ extension DriveIdentityTests {
         XCTAssertEqual(try PoolChecker(pool: again, scrub: true).run().problems, [])
     }
 }
+
+extension DriveIdentityTests {
+    /// A copy of drive 1 in slot 3: the indexes are no permutation, so the drive that says it
+    /// is another one is treated as missing, and the data reads right from redundancy.
+    func testMisplacedDriveThatIsNoPermutationIsMissing() throws {
+        let (dir, id, data) = try makeFilePool()
+        XCTAssertEqual(unlink(drive(dir, 3)), 0)
+        try FileManager.default.copyItem(atPath: drive(dir, 1), toPath: drive(dir, 3))
+        let pool = try Pool.open(directory: dir)
+        XCTAssertTrue(pool.openNotes.contains { $0.contains("says it is drive 1") }, "\(pool.openNotes)")
+        XCTAssertFalse(pool.driveStates()[3].available)
+        assertSameBytes(try pool.image(id), data)
+        try pool.close()
+    }
+}
