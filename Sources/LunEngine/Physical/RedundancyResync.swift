@@ -113,7 +113,10 @@ extension Pool {
                         result.rebuilt += 1
                     } catch {
                         result.failed[member.drive, default: 0] += 1
-                        log("rebuild of store \(id) RSEG \(r) on drive \(member.drive) failed: \(error)")
+                        // The first few, then only the count at the end.
+                        if result.failed.values.reduce(0, +) <= 8 {
+                            log("rebuild of store \(id) RSEG \(r) on drive \(member.drive) failed: \(error)")
+                        }
                     }
                 }
             }
