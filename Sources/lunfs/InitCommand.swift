@@ -1,4 +1,6 @@
 // `lunfs init POOL`: creates a pool directory with its drives and an empty pool on them.
+// A drive given with --drive that belongs to a pool is refused unless --force, and always
+// while that pool is open; a failed init removes what it created.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -8,7 +10,7 @@ func runInit(_ args: [String]) -> Int32 {
     runVerb {
         let parsed = try ParsedArguments(args, valued: ["drives", "drive-size", "raid", "drive", "pseg-size"])
         guard parsed.positionals.count == 1 else {
-            printError("usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive PATH ...]")
+            printError("usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive PATH ...] [--force]")
             return ExitCode.failure
         }
         var options = PoolOptions()
@@ -29,6 +31,7 @@ func runInit(_ args: [String]) -> Int32 {
             options.raid = level
         }
         options.drivePaths = parsed.options["drive"] ?? []
+        options.force = parsed.flags.contains("force")
         let pool = try Pool.create(directory: parsed.positionals[0], options: options)
         let usage = pool.usage()
         try pool.close()

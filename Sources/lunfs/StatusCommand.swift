@@ -8,7 +8,11 @@ import Foundation
 import LunEngine
 
 struct StatusReport: Codable {
-    struct Drive: Codable { var index: Int; var name: String; var available: Bool }
+    struct Drive: Codable {
+        var index: Int; var name: String; var available: Bool
+        /// Present but stale (it missed writes): not read until a read-write open rebuilds it.
+        var stale: Bool
+    }
     struct Disk: Codable {
         var id: UInt32, path: String, sizeBytes: UInt64, allocatedBytes: UInt64, uniqueBytes: UInt64
         var sharedBytes: UInt64, reservedBytes: UInt64, raid: Int, createdAt: UInt64, hasImage: Bool
@@ -48,7 +52,10 @@ func buildStatus(_ pool: Pool, mounted: Bool) -> StatusReport {
     }
     return StatusReport(
         pool: pool.directory, mounted: mounted,
-        drives: pool.driveStates().enumerated().map { .init(index: $0.offset, name: $0.element.name, available: $0.element.available) },
+        drives: pool.driveStates().enumerated().map {
+            .init(index: $0.offset, name: $0.element.name, available: $0.element.available,
+                  stale: !$0.element.available && pool.staleDriveIndexes.contains($0.offset))
+        },
         capacityBytes: usage.capacityBytes, usedBytes: usage.usedBytes, freeBytes: usage.freeBytes,
         reservedBytes: usage.reservedBytes, rawUsedBytes: usage.rawUsedBytes, defaultRAID: Int(usage.defaultRAID.rawValue),
         segmentSizeBytes: usage.segmentSizeBytes, mapMemoryBytes: memory.bytes,
@@ -96,8 +103,9 @@ func isLocked(_ directory: String) -> Bool {
 private func printStatus(_ r: StatusReport) {
     let missing = r.drives.filter { !$0.available }.count
     print("pool \(r.pool)\(r.mounted ? " (mounted; showing the last committed state)" : "")")
-    print("drives: \(r.drives.count)\(missing > 0 ? ", \(missing) MISSING" : ", all present")")
-    for d in r.drives { print("  \(d.index)  \(d.name)\(d.available ? "" : "  MISSING")") }
+    let stale = r.drives.filter(\.stale).count
+    print("drives: \(r.drives.count)\(missing == 0 ? ", all present" : (missing > stale ? ", \(missing - stale) MISSING" : "") + (stale > 0 ? ", \(stale) STALE" : ""))")
+    for d in r.drives { print("  \(d.index)  \(d.name)\(d.available ? "" : d.stale ? "  STALE (missed writes or replaces a drive; not read until rebuilt)" : "  MISSING")") }
     print("capacity \(formatSize(r.capacityBytes)) of segments; used \(formatSize(r.usedBytes)) by disks (\(formatSize(r.rawUsedBytes)) raw with redundancy); free \(formatSize(r.freeBytes)) at raid\(r.defaultRAID)\(r.reservedBytes > 0 ? "; reserved \(formatSize(r.reservedBytes))" : "")")
     let perMiB = r.mapBytesPerAllocatedMiB.map { String(format: "%.1f B per allocated MiB", $0) } ?? "nothing allocated"
     print("map memory \(formatSize(UInt64(r.mapMemoryBytes))) (\(perMiB))")

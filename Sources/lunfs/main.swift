@@ -5,11 +5,11 @@ import Glibc
 import LunMount
 
 let usage = """
-usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive PATH ...]
+usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive PATH ...] [--force]
        lunfs mount POOL MOUNTPOINT [--foreground] [-o OPTIONS]
        lunfs unmount MOUNTPOINT
        lunfs status POOL [--json]
-       lunfs check POOL [--scrub]
+       lunfs check POOL [--scrub] [--repair]
 """
 
 let arguments = CommandLine.arguments

@@ -15,9 +15,12 @@ final class MemoryDrives {
     func format(raid: RAIDLevel) throws {
         try Pool.format(devices: devices, raid: raid)
     }
-    func open(missing: Set<Int> = []) throws -> Pool {
+    /// A read-write open with drives missing marks them stale: when they come back they are
+    /// rebuilt, and refused if a drive they need for that is missing then. Degraded reads that
+    /// must not change the pool open read-only.
+    func open(missing: Set<Int> = [], readOnly: Bool = false) throws -> Pool {
         try Pool.open(devices: devices.enumerated().map { missing.contains($0.offset) ? nil : $0.element },
-                      sizes: devices.map(\.sizeBytes))
+                      sizes: devices.map(\.sizeBytes), readOnly: readOnly)
     }
 }
 

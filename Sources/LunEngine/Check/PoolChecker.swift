@@ -1,7 +1,7 @@
 // The offline checker (in the spirit of thin_check): verifies the metadata copies' checksums,
 // that every mapped segment has exactly one holder and is allocated exactly once, that share
-// bits pair up along each chain, that free space adds up, and, with `scrub`, that every
-// mirror copy and RAID 5 parity agrees with its data.
+// bits pair up along each chain, that free space adds up, and, with `scrub`, that every block
+// of user data passes its checksum and every mirror copy and RAID 5 parity agrees with its data.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -23,7 +23,10 @@ public struct PoolChecker {
     let pool: Pool
     public var scrub: Bool
 
-    public init(pool: Pool, scrub: Bool = false) { self.pool = pool; self.scrub = scrub }
+    /// With `scrub`: rewrite damaged copies from good ones (the pool must be open read-write).
+    public var repair: Bool
+
+    public init(pool: Pool, scrub: Bool = false, repair: Bool = false) { self.pool = pool; self.scrub = scrub; self.repair = repair }
 
     public func run() throws(LunError) -> CheckReport {
         var report = CheckReport()
@@ -152,10 +155,17 @@ public struct PoolChecker {
 
     /// Reads every used RSEG from every member and checks every block against its checksum,
     /// then RAID 1 copies against each other and RAID 5 parity against the data.
+    /// With `repair`, damaged copies are rewritten from good ones: what was repaired becomes a
+    /// note, and only what a second pass still finds is a problem.
     private func scrubStores(_ report: inout CheckReport) {
-        let scrub = pool.scrub(repair: false)
+        let scrub = pool.scrub(repair: repair)
         report.rsegsScrubbed = scrub.rsegsChecked
         report.scrub = scrub
-        report.problems += scrub.findings
+        guard repair && !pool.readOnly, !scrub.findings.isEmpty else {
+            report.problems += scrub.findings
+            return
+        }
+        report.notes += scrub.findings.map { "scrub: \($0)" }
+        report.problems += pool.scrub(repair: false).findings
     }
 }

@@ -79,6 +79,12 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
         return try FileDevice(path: path)
     }
 
+    /// Takes a non-blocking exclusive flock() on the drive file: false when another open of
+    /// it holds one (a pool open read-write elsewhere). Released by `unlock` or on close.
+    public func lockExclusive() -> Bool { flock(fileDescriptor, LOCK_EX | LOCK_NB) == 0 }
+
+    public func unlock() { _ = flock(fileDescriptor, LOCK_UN) }
+
     deinit {
         close(fileDescriptor)
         if directDescriptor >= 0 { close(directDescriptor) }

@@ -32,6 +32,20 @@ public struct Superblock: Equatable, Sendable {
     /// Bit d: drive d was missing or out of service when this checkpoint was written, so its
     /// copies may be older than the pool's; if it comes back it is rebuilt before use.
     public var staleDrives: UInt64 = 0
+    /// The generation of the last checkpoint at which this drive was present and in service:
+    /// every checkpoint writes it into the identity of each such drive (md's event counter).
+    /// 0 on pools written before it existed (unknown).
+    public var currentThrough: UInt64 = 0
+    /// The generation of the last checkpoint written while some drive was missing or out of
+    /// service. A drive whose `currentThrough` is below it missed writes: it is stale even if
+    /// `staleDrives` was lost (`DriveIdentity` applies the rule).
+    public var lastDegradedGeneration: UInt64 = 0
+    /// Flags of this drive's identity; bit 0: a replacement (a blank or foreign drive given
+    /// this slot), which holds no data until every chunk on it has been rebuilt.
+    public var identityFlags: UInt32 = 0
+    public static let replacementFlag: UInt32 = 1
+    /// Where the fields added after the first format begin (152..<160 stays free).
+    static let extensionOffset = 160
 
     public func encode() -> [UInt8] {
         var w = ByteWriter(capacity: Self.blockSize)
@@ -58,6 +72,11 @@ public struct Superblock: Equatable, Sendable {
         w.u64(driveSizeBytes)                // 132
         w.u32(flags)                         // 140
         w.u64(staleDrives)                   // 144
+        w.u64(0)                             // 152 free
+        precondition(w.bytes.count == Self.extensionOffset)
+        w.u64(currentThrough)                // 160
+        w.u64(lastDegradedGeneration)        // 168
+        w.u32(identityFlags)                 // 176
         w.pad(toMultipleOf: Self.blockSize)
         var bytes = w.bytes
         let crc = CRC32C.checksum(bytes)
@@ -91,11 +110,16 @@ public struct Superblock: Equatable, Sendable {
         guard driveCount >= 1, driveIndex < driveCount, mirrors.allSatisfy({ $0 < driveCount }) else {
             throw .corrupt("superblock drive numbers out of range")
         }
-        return Superblock(poolUUID: uuid, generation: generation, driveIndex: driveIndex, driveCount: driveCount,
-                          geometry: geometry, defaultRAID: raid, mirrors: mirrors,
-                          checkpointSlot: try r.u32(), checkpointSeq: try r.u64(), checkpointLength: try r.u64(),
-                          checkpointCRC: try r.u32(), journalStart: try r.u64(), createdAt: try r.u64(),
-                          driveSizeBytes: try r.u64(), flags: try r.u32(), staleDrives: try r.u64())
+        var sb = Superblock(poolUUID: uuid, generation: generation, driveIndex: driveIndex, driveCount: driveCount,
+                            geometry: geometry, defaultRAID: raid, mirrors: mirrors,
+                            checkpointSlot: try r.u32(), checkpointSeq: try r.u64(), checkpointLength: try r.u64(),
+                            checkpointCRC: try r.u32(), journalStart: try r.u64(), createdAt: try r.u64(),
+                            driveSizeBytes: try r.u64(), flags: try r.u32(), staleDrives: try r.u64())
+        var x = ByteReader(block, position: extensionOffset)
+        sb.currentThrough = try x.u64()
+        sb.lastDegradedGeneration = try x.u64()
+        sb.identityFlags = try x.u32()
+        return sb
     }
 }
 

@@ -21,6 +21,9 @@ final class MetadataStore: @unchecked Sendable {
     let layout: QuorumLayout
     private(set) var nextSeq: UInt64
     private var writePosition: UInt64
+    /// The size the pool uses for each drive (recorded at format), written into each drive's
+    /// superblock; empty when not known (the field is then left as it was).
+    var driveSizes: [UInt64] = []
     /// Journal bytes written since the checkpoint; the ring must never lap them.
     private(set) var journalBytesSinceCheckpoint: UInt64 = 0
 
@@ -40,15 +43,17 @@ final class MetadataStore: @unchecked Sendable {
 
     // MARK: Format
 
-    /// Writes identity superblocks to every drive and the first checkpoint to the mirrors.
+    /// Writes identity superblocks (both slots) to every drive and the first checkpoint to the mirrors.
     static func format(drives: DriveSet, template: Superblock, sizes: [UInt64], checkpoint: [UInt8]) throws(LunError) -> MetadataStore {
         let store = MetadataStore(drives: drives, superblock: template, nextSeq: 1, writePosition: 0)
+        store.driveSizes = sizes
         for d in 0..<drives.count {
             var sb = template
             sb.driveIndex = UInt32(d)
             sb.driveSizeBytes = sizes[d]
             sb.generation = 0
-            try drives.write(d, bytes: sb.encode(), at: Superblock.slotOffsets[1])
+            // Both slots: a drive formatted over another pool (init --force) keeps nothing of it.
+            for offset in Superblock.slotOffsets { try drives.write(d, bytes: sb.encode(), at: offset) }
             try drives.sync(d)
         }
         try store.writeCheckpoint(checkpoint)
@@ -80,8 +85,10 @@ final class MetadataStore: @unchecked Sendable {
     // MARK: Checkpoint
 
     /// Writes the full state to the idle slot, then a new superblock generation that points at it.
+    /// Before the mirrors' superblocks, every other present, in-service drive gets an identity
+    /// block of the new generation (`currentThrough`), so a drive that misses checkpoints is
+    /// known stale when it comes back (`DriveIdentity`, docs/DESIGN.md section 2).
     func writeCheckpoint(_ payload: [UInt8], clean: Bool = false) throws(LunError) {
-        let stale = (0..<min(64, drives.count)).reduce(UInt64(0)) { $0 | (drives.isAvailable($1) ? 0 : 1 << UInt64($1)) }
         var w = ByteWriter(capacity: payload.count + 16)
         w.raw(Self.checkpointMagic)
         w.u64(nextSeq - 1)
@@ -99,13 +106,33 @@ final class MetadataStore: @unchecked Sendable {
         sb.checkpointCRC = CRC32C.checksum(bytes)
         sb.journalStart = writePosition
         sb.flags = clean ? Superblock.cleanFlag : 0
-        sb.staleDrives = stale
+        sb.currentThrough = sb.generation
+        sb.identityFlags = 0
         try writeToMirrors(bytes, at: layout.checkpointOffsets[Int(sb.checkpointSlot)])
+        // The stale mask, and the generation at which a drive last left service: drives
+        // current through an older generation missed writes.
+        func markStale() {
+            let stale = (0..<min(64, drives.count)).reduce(UInt64(0)) { $0 | (drives.isAvailable($1) ? 0 : 1 << UInt64($1)) }
+            sb.staleDrives = stale
+            if stale & ~superblock.staleDrives != 0 || (stale != 0 && superblock.lastDegradedGeneration == 0) {
+                sb.lastDegradedGeneration = sb.generation
+            }
+        }
+        markStale()
+        for d in 0..<drives.count where !mirrors.contains(d) && drives.isAvailable(d) {
+            var identity = sb
+            identity.driveIndex = UInt32(d)
+            if d < driveSizes.count { identity.driveSizeBytes = driveSizes[d] }
+            // A drive that fails this leaves service; the stale mask is then made again.
+            try? drives.write(d, bytes: identity.encode(), at: Superblock.slotOffsets[Int(sb.generation % 2)])
+            try? drives.sync(d)
+        }
+        markStale()
         var landed = 0
         for m in mirrors where drives.isAvailable(m) {
             var copy = sb
             copy.driveIndex = UInt32(m)
-            copy.driveSizeBytes = superblock.driveSizeBytes
+            copy.driveSizeBytes = m < driveSizes.count ? driveSizes[m] : superblock.driveSizeBytes
             do {
                 try drives.write(m, bytes: copy.encode(), at: Superblock.slotOffsets[Int(sb.generation % 2)])
                 try drives.sync(m)
@@ -148,9 +175,12 @@ final class MetadataStore: @unchecked Sendable {
     // MARK: Recovery
 
     /// Finds the newest consistent metadata across the drives; `.corrupt` if none survives.
-    static func recover(drives: DriveSet) throws(LunError) -> RecoveredMetadata {
+    /// With `reconstruct` (check --repair), a pool whose every superblock copy is damaged gets
+    /// one rebuilt from its checkpoint and journal (`reconstructSuperblock`).
+    static func recover(drives: DriveSet, sizes: [UInt64] = [], reconstruct: Bool = false) throws(LunError) -> RecoveredMetadata {
         var notes: [String] = []
         var best: Superblock?
+        var copy: (sb: Superblock, drive: Int)?
         var identities: [Superblock] = []
         for d in 0..<drives.count where drives.isAvailable(d) {
             var good = 0
@@ -163,11 +193,24 @@ final class MetadataStore: @unchecked Sendable {
                 good += 1
                 identities.append(sb)
                 if sb.generation > 0, sb.mirrors.contains(UInt32(d)), best == nil || sb.generation > best!.generation { best = sb }
+                // The other drives' identities are copies of the superblock of their checkpoint.
+                if sb.generation > 0, !sb.mirrors.contains(UInt32(d)), copy == nil || sb.generation > copy!.sb.generation { copy = (sb, d) }
             }
             if good == 0 { notes.append("drive \(d) (\(drives.name(d))): no valid superblock") }
         }
+        if best == nil, let copy {
+            // Every mirror's superblock is damaged: the newest copy in another drive's identity
+            // points at the same checkpoint (its checksum is verified below).
+            best = copy.sb
+            notes.append("no metadata mirror holds a valid superblock; using the copy of generation \(copy.sb.generation) in drive \(copy.drive)'s identity")
+        }
+        if best == nil, identities.isEmpty, reconstruct, let (rebuilt, why) = reconstructSuperblock(drives: drives, sizes: sizes) {
+            best = rebuilt
+            notes += why
+        }
         guard let chosen = best else {
-            throw .corrupt("no valid superblock with metadata on any drive of the pool")
+            throw .corrupt("no valid superblock with metadata on any drive of the pool"
+                           + (reconstruct ? "" : "; 'lunfs check --repair' can rebuild one if a checkpoint survives"))
         }
         guard identities.allSatisfy({ $0.poolUUID == chosen.poolUUID }) else {
             throw .corrupt("drives belong to different pools")
@@ -207,6 +250,16 @@ final class MetadataStore: @unchecked Sendable {
         }
         return RecoveredMetadata(superblock: chosen, checkpoint: Array(checkpoint[16...]), records: records,
                                  journalEnd: position, lastSeq: seq - 1, notes: notes)
+    }
+
+    /// Whether mirror `m` holds the checkpoint `sb` points at (a mirror whose superblocks are
+    /// damaged but whose metadata is current).
+    static func holdsCheckpoint(drives: DriveSet, mirror m: Int, of sb: Superblock) -> Bool {
+        let layout = QuorumLayout(quorumBytes: sb.geometry.quorumBytes)
+        guard sb.checkpointLength <= layout.checkpointCapacity,
+              let bytes = try? readBlock(drives, m, layout.checkpointOffsets[Int(sb.checkpointSlot)], Int(sb.checkpointLength))
+        else { return false }
+        return CRC32C.checksum(bytes) == sb.checkpointCRC && Array(bytes[0..<8]) == checkpointMagic
     }
 
     private static func readBlock(_ drives: DriveSet, _ d: Int, _ offset: UInt64, _ count: Int) throws(LunError) -> [UInt8] {

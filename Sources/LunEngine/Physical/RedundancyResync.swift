@@ -19,24 +19,41 @@ extension Pool {
     }
 }
 
+/// What `rebuildStaleDrives` did: chunks rewritten, and per drive the chunks it could not rebuild.
+struct StaleRebuild {
+    var rebuilt = 0
+    var failed: [Int: Int] = [:]
+    /// Drives that went back into service (every chunk on them is current again).
+    var restored: [Int] = []
+}
+
 extension Pool {
     /// A drive that was missing while the pool was written holds old copies. Before it serves
     /// reads, each of its chunks is rewritten from the partner (RAID 1) or rebuilt from the
-    /// other members (RAID 5); RAID 0 chunks on it cannot be repaired and stay as they are.
-    /// Returns how many chunks it rewrote.
-    func rebuildStaleDrives(_ stale: [Int]) -> Int {
+    /// other members (RAID 5). A drive goes back into service only when every chunk was
+    /// rebuilt; otherwise it stays out (and stale in the next superblock), so that its old
+    /// copies are never read: a read that needs them fails with EIO.
+    /// RAID 0 chunks have nothing to rebuild from. On a drive that comes back they are kept:
+    /// a RAID 0 write needs every member, so none can have been written while it was away.
+    /// On a replacement (blank or foreign drive) they are lost, and keep it out of service.
+    func rebuildStaleDrives(_ stale: [Int], replacements: Set<Int> = []) -> StaleRebuild {
         for d in stale { drives.setInService(d, false) }
-        defer { for d in stale { drives.setInService(d, true) } }
         let rsds = state.rsds
         let unit = Int(geometry.stripeUnitBytes)
         let a = scratchBuffer(unit), b = scratchBuffer(unit)
         defer { a.deallocate(); b.deallocate() }
-        var rebuilt = 0
+        var result = StaleRebuild()
         log("rebuilding drives \(stale) from redundancy: \(rsds.highWater) stores to visit")
         for id in 0..<rsds.highWater where rsds.isLive(id) {
             if id > 0 && id % 2048 == 0 { log("rebuilding drives \(stale): store \(id) of \(rsds.highWater) (\(id * 100 / rsds.highWater)%)") }
-            guard let level = rsds.level(id), level != .raid0 else { continue }
+            guard let level = rsds.level(id) else { continue }
             let members = rsds.memberList(id)
+            if level == .raid0 {
+                for member in members where replacements.contains(member.drive) {
+                    result.failed[member.drive, default: 0] += rsds.usedMask(id).nonzeroBitCount
+                }
+                continue
+            }
             for (m, member) in members.enumerated() where stale.contains(member.drive) {
                 for r in 0..<geometry.rsegsPerStore where rsds.isUsed(id, rseg: r) {
                     func at(_ x: StoreMember) -> UInt64 { UInt64(x.pseg) * geometry.psegSizeBytes + UInt64(r) * geometry.stripeUnitBytes }
@@ -57,15 +74,26 @@ extension Pool {
                             }
                         }
                         try checksums.writeOutOfService(member.drive, UnsafeRawBufferPointer(a), at: at(member))
-                        rebuilt += 1
+                        result.rebuilt += 1
                     } catch {
-                        log("rebuild of store \(id) RSEG \(r) on drive \(member.drive) failed: \(error)")
+                        result.failed[member.drive, default: 0] += 1
+                        // The first few, then only the count at the end.
+                        if result.failed.values.reduce(0, +) <= 8 {
+                            log("rebuild of store \(id) RSEG \(r) on drive \(member.drive) failed: \(error)")
+                        }
                     }
                 }
             }
         }
         for d in stale { try? drives.devices(d)?.sync() }
-        log("rebuilt \(rebuilt) chunks on drives \(stale)")
-        return rebuilt
+        for d in stale where result.failed[d] == nil {
+            drives.setInService(d, true)
+            result.restored.append(d)
+        }
+        for (d, n) in result.failed.sorted(by: { $0.key < $1.key }) {
+            log("drive \(d) stays out of service and stale: \(n) chunks on it could not be rebuilt")
+        }
+        log("rebuilt \(result.rebuilt) chunks on drives \(stale)")
+        return result
     }
 }

@@ -28,6 +28,16 @@ public final class Pool: @unchecked Sendable {
     private let commits = Atomic<Int>(0)
     /// What recovery noticed when the pool was opened (damaged copies it worked around).
     public private(set) var openNotes: [String] = []
+    /// What a read-write open changed to bring the pool back in step (rebuilt drives, resync,
+    /// drive list put in order, rewritten metadata), for `lunfs check --repair`.
+    public private(set) var repairs: [String] = []
+    /// For each slot, the position in the list of drives given to `open` that fills it (the
+    /// drive list may name the drives out of order).
+    private(set) var slotOrigins: [Int] = []
+    /// Drives present but stale (they missed writes) and out of service until rebuilt.
+    public private(set) var staleDriveIndexes: Set<Int> = []
+    /// Drive files flock()ed while the pool is open read-write.
+    private var lockedDrives: [FileDevice] = []
 
     /// Seconds between background commits of a mounted pool, like ext4's commit interval.
     public static let backgroundCommitSeconds = 5.0
@@ -57,11 +67,16 @@ public final class Pool: @unchecked Sendable {
     }
 
     /// Creates the pool directory's drives, formats them and opens the pool.
-    /// The directory may be missing or empty; anything else is `.exists`.
+    /// The directory may be missing or empty; anything else is `.exists`. A drive named by
+    /// `options.drivePaths` that holds a lunfs superblock is refused (`.exists`) unless
+    /// `options.force`; one opened by another process (its pool is open) always (`.busy`).
+    /// A create that fails removes the files and directory it made.
     public static func create(directory: String, options: PoolOptions,
                               log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
         let fm = FileManager.default
         var isDir: ObjCBool = false
+        var made: [String] = []
+        var madeDirectory = false
         if fm.fileExists(atPath: directory, isDirectory: &isDir) {
             guard isDir.boolValue else { throw .invalid("\(directory) is a file, not a pool directory") }
             let entries = (try? fm.contentsOfDirectory(atPath: directory)) ?? []
@@ -70,27 +85,52 @@ public final class Pool: @unchecked Sendable {
             do { try fm.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
                 throw .invalid("cannot create \(directory): \(error.localizedDescription)")
             }
+            madeDirectory = true
         }
-        var paths = options.drivePaths
-        var devices: [BlockDevice] = []
-        if paths.isEmpty {
-            guard (1...64).contains(options.driveCount) else { throw .invalid("drive count must be 1 to 64") }
-            for i in 0..<options.driveCount {
-                let name = String(format: "drive-%02d.img", i)
-                devices.append(try FileDevice.createFile(path: directory + "/" + name, sizeBytes: options.driveSizeBytes))
-                paths.append(name)
+        do {
+            var paths = options.drivePaths
+            var devices: [BlockDevice] = []
+            if paths.isEmpty {
+                guard (1...64).contains(options.driveCount) else { throw LunError.invalid("drive count must be 1 to 64") }
+                for i in 0..<options.driveCount {
+                    let name = String(format: "drive-%02d.img", i)
+                    made.append(directory + "/" + name)
+                    devices.append(try FileDevice.createFile(path: directory + "/" + name, sizeBytes: options.driveSizeBytes))
+                    paths.append(name)
+                }
+            } else {
+                var checked: [FileDevice] = []
+                defer { for device in checked { device.unlock() } }
+                for p in paths {
+                    let device = try FileDevice(path: p)
+                    guard device.lockExclusive() else {
+                        throw LunError.busy("drive \(p) is in use by another process (a lunfs pool on it is open); not formatting it")
+                    }
+                    checked.append(device)
+                    if let sb = DriveIdentity.read(device), !options.force {
+                        let uuid = sb.poolUUID.map { String(format: "%02x", $0) }.joined()
+                        throw LunError.exists("drive \(p) holds lunfs pool \(uuid) (drive \(sb.driveIndex) of \(sb.driveCount)); use --force to format it anyway")
+                    }
+                    devices.append(device)
+                }
             }
-        } else {
-            for p in paths { devices.append(try FileDevice(path: p)) }
+            let level = options.raid ?? PoolOptions.defaultRAID(drives: devices.count)
+            try format(devices: devices, raid: level, psegSizeBytes: options.psegSizeBytes)
+            let list = zip(paths, devices).map { "\($0) \($1.sizeBytes)" }.joined(separator: "\n") + "\n"
+            made.append(directory + "/" + driveListName)
+            guard fm.createFile(atPath: directory + "/" + driveListName, contents: Data(list.utf8)) else {
+                throw LunError.io("cannot write \(directory)/\(driveListName)")
+            }
+            for case let device as FileDevice in devices { device.unlock() }
+            devices.removeAll()
+            made.append(directory + "/" + lockName)
+            return try open(directory: directory, log: log)
+        } catch {
+            for path in made { unlink(path) }
+            if madeDirectory { rmdir(directory) }
+            log("creating pool \(directory) failed; removed the files it made: \(error)")
+            throw error as! LunError
         }
-        let level = options.raid ?? PoolOptions.defaultRAID(drives: devices.count)
-        try format(devices: devices, raid: level, psegSizeBytes: options.psegSizeBytes)
-        let list = zip(paths, devices).map { "\($0) \($1.sizeBytes)" }.joined(separator: "\n") + "\n"
-        guard fm.createFile(atPath: directory + "/" + driveListName, contents: Data(list.utf8)) else {
-            throw .io("cannot write \(directory)/\(driveListName)")
-        }
-        devices.removeAll()
-        return try open(directory: directory, log: log)
     }
 
     /// Writes a new, empty pool onto `devices` (files, block devices or simulated drives).
@@ -123,7 +163,8 @@ public final class Pool: @unchecked Sendable {
     /// Opens an existing pool directory: picks the newest good metadata copy, replays the
     /// journal and takes the pool lock (`.busy` if another process holds it). A read-only open
     /// takes no lock and writes nothing: it shows the last committed state of a mounted pool.
-    public static func open(directory: String, readOnly: Bool = false,
+    /// `repair` (check --repair, read-write) may also rebuild superblocks damaged on every copy.
+    public static func open(directory: String, readOnly: Bool = false, repair: Bool = false,
                             log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
         var isDir: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDir) else { throw .notFound("no pool at \(directory)") }
@@ -147,42 +188,98 @@ public final class Pool: @unchecked Sendable {
         }
         var devices: [BlockDevice?] = []
         var sizes: [UInt64] = []
+        var lines: [String] = []
         var notes: [String] = []
+        var locked: [FileDevice] = []
+        func unlockAll() { for device in locked { device.unlock() } }
         for line in list.split(separator: "\n") where !line.isEmpty {
             let parts = line.split(separator: " ")
             let path = String(parts[0])
             let full = path.hasPrefix("/") ? path : directory + "/" + path
+            lines.append(String(line))
             sizes.append(parts.count > 1 ? UInt64(parts[1]) ?? 0 : 0)
-            do { devices.append(try FileDevice(path: full)) } catch {
+            do {
+                let device = try FileDevice(path: full)
+                // A drive opened read-write by another process (another pool's daemon) is busy.
+                if !readOnly {
+                    guard device.lockExclusive() else {
+                        unlockAll()
+                        if lockFD >= 0 { Glibc.close(lockFD) }
+                        throw LunError.busy("drive \(devices.count) (\(full)) is in use by another process")
+                    }
+                    locked.append(device)
+                }
+                devices.append(device)
+            } catch let error as LunError {
+                if case .busy = error { throw error }
                 notes.append("drive \(devices.count) (\(full)) is missing: \(error)")
                 devices.append(nil)
-            }
+            } catch { preconditionFailure("\(error)") }
         }
         do {
-            let pool = try open(devices: devices, sizes: sizes, directory: directory, readOnly: readOnly, log: log)
+            let pool = try open(devices: devices, sizes: sizes, directory: directory, readOnly: readOnly, repair: repair, log: log)
             pool.lockFD = lockFD
+            pool.lockedDrives = locked
             pool.openNotes = notes + pool.openNotes
             for n in notes { log(n) }
+            if pool.slotOrigins != Array(0..<lines.count) {
+                let reordered = pool.slotOrigins.map { lines[$0] }.joined(separator: "\n") + "\n"
+                if readOnly {
+                    pool.openNotes.append("\(driveListName) names the drives out of order; a read-write open rewrites it")
+                } else {
+                    let temporary = directory + "/" + driveListName + ".new"
+                    if FileManager.default.createFile(atPath: temporary, contents: Data(reordered.utf8)),
+                       Glibc.rename(temporary, directory + "/" + driveListName) == 0 {
+                        let message = "rewrote \(driveListName) with the drives in the order their superblocks name"
+                        log(message)
+                        pool.openNotes.append(message)
+                        pool.repairs.append(message)
+                    } else {
+                        log("cannot rewrite \(directory)/\(driveListName) in drive order; the drives are still matched by identity")
+                    }
+                }
+            }
             return pool
         } catch {
+            unlockAll()
             if lockFD >= 0 { Glibc.close(lockFD) }
             throw error
         }
     }
 
-    /// Opens a pool on devices (nil for a missing drive); `sizes` gives every drive's size,
-    /// needed for the missing ones. Used directly by tests on simulated drives.
-    public static func open(devices: [BlockDevice?], sizes: [UInt64]? = nil, directory: String = "(memory)", readOnly: Bool = false,
-                            log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
+    /// Opens a pool on devices (nil for a missing drive); `sizes` gives every drive's size as
+    /// recorded (needed for the missing ones; a present drive of another size is truncated or
+    /// grown). Each drive's identity is checked first (`DriveIdentity`): drives are put in the
+    /// slots their superblocks name, and blank, foreign or truncated drives count as missing.
+    /// Used directly by tests on simulated drives.
+    public static func open(devices given: [BlockDevice?], sizes: [UInt64]? = nil, directory: String = "(memory)", readOnly: Bool = false,
+                            repair: Bool = false, log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
+        var resolution = DriveIdentity.resolve(devices: given, recorded: sizes)
+        let devices = resolution.devices
         let drives = DriveSet(devices: devices, log: log)
-        let recovered = try MetadataStore.recover(drives: drives)
+        // Nothing on a foreign drive is the pool's: recovery must not read it. A blank one
+        // may be a mirror whose superblocks alone are damaged; its checksummed metadata may serve.
+        for d in resolution.replacements where resolution.foreign.contains(d) {
+            drives.setInService(d, false)
+        }
+        let recovered = try MetadataStore.recover(drives: drives, sizes: resolution.sizes, reconstruct: repair && !readOnly)
         let sb = recovered.superblock
+        // (Blank drives were named already.)
+        var recoveredNotes = recovered.notes.filter { n in
+            !resolution.replacements.contains { n.hasPrefix("drive \($0) (") && n.hasSuffix("no valid superblock") }
+        }
+        for d in resolution.replacements.sorted() where !resolution.foreign.contains(d) && sb.mirrors.contains(UInt32(d))
+            && MetadataStore.holdsCheckpoint(drives: drives, mirror: d, of: sb) {
+            // Its superblocks are damaged but it holds the current checkpoint: a member, current.
+            resolution.replacements.remove(d)
+            recoveredNotes.append("drive \(d): both superblock slots are damaged but its metadata is current; its superblock is rewritten")
+        }
+        for d in resolution.replacements { drives.setInService(d, false) }
         guard Int(sb.driveCount) == devices.count else {
             throw .corrupt("the pool has \(sb.driveCount) drives, \(devices.count) were given")
         }
         let geometry = sb.geometry
-        let driveSizes = (0..<devices.count).map { i in devices[i]?.sizeBytes ?? sizes?[i] ?? 0 }
-        let state = PoolState(geometry: geometry, psegCount: driveSizes.map {
+        let state = PoolState(geometry: geometry, psegCount: resolution.sizes.map {
             ChecksumArea.usablePSEGs(driveSizeBytes: $0, psegSizeBytes: geometry.psegSizeBytes)
         })
         try state.loadCheckpoint(recovered.checkpoint)
@@ -192,30 +289,61 @@ public final class Pool: @unchecked Sendable {
         state.journalOpCount = 0
         let metadata = MetadataStore(drives: drives, superblock: sb, nextSeq: recovered.lastSeq + 1,
                                      writePosition: recovered.journalEnd)
-        let pool = Pool(directory: directory, readOnly: readOnly, drives: drives, driveSizes: driveSizes, state: state,
+        metadata.driveSizes = resolution.sizes
+        let pool = Pool(directory: directory, readOnly: readOnly, drives: drives, driveSizes: resolution.sizes, state: state,
                         metadata: metadata, log: log)
-        pool.openNotes = recovered.notes
-        for n in recovered.notes { log(n) }
-        if !readOnly {
-            let stale = (0..<min(64, devices.count)).filter { sb.staleDrives & (1 << UInt64($0)) != 0 && devices[$0] != nil }
+        pool.slotOrigins = resolution.origins
+        pool.openNotes = resolution.notes + recoveredNotes
+        for n in pool.openNotes { log(n) }
+        // A stale drive is never read as current: out of service until it is rebuilt.
+        let (stale, staleNotes) = staleDrives(resolution: resolution, superblock: sb)
+        let replacements = replacementDrives(resolution: resolution)
+        for n in staleNotes { log(n) }
+        pool.openNotes += staleNotes
+        for d in stale { drives.setInService(d, false) }
+        pool.staleDriveIndexes = Set(stale)
+        if readOnly {
             if !stale.isEmpty {
-                let rebuilt = pool.rebuildStaleDrives(stale)
-                pool.openNotes.append("drives \(stale) were out of service when the pool was last written; rebuilt \(rebuilt) chunks on them from redundancy")
+                pool.openNotes.append("drives \(stale) are stale (they missed writes, or replace a drive) and are not read; a read-write open rebuilds them")
             }
-            if !sb.isClean {
-                let report = pool.recoverInFlightWrites()
-                if report.acceptedBlocks + report.repairedBlocks + report.inconsistentBlocks > 0 {
-                    pool.openNotes.append("after an unclean shutdown: \(report.rsegsChecked) segments of the write-intent set checked; "
-                        + "\(report.repairedBlocks) blocks repaired from a good copy, \(report.acceptedBlocks) cut in flight taken as they are, "
-                        + "\(report.inconsistentBlocks) mirror or parity blocks brought back in step")
-                }
-            }
-            // Everything written before this open is settled: the set starts empty.
-            for s in state.intent { state.forgetIntent(s) }
-            // A fresh checkpoint puts every mirror back in step and empties the journal.
-            try pool.commitLock.withLock { () throws(LunError) in try pool.checkpointLocked() }
-            log("opened pool \(directory): \(state.disks.count) nodes, \(recovered.records.count) journal records replayed")
+            return pool
         }
+        for d in resolution.replacements {
+            guard let device = drives.devices(d) else { continue }
+            do {
+                try DriveIdentity.write(DriveIdentity.freshIdentity(from: sb, slot: d), to: device)
+                pool.repairs.append("drive \(d) (\(device.name)) was given a fresh identity as drive \(d) of the pool")
+            } catch {
+                log("cannot write an identity to drive \(d) (\(device.name)): \(error)")
+            }
+        }
+        if !stale.isEmpty {
+            let result = pool.rebuildStaleDrives(stale, replacements: replacements)
+            var note = "drives \(stale) were stale (missing or out of service when the pool was last written, or replacements); rebuilt \(result.rebuilt) chunks on them from redundancy"
+            if !result.failed.isEmpty {
+                note += "; drives \(result.failed.keys.sorted()) stay out of service: " + result.failed.sorted { $0.key < $1.key }.map { "\($0.value) chunks on drive \($0.key) could not be rebuilt" }.joined(separator: ", ")
+            }
+            pool.openNotes.append(note)
+            pool.repairs.append(note)
+            pool.staleDriveIndexes = Set(result.failed.keys)
+            try pool.refuseDataOnlyOnStaleDrives(Set(stale).subtracting(replacements))
+        }
+        if !sb.isClean {
+            let report = pool.recoverInFlightWrites()
+            if report.acceptedBlocks + report.repairedBlocks + report.inconsistentBlocks > 0 {
+                let note = "after an unclean shutdown: \(report.rsegsChecked) segments of the write-intent set checked; "
+                    + "\(report.repairedBlocks) blocks repaired from a good copy, \(report.acceptedBlocks) cut in flight taken as they are, "
+                    + "\(report.inconsistentBlocks) mirror or parity blocks brought back in step"
+                pool.openNotes.append(note)
+                pool.repairs.append(note)
+            }
+        }
+        // Everything written before this open is settled: the write-intent set starts empty.
+        for s in state.intent { state.forgetIntent(s) }
+        if !recoveredNotes.isEmpty { pool.repairs.append("rewrote the superblock and metadata on every mirror: " + recoveredNotes.joined(separator: "; ")) }
+        // A fresh checkpoint puts every mirror back in step and empties the journal.
+        try pool.commitLock.withLock { () throws(LunError) in try pool.checkpointLocked() }
+        log("opened pool \(directory): \(state.disks.count) nodes, \(recovered.records.count) journal records replayed")
         return pool
     }
 
@@ -335,10 +463,13 @@ public final class Pool: @unchecked Sendable {
             }
         }
         closed = true
+        for device in lockedDrives { device.unlock() }
+        lockedDrives = []
         if lockFD >= 0 { Glibc.close(lockFD); lockFD = -1 }
     }
 
     deinit {
+        for device in lockedDrives { device.unlock() }
         if lockFD >= 0 { Glibc.close(lockFD) }
     }
 

@@ -11,6 +11,9 @@ public struct PoolOptions: Sendable {
     /// RAID 5 with 5 or more drives, RAID 1 with 2 to 4, RAID 0 with one.
     public var raid: RAIDLevel? = nil
     public var psegSizeBytes: UInt64 = PoolGeometry.defaultPSEGSizeBytes
+    /// Format drives named by `drivePaths` even when they hold a lunfs superblock (never one
+    /// whose pool is open).
+    public var force = false
 
     public init() {}
 

@@ -356,7 +356,9 @@ final class PoolState: @unchecked Sendable {
         return w.bytes
     }
 
-    func loadCheckpoint(_ bytes: [UInt8]) throws(LunError) {
+    /// Loads a checkpoint payload; returns how many bytes of it the state took.
+    @discardableResult
+    func loadCheckpoint(_ bytes: [UInt8]) throws(LunError) -> Int {
         var r = ByteReader(bytes)
         nextDiskID = try r.u32()
         let storeCount = try r.varint()
@@ -385,6 +387,7 @@ final class PoolState: @unchecked Sendable {
         for rec in records { try link(rec) }
         let intentCount = try r.varint()
         for _ in 0..<intentCount { intent.insert(Int(try r.varint())) }
+        return r.position
     }
 
     /// Creates or updates a disk from a record (links are resolved by `link`).
