@@ -1,6 +1,7 @@
 // Checks the test drives themselves, MemoryDevice and SimulatedDrive, so that a failing engine
 // crash test can be trusted to point at the engine and not at the drive it ran on.
 import Dispatch
+import Foundation
 import LunEngine
 import LunEngineTesting
 import XCTest
@@ -155,6 +156,31 @@ final class SimulatedDriveTests: XCTestCase {
         other.disappear()
         other.makeFullySynced()
         XCTAssertEqual(try read(other.crash(seed: 1, tearing: .dropUnsynced), at: 0, count: 4096), pattern(4096, seed: 15))
+    }
+
+    /// A write held at its gate has not landed: reads and a sync go on beside it without
+    /// seeing it, and that sync does not make it durable once the gate opens.
+    func testWriteHeldAtGateLandsOnlyWhenOpenedAndAfterTheSyncBesideIt() throws {
+        let drive = SimulatedDrive(name: "s", sizeBytes: gib, seed: 16)
+        let gate = drive.holdNextWrite()
+        defer { gate.open() }
+        let landed = DispatchSemaphore(value: 0)
+        let data = pattern(4096, seed: 17)
+        Thread {
+            try? write(drive, data, at: 8192)
+            landed.signal()
+        }.start()
+        XCTAssertTrue(gate.waitUntilReached())
+        XCTAssertEqual(landed.wait(timeout: .now() + 0.05), .timedOut, "the write passed a closed gate")
+        XCTAssertEqual(try read(drive, at: 8192, count: 4096), zeros(4096))
+        try drive.sync()
+        gate.open()
+        XCTAssertEqual(landed.wait(timeout: .now() + 30), .success)
+        XCTAssertEqual(try read(drive, at: 8192, count: 4096), data)
+        XCTAssertEqual(drive.unsyncedOperationCount, 1)
+        // One-shot: the next write passes freely.
+        try write(drive, data, at: 0)
+        XCTAssertEqual(try read(drive.crash(seed: 1, tearing: .dropUnsynced), at: 8192, count: 4096), zeros(4096))
     }
 
     func testCrashedDriveRefusesCallsAndRebootedDriveWorks() throws {
