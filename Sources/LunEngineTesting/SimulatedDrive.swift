@@ -180,6 +180,25 @@ public final class SimulatedDrive: BlockDevice {
         return SimulatedDrive(name: name, sizeBytes: sizeBytes, state: reborn)
     }
 
+    /// A new drive holding this drive's durable bytes and nothing unsynced (what a crash that
+    /// dropped every unsynced write would leave), with its probabilities, byte-range faults,
+    /// injecting switch and counters, drawing chance faults from `seed`. This drive goes on
+    /// as it was: a test can run many futures, each on its own copy, from one synced state.
+    /// Pages are shared until written, so a copy costs little.
+    public func durableCopy(seed: UInt64) -> SimulatedDrive {
+        let copy: State = state.withLock { s in
+            precondition(s.life != .crashed, "drive \(name) was crashed; copy the drive its crash returned")
+            var next = State(image: s.durable, probabilities: s.probabilities, random: SeededRandom(seed: seed))
+            next.injecting = s.injecting
+            next.failingReadRanges = s.failingReadRanges
+            next.corruptingReadRanges = s.corruptingReadRanges
+            next.failingWriteRanges = s.failingWriteRanges
+            next.counters = s.counters
+            return next
+        }
+        return SimulatedDrive(name: name, sizeBytes: sizeBytes, state: copy)
+    }
+
     // MARK: Chance faults and the master switch
 
     /// The chances of faults on each call; may be changed at any time.

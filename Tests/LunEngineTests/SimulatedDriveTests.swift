@@ -92,6 +92,24 @@ final class SimulatedDriveTests: XCTestCase {
         }
     }
 
+    /// A durable copy holds what was synced, nothing unsynced, and lives apart from its
+    /// original: writes to either do not reach the other.
+    func testDurableCopyHoldsSyncedBytesAndIsIndependent() throws {
+        let drive = SimulatedDrive(name: "s", sizeBytes: gib, seed: 18)
+        let synced = pattern(8192, seed: 19)
+        try write(drive, synced, at: 0)
+        try drive.sync()
+        try write(drive, pattern(4096, seed: 20), at: 0)  // unsynced
+        let copy = drive.durableCopy(seed: 1)
+        XCTAssertEqual(try read(copy, at: 0, count: 8192), synced)
+        XCTAssertEqual(copy.unsyncedOperationCount, 0)
+        try write(copy, pattern(4096, seed: 21), at: 4096)
+        XCTAssertEqual(try read(drive, at: 4096, count: 4096), Array(synced[4096...]))
+        try write(drive, pattern(4096, seed: 22), at: 65536)
+        XCTAssertEqual(try read(copy, at: 65536, count: 4096), zeros(4096))
+        XCTAssertEqual(try read(drive, at: 0, count: 4096), pattern(4096, seed: 20))
+    }
+
     func testCrashOutcomeIsReproducibleFromSeed() throws {
         func crashedImage(crashSeed: UInt64) throws -> [UInt8] {
             let drive = SimulatedDrive(name: "s", sizeBytes: gib, seed: 10)

@@ -1,7 +1,10 @@
 // A truncate to a size inside a segment, cut short by a power loss after every possible number
 // of device calls: the disk must come back either at its old size with its old bytes or at
 // the new size with the old bytes up to it, and bytes past the new size must read zeros when
-// it grows again. A snapshot taken before keeps all its bytes whatever happens.
+// it grows again. The other disks of its chain keep all their bytes whatever happens. The
+// shapes cover every plan of the tail segment: held alone (replaced), held and read by a
+// snapshot (handed off), and read from the successor by a snapshot in the middle of a chain
+// (copied for both).
 import XCTest
 import Foundation
 @testable import LunEngine
@@ -12,23 +15,41 @@ final class TornTruncateTests: XCTestCase {
 
     struct Outcome { var calls = 0; var crashes = 0; var oldSeen = 0; var newSeen = 0 }
 
+    enum Shape: CustomStringConvertible {
+        /// The disk alone.
+        case alone
+        /// The disk, with a snapshot taken before the shrink.
+        case withSnapshot
+        /// The newer of two snapshots of a disk, which sits between the other two.
+        case middleOfChain
+
+        var description: String {
+            switch self {
+            case .alone: return "a disk alone"
+            case .withSnapshot: return "a disk with a snapshot"
+            case .middleOfChain: return "a snapshot in the middle of a chain"
+            }
+        }
+    }
+
     func testShrinkToUnalignedSizesSurvivesACrashAfterEveryDeviceCall() throws {
         let seg = 1 << 20
-        let cases: [(RAIDLevel, Int, Bool)] = [
-            (.raid0, 1, false), (.raid5, 700_001, false), (.raid1, 2 * seg + 12_345, false),
-            (.raid5, Self.oldSize - 1, false), (.raid0, seg + 512, true), (.raid5, 3 * seg + 99, true),
+        let cases: [(RAIDLevel, Int, Shape)] = [
+            (.raid0, 1, .alone), (.raid5, 700_001, .alone), (.raid1, 2 * seg + 12_345, .alone),
+            (.raid5, Self.oldSize - 1, .alone), (.raid0, seg + 512, .withSnapshot), (.raid5, 3 * seg + 99, .withSnapshot),
+            (.raid1, seg + 4097, .middleOfChain), (.raid5, 100_000, .middleOfChain),
         ]
         var total = Outcome()
-        for (index, (level, size, snapshot)) in cases.enumerated() {
+        for (index, (level, size, shape)) in cases.enumerated() {
+            let start = try Start(level: level, shape: shape, seed: UInt64(index))
             // How many device calls the shrink and its commit make when nothing stops them.
-            let full = try run(level: level, newSize: size, snapshot: snapshot, cutAfter: nil,
-                               tearing: .dropUnsynced, seed: UInt64(index))
-            XCTAssertTrue(full.newSeen == 1, "\(level) shrink to \(size): a committed shrink must survive")
+            let full = try run(start, newSize: size, cutAfter: nil, tearing: .dropUnsynced, seed: UInt64(index))
+            XCTAssertTrue(full.newSeen == 1, "\(level) shrink of \(shape) to \(size): a committed shrink must survive")
             for k in 0..<full.calls {
                 // Every unsynced write landing, and in turn none or a seeded mix of fates.
                 for (t, tearing) in [CrashTearing.keepUnsynced, k % 2 == 0 ? .dropUnsynced : .default].enumerated() {
                     let seed = UInt64(index * 1000 + k * 3 + t)
-                    let o = try run(level: level, newSize: size, snapshot: snapshot, cutAfter: k, tearing: tearing, seed: seed)
+                    let o = try run(start, newSize: size, cutAfter: k, tearing: tearing, seed: seed)
                     total.crashes += 1
                     total.oldSeen += o.oldSeen
                     total.newSeen += o.newSeen
@@ -39,22 +60,57 @@ final class TornTruncateTests: XCTestCase {
         print("TornTruncateTests: \(cases.count) shrinks of \(total.calls) device calls, \(total.crashes) crash points: old size seen \(total.oldSeen), new size \(total.newSeen)")
     }
 
-    /// Writes a pattern, commits, shrinks to `newSize` and commits with the power cut after
-    /// `cutAfter` device calls (nil: never), crashes, reopens and checks the disk.
-    private func run(level: RAIDLevel, newSize: Int, snapshot: Bool, cutAfter: Int?,
-                     tearing: CrashTearing, seed: UInt64) throws -> Outcome {
-        let what = "\(level) shrink to \(newSize)\(snapshot ? " with a snapshot" : "") cut after \(cutAfter.map(String.init) ?? "-") calls, \(tearing), seed \(seed)"
-        var set = SimulatedDriveSet(count: level == .raid5 ? 5 : 4, sizeBytes: 64 << 20, seed: seed)
+    /// The synced state every crash point of a case starts from: a pool, closed cleanly,
+    /// holding the pattern on every disk of the shape's chain.
+    struct Start {
+        let level: RAIDLevel
+        let shape: Shape
+        let drives: SimulatedDriveSet
+        let pattern: [UInt8]
+        /// The disk to shrink, and the disks that must keep the whole pattern.
+        let id: DiskID
+        let kept: [DiskID]
+
+        init(level: RAIDLevel, shape: Shape, seed: UInt64) throws {
+            var set = SimulatedDriveSet(count: level == .raid5 ? 5 : 4, sizeBytes: 64 << 20, seed: seed)
+            try Pool.format(devices: set.devices, raid: level)
+            let pool = try Pool.open(devices: set.devices)
+            let vm = try pool.createDisk(named: "vm")
+            var rng = SeededRandom(seed: seed &+ 77)
+            pattern = rng.bytes(TornTruncateTests.oldSize)
+            try pool.write(vm, at: 0, pattern)
+            var id = vm
+            var kept: [DiskID] = []
+            switch shape {
+            case .alone:
+                break
+            case .withSnapshot:
+                kept = [try pool.createSnapshot(of: vm, named: "before")]
+            case .middleOfChain:
+                let older = try pool.createSnapshot(of: vm, named: "older")
+                id = try pool.createSnapshot(of: vm, named: "newer")
+                kept = [older, vm]
+            }
+            try pool.close()
+            // A clean close synced everything: a crash keeps it all, and nothing else.
+            set.crash(seed: seed, tearing: .dropUnsynced)
+            self.level = level
+            self.shape = shape
+            self.drives = set
+            self.id = id
+            self.kept = kept
+        }
+    }
+
+    /// Opens a copy of `start`, shrinks its disk to `newSize` and commits with the power cut
+    /// after `cutAfter` device calls (nil: never), crashes, reopens and checks the disks.
+    private func run(_ start: Start, newSize: Int, cutAfter: Int?, tearing: CrashTearing, seed: UInt64) throws -> Outcome {
+        let what = "\(start.level) shrink of \(start.shape) to \(newSize) cut after \(cutAfter.map(String.init) ?? "-") calls, \(tearing), seed \(seed)"
+        var set = start.drives.durableCopies(seed: seed)
         let cut = DeviceCallCut.Plan()
         func devices() -> [BlockDevice] { set.drives.map { DeviceCallCut($0, cut) } }
-        try Pool.format(devices: devices(), raid: level)
         let pool = try Pool.open(devices: devices())
-        let id = try pool.createDisk(named: "vm")
-        var rng = SeededRandom(seed: seed &+ 77)
-        let pattern = rng.bytes(Self.oldSize)
-        try pool.write(id, at: 0, pattern)
-        let snap = snapshot ? try pool.createSnapshot(of: id, named: "before") : nil
-        try pool.commit()
+        let id = start.id, pattern = start.pattern
 
         cut.arm(limit: cutAfter)
         var committed = false
@@ -69,7 +125,7 @@ final class TornTruncateTests: XCTestCase {
 
         let reopened = try Pool.open(devices: devices())
         XCTAssertEqual(try PoolChecker(pool: reopened, scrub: true).run().problems, [], what)
-        if let snap { assertSameBytes(try reopened.image(snap), pattern, "\(what): the snapshot") }
+        for other in start.kept { assertSameBytes(try reopened.image(other), pattern, "\(what): disk \(other), not shrunk") }
         let image = try reopened.image(id)
         if image.count == Self.oldSize && !committed {
             assertSameBytes(image, pattern, "\(what): old size")
