@@ -6,6 +6,7 @@
 // Every fault is either left to chance (`FaultProbabilities`, drawn from the drive's own
 // `SeededRandom`) or triggered explicitly (a byte range, a one-shot, `disappear`). Outcomes are
 // reproducible from the seed when the calls come in the same order, i.e. from one thread.
+// A write can also be held in flight at a `WriteGate`, to put another call beside it.
 import LunEngine
 import Synchronization
 
@@ -77,6 +78,8 @@ public final class SimulatedDrive: BlockDevice {
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
         precondition(offset + UInt64(buffer.count) <= sizeBytes, "write past the end of drive \(name)")
         let range = offset..<(offset + UInt64(buffer.count))
+        // Held outside the state lock, so that every other call of this drive goes on meanwhile.
+        if let gate = state.withLock({ s in defer { s.gate = nil }; return s.gate }) { gate.pass() }
         try state.withLock { (s: inout State) throws(LunError) in
             try s.admit(drive: name, call: "write")
             var landing = offset
@@ -177,6 +180,25 @@ public final class SimulatedDrive: BlockDevice {
         return SimulatedDrive(name: name, sizeBytes: sizeBytes, state: reborn)
     }
 
+    /// A new drive holding this drive's durable bytes and nothing unsynced (what a crash that
+    /// dropped every unsynced write would leave), with its probabilities, byte-range faults,
+    /// injecting switch and counters, drawing chance faults from `seed`. This drive goes on
+    /// as it was: a test can run many futures, each on its own copy, from one synced state.
+    /// Pages are shared until written, so a copy costs little.
+    public func durableCopy(seed: UInt64) -> SimulatedDrive {
+        let copy: State = state.withLock { s in
+            precondition(s.life != .crashed, "drive \(name) was crashed; copy the drive its crash returned")
+            var next = State(image: s.durable, probabilities: s.probabilities, random: SeededRandom(seed: seed))
+            next.injecting = s.injecting
+            next.failingReadRanges = s.failingReadRanges
+            next.corruptingReadRanges = s.corruptingReadRanges
+            next.failingWriteRanges = s.failingWriteRanges
+            next.counters = s.counters
+            return next
+        }
+        return SimulatedDrive(name: name, sizeBytes: sizeBytes, state: copy)
+    }
+
     // MARK: Chance faults and the master switch
 
     /// The chances of faults on each call; may be changed at any time.
@@ -247,6 +269,15 @@ public final class SimulatedDrive: BlockDevice {
         state.withLock { s in
             if writes == 0 { s.vanish() } else { s.writesUntilDisappearance = writes }
         }
+    }
+
+    /// Holds the next write (not a zero) in flight: it blocks inside `write`, before it lands
+    /// or meets any fault, until the returned gate is opened. One-shot: the write after it
+    /// passes freely. Open the gate on every path of the test, or the writing thread hangs.
+    public func holdNextWrite() -> WriteGate {
+        let gate = WriteGate()
+        state.withLock { $0.gate = gate }
+        return gate
     }
 
     // MARK: Inspection
@@ -325,6 +356,8 @@ public final class SimulatedDrive: BlockDevice {
         /// One entry per armed misdirection, oldest first; nil draws the shift at random.
         var misdirectionsArmed: [Int64?] = []
         var writesUntilDisappearance: Int?
+        /// Armed by `holdNextWrite`, taken by the next write.
+        var gate: WriteGate?
 
         var random: SeededRandom
         var counters = FaultCounters()

@@ -32,6 +32,15 @@ public struct SimulatedDriveSet: Sendable {
         drives = drives.map { $0.crash(using: &random, tearing: tearing) }
     }
 
+    /// Independent copies of the drives' durable images (see `SimulatedDrive.durableCopy`),
+    /// their chance faults drawn from generators split off `seed`; this set goes on as it was.
+    public func durableCopies(seed: UInt64) -> SimulatedDriveSet {
+        var random = SeededRandom(seed: seed)
+        var copy = self
+        copy.drives = drives.map { $0.durableCopy(seed: random.next()) }
+        return copy
+    }
+
     public func stopInjecting() { drives.forEach { $0.stopInjecting() } }
 
     public func resumeInjecting() { drives.forEach { $0.resumeInjecting() } }

@@ -123,12 +123,13 @@ final class CrashSimulationTests: XCTestCase {
         let maxSize = 3 << 20
         let ops = Int.random(in: 1...40, using: &rng)
         let trace = ProcessInfo.processInfo.environment["LUNFS_TRACE"] != nil
-        for _ in 0..<ops {
-
+        // Names carry the step, so two draws of the same number cannot collide (EEXIST); the
+        // draws stay, so every seed replays the workload it always did.
+        for step in 0..<ops {
             let live = model.disks.keys.sorted()
             let roll = Int.random(in: 0..<100, using: &rng)
             if live.isEmpty || roll < 6 {
-                let id = try pool.createDisk(named: "d\(rng.next() % 100_000)")
+                let id = try pool.createDisk(named: "d\(rng.next() % 100_000)-\(step)")
                 model.disks[id] = .init(current: [], committed: [], parent: nil)
                 if trace { print("create \(id)") }
                 model.commitAll()
@@ -149,7 +150,7 @@ final class CrashSimulationTests: XCTestCase {
                 if trace { print("commit") }
             } else if roll < 85 {
                 let id = live.randomElement(using: &rng)!
-                let snap = try pool.createSnapshot(of: id, named: "s\(rng.next() % 100_000)")
+                let snap = try pool.createSnapshot(of: id, named: "s\(rng.next() % 100_000)-\(step)")
                 model.disks[snap] = .init(current: model.disks[id]!.current, committed: [], parent: id)
                 if trace { print("snapshot \(snap) of \(id)") }
                 model.commitAll()

@@ -1,6 +1,7 @@
 // Checks the test drives themselves, MemoryDevice and SimulatedDrive, so that a failing engine
 // crash test can be trusted to point at the engine and not at the drive it ran on.
 import Dispatch
+import Foundation
 import LunEngine
 import LunEngineTesting
 import XCTest
@@ -91,6 +92,24 @@ final class SimulatedDriveTests: XCTestCase {
         }
     }
 
+    /// A durable copy holds what was synced, nothing unsynced, and lives apart from its
+    /// original: writes to either do not reach the other.
+    func testDurableCopyHoldsSyncedBytesAndIsIndependent() throws {
+        let drive = SimulatedDrive(name: "s", sizeBytes: gib, seed: 18)
+        let synced = pattern(8192, seed: 19)
+        try write(drive, synced, at: 0)
+        try drive.sync()
+        try write(drive, pattern(4096, seed: 20), at: 0)  // unsynced
+        let copy = drive.durableCopy(seed: 1)
+        XCTAssertEqual(try read(copy, at: 0, count: 8192), synced)
+        XCTAssertEqual(copy.unsyncedOperationCount, 0)
+        try write(copy, pattern(4096, seed: 21), at: 4096)
+        XCTAssertEqual(try read(drive, at: 4096, count: 4096), Array(synced[4096...]))
+        try write(drive, pattern(4096, seed: 22), at: 65536)
+        XCTAssertEqual(try read(copy, at: 65536, count: 4096), zeros(4096))
+        XCTAssertEqual(try read(drive, at: 0, count: 4096), pattern(4096, seed: 20))
+    }
+
     func testCrashOutcomeIsReproducibleFromSeed() throws {
         func crashedImage(crashSeed: UInt64) throws -> [UInt8] {
             let drive = SimulatedDrive(name: "s", sizeBytes: gib, seed: 10)
@@ -155,6 +174,31 @@ final class SimulatedDriveTests: XCTestCase {
         other.disappear()
         other.makeFullySynced()
         XCTAssertEqual(try read(other.crash(seed: 1, tearing: .dropUnsynced), at: 0, count: 4096), pattern(4096, seed: 15))
+    }
+
+    /// A write held at its gate has not landed: reads and a sync go on beside it without
+    /// seeing it, and that sync does not make it durable once the gate opens.
+    func testWriteHeldAtGateLandsOnlyWhenOpenedAndAfterTheSyncBesideIt() throws {
+        let drive = SimulatedDrive(name: "s", sizeBytes: gib, seed: 16)
+        let gate = drive.holdNextWrite()
+        defer { gate.open() }
+        let landed = DispatchSemaphore(value: 0)
+        let data = pattern(4096, seed: 17)
+        Thread {
+            try? write(drive, data, at: 8192)
+            landed.signal()
+        }.start()
+        XCTAssertTrue(gate.waitUntilReached())
+        XCTAssertEqual(landed.wait(timeout: .now() + 0.05), .timedOut, "the write passed a closed gate")
+        XCTAssertEqual(try read(drive, at: 8192, count: 4096), zeros(4096))
+        try drive.sync()
+        gate.open()
+        XCTAssertEqual(landed.wait(timeout: .now() + 30), .success)
+        XCTAssertEqual(try read(drive, at: 8192, count: 4096), data)
+        XCTAssertEqual(drive.unsyncedOperationCount, 1)
+        // One-shot: the next write passes freely.
+        try write(drive, data, at: 0)
+        XCTAssertEqual(try read(drive.crash(seed: 1, tearing: .dropUnsynced), at: 8192, count: 4096), zeros(4096))
     }
 
     func testCrashedDriveRefusesCallsAndRebootedDriveWorks() throws {

@@ -6,7 +6,26 @@ import Synchronization
 final class DriveSet: @unchecked Sendable {
     private let devices: [BlockDevice?]
     private let failed: [AtomicFlag]
-    private let dirty: [AtomicFlag]
+    /// What a commit must sync, per drive: two counters, not a dirty flag. `completed` counts
+    /// the writes and zeros to the drive that have RETURNED (bumped after the device call,
+    /// never before it); `synced` is the largest value of `completed` that a finished device
+    /// sync covers: a sync reads `completed` before it calls the device and raises `synced` to
+    /// what it read only after the device sync returned.
+    /// Invariant: the first `synced` writes to return are durable.
+    ///
+    /// Why no interleaving of `write`, `syncDirty` and `sync(i)` loses a write W, with no lock
+    /// among them. A caller that saw W return and then asks for a sync reads `completed` = c,
+    /// and c counts W (W's bump came before W returned). If `synced` >= c, a sync S read
+    /// `completed` >= c, hence after W returned, and S's device call (after that read) has
+    /// returned: W is durable. Otherwise this call syncs the device itself, after W returned.
+    /// A write still in flight during a sync is either not yet counted, so the sync cannot
+    /// raise `synced` over it, or counted, so it had returned before the sync's device call.
+    /// The dirty flag this replaces was set before the device write and cleared by a commit's
+    /// sync that could run while the write was in flight; the next fsync then skipped the
+    /// drive although the write landed after that sync. Two syncs at once each compare with
+    /// `synced` as a *finished* sync left it, so neither skips a drive because the other has
+    /// only started; `synced` only grows, so a slow sync that read less cannot lower it.
+    private let counts: [SyncCounts]
     /// Errors hidden by redundancy or reported to callers, for `status` and `check`.
     let errorCount = Atomic<Int>(0)
     let log: @Sendable (String) -> Void
@@ -16,7 +35,7 @@ final class DriveSet: @unchecked Sendable {
     init(devices: [BlockDevice?], log: @escaping @Sendable (String) -> Void) {
         self.devices = devices
         self.failed = devices.map { AtomicFlag($0 == nil) }
-        self.dirty = devices.map { _ in AtomicFlag(false) }
+        self.counts = devices.map { _ in SyncCounts() }
         self.log = log
         let parallel = devices.allSatisfy { $0?.takesParallelTransfers ?? true } && devices.contains { $0 != nil }
         self.transfers = parallel ? TransferPool.shared : nil
@@ -65,8 +84,8 @@ final class DriveSet: @unchecked Sendable {
     /// Writes to a drive; a failing drive is taken out of service and the error rethrown.
     func write(_ i: Int, _ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
         guard let d = device(i) else { throw .io("drive \(i) is not available") }
-        dirty[i].value.store(true, ordering: .releasing)
         do { try d.write(buffer, at: offset) } catch { markFailed(i, error); throw error }
+        counts[i].completed.add(1, ordering: .releasing)
     }
 
     func write(_ i: Int, bytes: [UInt8], at offset: UInt64) throws(LunError) {
@@ -86,28 +105,48 @@ final class DriveSet: @unchecked Sendable {
 
     func zero(_ i: Int, at offset: UInt64, length: UInt64) throws(LunError) {
         guard let d = device(i) else { throw .io("drive \(i) is not available") }
-        dirty[i].value.store(true, ordering: .releasing)
         do { try d.zero(at: offset, length: length) } catch { markFailed(i, error); throw error }
+        counts[i].completed.add(1, ordering: .releasing)
     }
 
-    /// fdatasync every drive written since the last call. A drive that fails to sync is taken
-    /// out of service and the call fails: the caller must not commit metadata that points at
-    /// data which may not be durable.
+    /// fdatasync every drive with a write that returned and no finished sync since. Every
+    /// write that returned before this call is durable when it returns. A drive that fails to
+    /// sync is taken out of service and the call fails: the caller must not commit metadata
+    /// that points at data which may not be durable.
     func syncDirty() throws(LunError) {
         var failure: LunError?
-        for i in 0..<count where dirty[i].value.exchange(false, ordering: .acquiringAndReleasing) {
-            guard let d = device(i) else { continue }
-            do { try d.sync() } catch { markFailed(i, error); failure = error }
+        for i in 0..<count {
+            let upTo = counts[i].completed.load(ordering: .acquiring)
+            guard upTo != counts[i].synced.load(ordering: .acquiring), let d = device(i) else { continue }
+            do { try d.sync(); noteSynced(i, upTo) } catch { markFailed(i, error); failure = error }
         }
         if let failure { throw failure }
     }
 
-    /// fdatasync one drive (metadata mirrors).
+    /// fdatasync one drive (metadata mirrors), whatever the counters say.
     func sync(_ i: Int) throws(LunError) {
         guard let d = device(i) else { throw .io("drive \(i) is not available") }
-        dirty[i].value.store(false, ordering: .releasing)
+        let upTo = counts[i].completed.load(ordering: .acquiring)
         do { try d.sync() } catch { markFailed(i, error); throw error }
+        noteSynced(i, upTo)
     }
+
+    /// Raises `synced[i]` to `upTo` (never lowers it: a slower sync that read a smaller count
+    /// may finish after a faster one).
+    private func noteSynced(_ i: Int, _ upTo: UInt64) {
+        var seen = counts[i].synced.load(ordering: .relaxed)
+        while seen < upTo {
+            let (done, now) = counts[i].synced.compareExchange(expected: seen, desired: upTo, ordering: .acquiringAndReleasing)
+            if done { return }
+            seen = now
+        }
+    }
+}
+
+/// One drive's `completed` and `synced` counts (see `DriveSet.counts`).
+final class SyncCounts: Sendable {
+    let completed = Atomic<UInt64>(0)
+    let synced = Atomic<UInt64>(0)
 }
 
 /// An atomic Bool that can live in an array.

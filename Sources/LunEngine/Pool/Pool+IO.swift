@@ -58,9 +58,13 @@ extension Pool {
     }
 
     /// What one segment of a write needs before its bytes can land.
-    private enum SegmentPlan {
+    enum SegmentPlan {
         /// Held alone: write in place.
         case inPlace(LMapEntry)
+        /// Held alone, but its committed bytes must stay as they are until the switch commits
+        /// (a truncate zeroing the tail): a fresh segment, old bytes copied in, new ones on
+        /// top; the old segment is freed (`pendingFree`) by the switch.
+        case replace(LMapEntry)
         /// Unmapped: a fresh segment, zeros around the new bytes.
         case fresh
         /// Held, and the predecessor reads it: the predecessor inherits it, the writer moves.
@@ -70,12 +74,18 @@ extension Pool {
         /// Read from the successor and needed by the predecessor: both take copies (003 [0099]).
         case copyInAndOut
 
-        var isFresh: Bool { if case .fresh = self { return true } else { return false } }
+        /// The segment is shared with a neighbour (its copy may be charged to a reservation).
+        var isShared: Bool {
+            switch self {
+            case .handOff, .copyIn, .copyInAndOut: return true
+            case .inPlace, .replace, .fresh: return false
+            }
+        }
 
         var segmentsNeeded: Int {
             switch self {
             case .inPlace: return 0
-            case .fresh, .handOff, .copyIn: return 1
+            case .replace, .fresh, .handOff, .copyIn: return 1
             case .copyInAndOut: return 2
             }
         }
@@ -83,7 +93,7 @@ extension Pool {
 
     /// One segment's piece of a write: segment k, bytes [within, within + len) of it, taken
     /// from buffer[at...], and the map entry the plan was made from.
-    private struct WriteStep {
+    struct WriteStep {
         let k: Int, within: Int, at: Int, len: Int
         let entry: LMapEntry
         let plan: SegmentPlan
@@ -97,6 +107,13 @@ extension Pool {
         if e.isExclusive { return .inPlace(e) }
         if !e.ss { return .handOff(e) }
         return e.sp ? .copyInAndOut : .copyIn
+    }
+
+    /// As `plan`, for bytes that must never land on a segment the committed maps point at:
+    /// a segment held alone is replaced rather than written in place.
+    func redirectingPlan(_ e: LMapEntry) -> SegmentPlan {
+        if case .inPlace(let held) = plan(e) { return .replace(held) }
+        return plan(e)
     }
 
     /// The steps of a write as the maps stand. Caller holds the family lock (either way).
@@ -208,9 +225,9 @@ extension Pool {
 
     /// Allocates the fresh segments the steps need and records them in the steps; returns
     /// them all, for release if the write does not get to map them.
-    private func allocateSteps(_ steps: inout [WriteStep], for d: Disk) throws(LunError) -> [(store: Int, rseg: Int)] {
+    func allocateSteps(_ steps: inout [WriteStep], for d: Disk) throws(LunError) -> [(store: Int, rseg: Int)] {
         let needed = steps.reduce(0) { $0 + $1.plan.segmentsNeeded }
-        let shared = steps.filter { $0.plan.segmentsNeeded > 0 && !$0.plan.isFresh }.map(\.k)
+        let shared = steps.filter { $0.plan.isShared }.map(\.k)
         let fresh = try allocate(needed, for: d, sharedSegments: shared)
         var next = 0
         for i in steps.indices where steps[i].plan.segmentsNeeded > 0 {
@@ -221,7 +238,7 @@ extension Pool {
     }
 
     /// Fresh segments that no map points at go back to the free pool.
-    private func releaseUnmapped(_ fresh: [(store: Int, rseg: Int)]) {
+    func releaseUnmapped(_ fresh: [(store: Int, rseg: Int)]) {
         if fresh.isEmpty { return }
         stateLock.withLock { for f in fresh { state.releaseRSEG(store: f.store, rseg: f.rseg) } }
     }
@@ -229,7 +246,7 @@ extension Pool {
     /// Writes every step's bytes: in place, or into its fresh segment as a whole segment (the
     /// old bytes copied in, the new ones on top; the predecessor's copy first if it gets one).
     /// Caller holds the family lock, either way, and the claim of every unsharing step.
-    private func fillSegments(_ d: Disk, _ steps: [WriteStep], from buffer: UnsafeRawBufferPointer) throws(LunError) {
+    func fillSegments(_ d: Disk, _ steps: [WriteStep], from buffer: UnsafeRawBufferPointer) throws(LunError) {
         let seg = segmentBytes
         var staging: UnsafeMutableRawBufferPointer?
         defer { staging?.deallocate() }
@@ -267,33 +284,40 @@ extension Pool {
         try storeIO.write(store: store, rseg: e.rseg, offset: within, from: piece)
     }
 
-    /// Points the maps at the filled segments: the writer at its own, a predecessor at the
-    /// old segment it inherits or at its copy, a successor no longer needed by the writer.
+    /// Points the maps at the filled segments (see `switchMapsLocked`).
     /// Caller holds the family lock exclusive.
     private func switchMaps(_ d: Disk, _ steps: [WriteStep]) {
-        stateLock.withLock {
-            for step in steps {
-                guard let mine = step.mine else { continue }
-                let k = step.k
-                switch step.plan {
-                case .inPlace, .fresh: break
-                case .handOff(let e):
-                    let p = d.predecessor!
-                    state.applySetEntry(p, k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
-                    state.pendingUnshared.insert(PoolState.location(e))
-                case .copyIn:
-                    let s = d.successor!
-                    state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
-                    state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
-                case .copyInAndOut:
-                    let p = d.predecessor!, s = d.successor!
-                    let theirs = step.theirs!
-                    state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
-                    state.applySetEntry(p, k, .held(store: UInt32(theirs.store), rseg: theirs.rseg, sp: p.map.entry(k).sp))
-                    state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
-                }
-                state.applySetEntry(d, k, .held(store: UInt32(mine.store), rseg: mine.rseg, sp: false))
+        stateLock.withLock { switchMapsLocked(d, steps) }
+    }
+
+    /// Points the maps at the filled segments: the writer at its own, a predecessor at the
+    /// old segment it inherits or at its copy, a successor no longer needed by the writer; a
+    /// replaced segment goes to `pendingFree`. Only map edits, so a caller can log more in the
+    /// same record. Caller holds the family lock exclusive and `stateLock`.
+    func switchMapsLocked(_ d: Disk, _ steps: [WriteStep]) {
+        for step in steps {
+            guard let mine = step.mine else { continue }
+            let k = step.k
+            switch step.plan {
+            case .inPlace, .fresh: break
+            case .replace(let e):
+                state.pendingFree.append((Int(e.store), e.rseg))
+            case .handOff(let e):
+                let p = d.predecessor!
+                state.applySetEntry(p, k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
+                state.pendingUnshared.insert(PoolState.location(e))
+            case .copyIn:
+                let s = d.successor!
+                state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
+                state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
+            case .copyInAndOut:
+                let p = d.predecessor!, s = d.successor!
+                let theirs = step.theirs!
+                state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
+                state.applySetEntry(p, k, .held(store: UInt32(theirs.store), rseg: theirs.rseg, sp: p.map.entry(k).sp))
+                state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
             }
+            state.applySetEntry(d, k, .held(store: UInt32(mine.store), rseg: mine.rseg, sp: false))
         }
     }
 

@@ -4,6 +4,15 @@
 
 extension Pool {
     /// truncate: grows (new space reads zeros) or shrinks (frees segments) the disk.
+    ///
+    /// A shrink to a size inside a segment leaves the bytes past the end of that segment
+    /// zero, so that growing again reads zeros. Those zeros never land on the segment the
+    /// committed maps point at: the kept tail segment is redirected (`redirectingPlan`: a
+    /// fresh segment, the old bytes copied in, zeros on top) and the switch to it, the dropped
+    /// segments and the new size are logged in one `stateLock` section, so one journal record
+    /// holds all of them and a crash shows either the old size with the old bytes or the new.
+    /// An unaligned shrink of a mapped segment therefore needs one free segment (`.noSpace`
+    /// otherwise, with nothing changed).
     public func resize(_ id: DiskID, to sizeBytes: UInt64) throws(LunError) {
         try checkWritable()
         guard sizeBytes <= PoolGeometry.maxDiskSizeBytes else {
@@ -11,24 +20,41 @@ extension Pool {
         }
         let d = try liveDisk(id)
         let seg = geometry.rsegSizeBytes
-        // Bytes past the new end inside the last kept segment must read zeros if it grows again.
-        let oldSize = try withShared(d) { () throws(LunError) -> UInt64 in d.sizeBytes }
-        if sizeBytes < oldSize && sizeBytes % seg != 0 {
-            let tailEnd = min(oldSize, (sizeBytes / seg + 1) * seg)
-            let mapped = try withShared(d) { () throws(LunError) -> Bool in d.holderEntry(Int(sizeBytes / seg)).isMapped }
-            if mapped { try writeZeros(id, from: sizeBytes, to: tailEnd) }
-        }
         d.family.lockForChange()
         defer { d.family.lock.unlock() }
         guard !d.removed, d.hasImage else { throw .stale("disk \(id) was deleted") }
-        if sizeBytes < d.sizeBytes {
-            let firstDropped = Int((sizeBytes + seg - 1) / seg)
-            try dropSegments(d, d.map.mappedSegments(from: firstDropped))
+        guard sizeBytes < d.sizeBytes else {
+            stateLock.withLock {
+                d.sizeBytes = sizeBytes
+                state.logDisk(d)
+            }
+            return
         }
+        var tail: [WriteStep] = []
+        let k = Int(sizeBytes / seg), within = Int(sizeBytes % seg)
+        if within != 0, d.map.entry(k).isMapped {
+            let e = d.map.entry(k)
+            tail.append(WriteStep(k: k, within: within, at: 0, len: segmentBytes - within, entry: e, plan: redirectingPlan(e)))
+        }
+        let dropped = d.map.mappedSegments(from: Int((sizeBytes + seg - 1) / seg))
+        var fresh = try allocateSteps(&tail, for: d)
+        defer { releaseUnmapped(fresh) }
+        if !tail.isEmpty {
+            let zeros = scratchBuffer(tail[0].len)
+            defer { zeros.deallocate() }
+            zeros.initializeMemory(as: UInt8.self, repeating: 0)
+            try fillSegments(d, tail, from: UnsafeRawBufferPointer(zeros))
+        }
+        var copies = try copiesForDrop(d, dropped)
+        defer { releaseUnmapped(Array(copies.values)) }
         stateLock.withLock {
+            switchMapsLocked(d, tail)
+            dropSegmentsLocked(d, dropped, copies: copies)
             d.sizeBytes = sizeBytes
             state.logDisk(d)
         }
+        fresh = []
+        copies = [:]
     }
 
     /// Makes a range read as zeros: whole segments are unmapped, partial ones overwritten.
@@ -85,48 +111,67 @@ extension Pool {
         try write(id, at: start, from: UnsafeRawBufferPointer(zeros))
     }
 
-    /// Unmaps segments of `d`, handing what neighbours need to them. A segment that both
-    /// neighbours read through `d` needs a copy for the predecessor, allocated up front so
-    /// that `.noSpace` changes nothing. Caller holds the family lock exclusive.
+    /// Unmaps segments of `d`, handing what neighbours need to them (`copiesForDrop`, then
+    /// `dropSegmentsLocked`). Caller holds the family lock exclusive.
     private func dropSegments(_ d: Disk, _ segments: [Int]) throws(LunError) {
+        var copies = try copiesForDrop(d, segments)
+        defer { releaseUnmapped(Array(copies.values)) }
+        stateLock.withLock { dropSegmentsLocked(d, segments, copies: copies) }
+        copies = [:]
+    }
+
+    /// The data I/O of dropping `segments`: a segment that both neighbours read through `d`
+    /// needs a copy for the predecessor, allocated up front so that `.noSpace` changes
+    /// nothing, and filled here. Returns the copies by segment number; the caller maps them
+    /// (`dropSegmentsLocked`) or releases them. Caller holds the family lock exclusive.
+    private func copiesForDrop(_ d: Disk, _ segments: [Int]) throws(LunError) -> [Int: (store: Int, rseg: Int)] {
         let middle = segments.filter { let e = d.map.entry($0); return e.ss && e.sp }
+        if middle.isEmpty { return [:] }
         var copies = try allocate(middle.count, for: d, sharedSegments: middle)
-        defer { if !copies.isEmpty { stateLock.withLock { for c in copies { state.releaseRSEG(store: c.store, rseg: c.rseg) } } } }
+        defer { releaseUnmapped(copies) }
         var copied: [Int: (store: Int, rseg: Int)] = [:]
-        if !middle.isEmpty {
-            let buf = scratchBuffer(segmentBytes)
-            defer { buf.deallocate() }
-            for k in middle {
-                let holder = d.holderEntry(k)
-                let c = copies.removeLast()
-                do throws(LunError) {
-                    try storeIO.read(store: Int(holder.store), rseg: holder.rseg, offset: 0, into: buf)
-                    try storeIO.write(store: c.store, rseg: c.rseg, offset: 0, from: UnsafeRawBufferPointer(buf))
-                } catch { copies.append(c); throw error }
-                copied[k] = c
+        let buf = scratchBuffer(segmentBytes)
+        defer { buf.deallocate() }
+        for k in middle {
+            let holder = d.holderEntry(k)
+            let c = copies.removeLast()
+            do throws(LunError) {
+                try storeIO.read(store: Int(holder.store), rseg: holder.rseg, offset: 0, into: buf)
+                try storeIO.write(store: c.store, rseg: c.rseg, offset: 0, from: UnsafeRawBufferPointer(buf))
+            } catch {
+                copies.append(c)
+                copies += copied.values
+                throw error
             }
+            copied[k] = c
         }
-        stateLock.withLock {
-            for k in segments {
-                let e = d.map.entry(k)
-                guard e.isMapped else { continue }
-                if e.holdsData {
-                    if e.sp, let p = d.predecessor {
-                        state.applySetEntry(p, k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
-                        state.pendingUnshared.insert(PoolState.location(e))
-                    } else {
-                        state.pendingFree.append((Int(e.store), e.rseg))
-                    }
+        return copied
+    }
+
+    /// The map edits of dropping `segments`: each is unmapped, a held one goes to its
+    /// predecessor if that reads it (else to `pendingFree`), a successor no longer read
+    /// through `d` loses Sp, and a predecessor that read through `d` gets its copy from
+    /// `copies`. Caller holds the family lock exclusive and `stateLock`.
+    private func dropSegmentsLocked(_ d: Disk, _ segments: [Int], copies copied: [Int: (store: Int, rseg: Int)]) {
+        for k in segments {
+            let e = d.map.entry(k)
+            guard e.isMapped else { continue }
+            if e.holdsData {
+                if e.sp, let p = d.predecessor {
+                    state.applySetEntry(p, k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
+                    state.pendingUnshared.insert(PoolState.location(e))
                 } else {
-                    let s = d.successor!
-                    state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
-                    state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
-                    if e.sp, let p = d.predecessor, let c = copied[k] {
-                        state.applySetEntry(p, k, .held(store: UInt32(c.store), rseg: c.rseg, sp: p.map.entry(k).sp))
-                    }
+                    state.pendingFree.append((Int(e.store), e.rseg))
                 }
-                state.applySetEntry(d, k, .unmapped)
+            } else {
+                let s = d.successor!
+                state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
+                state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
+                if e.sp, let p = d.predecessor, let c = copied[k] {
+                    state.applySetEntry(p, k, .held(store: UInt32(c.store), rseg: c.rseg, sp: p.map.entry(k).sp))
+                }
             }
+            state.applySetEntry(d, k, .unmapped)
         }
     }
 }

@@ -401,9 +401,16 @@ public final class Pool: @unchecked Sendable {
             state.intentJoinsInFlight = []
             for f in freed { state.releaseRSEG(store: f.store, rseg: f.rseg) }
         }
-        if metadata.journalBytesSinceCheckpoint * 2 > metadata.layout.journalCapacity
-            || drives.serviceChanged.value.exchange(false, ordering: .acquiringAndReleasing) {
-            try checkpointLocked()
+        // A drive that left service may hold the only copy of writes that returned but were
+        // never synced (syncDirty skips it). Only a checkpoint recording it as stale makes that
+        // safe, so until one succeeds the flag stays set and every commit tries again and
+        // fails: an fsync must not return success for bytes that are durable nowhere.
+        let serviceChanged = drives.serviceChanged.value.exchange(false, ordering: .acquiringAndReleasing)
+        if serviceChanged || metadata.journalBytesSinceCheckpoint * 2 > metadata.layout.journalCapacity {
+            do { try checkpointLocked() } catch {
+                if serviceChanged { drives.serviceChanged.value.store(true, ordering: .releasing) }
+                throw error
+            }
         }
     }
 
