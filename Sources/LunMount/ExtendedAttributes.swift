@@ -30,6 +30,10 @@ enum ExtendedAttribute: String, CaseIterable {
     case successor = "user.lunfs.successor"
 
     static let namespacePrefix = "user.lunfs."
+    /// On the mount's root: writing `check` or `repair` scrubs the whole pool (every block
+    /// against its checksum; `repair` rewrites damaged copies from good ones) and answers when
+    /// done; reading gives the last scrub's result, one damaged place per line after the first.
+    static let scrubName = "user.lunfs.scrub"
 
     var isSettable: Bool {
         switch self {
@@ -83,6 +87,9 @@ extension FileSystem {
         // The kernel asks for security.capability before every buffered write: answer
         // names outside our namespace without a trip into the engine.
         guard name.hasPrefix(ExtendedAttribute.namespacePrefix) else { throw FuseFailure.absentAttribute(name) }
+        if case .root = try resolve(ino), name == ExtendedAttribute.scrubName {
+            return try fitted(Array(lastScrub.withLock { $0 }.utf8), capacity: capacity)
+        }
         guard let info = try attributeDisk(ino),
               let attribute = ExtendedAttribute(rawValue: name),
               let value = attributeValue(attribute, of: info) else {
@@ -93,6 +100,7 @@ extension FileSystem {
 
     func listAttributes(_ ino: fuse_ino_t, capacity: Int) throws(FuseFailure) -> AttributeReply {
         var list: [UInt8] = []
+        if case .root = try resolve(ino) { list = Array(ExtendedAttribute.scrubName.utf8) + [0] }
         if let info = try attributeDisk(ino) {
             for attribute in ExtendedAttribute.allCases where attributeValue(attribute, of: info) != nil {
                 list += Array(attribute.rawValue.utf8)
@@ -110,6 +118,16 @@ extension FileSystem {
     }
 
     func setAttribute(_ ino: fuse_ino_t, name: String, value: UnsafeRawBufferPointer, flags: Int32) throws(FuseFailure) {
+        if case .root = try resolve(ino), name == ExtendedAttribute.scrubName {
+            let text = String(decoding: value, as: UTF8.self).trimmingEdges(of: " \t\n\r\0")
+            guard text == "check" || text == "repair" else { throw FuseFailure(EINVAL, "\(name) takes check or repair, not \"\(text)\"") }
+            log.write("scrub (\(text)) started")
+            let report = pool.scrub(repair: text == "repair")
+            let summary = ([report.description] + report.findings).joined(separator: "\n")
+            lastScrub.withLock { $0 = summary }
+            log.write("scrub (\(text)) done: " + ([report.description] + report.findings).joined(separator: "; "))
+            return
+        }
         guard let info = try attributeDisk(ino), let attribute = ExtendedAttribute(rawValue: name) else {
             // Arbitrary attributes cannot be stored; EOPNOTSUPP lets cp -a carry on quietly.
             throw FuseFailure(EOPNOTSUPP, "no attribute \(name) can be set here")

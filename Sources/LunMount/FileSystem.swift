@@ -34,6 +34,8 @@ final class FileSystem: Sendable {
     /// turn stale and a later disk reusing the id gets fresh kernel inodes (and no stale page
     /// cache) under the same number. Absent means generation 0.
     private let generations = Mutex<[fuse_ino_t: UInt64]>([:])
+    /// The result of the last scrub asked for through `user.lunfs.scrub`.
+    let lastScrub = Mutex<String>("no scrub has run during this mount")
 
     init(pool: any MountablePool, log: DaemonLog, options: FileSystemOptions) {
         self.pool = pool

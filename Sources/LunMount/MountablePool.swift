@@ -25,6 +25,7 @@ protocol MountablePool: AnyObject, Sendable {
     func write(_ id: DiskID, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError)
     func discard(_ id: DiskID, at offset: UInt64, length: UInt64) throws(LunError)
     func seek(_ id: DiskID, from offset: UInt64, data: Bool) throws(LunError) -> UInt64?
+    func scrub(repair: Bool) -> ScrubReport
 }
 
 extension Pool: MountablePool {}

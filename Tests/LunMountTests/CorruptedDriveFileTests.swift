@@ -24,24 +24,25 @@ final class CorruptedDriveFileTests: MountTestCase {
         return bytes
     }
 
-    /// Flips `count` bytes at random non-zero places (written data) of the drive files' data area.
-    private func flipBytes(_ count: Int, _ rng: inout SeededRandom) throws -> Int {
-        var flipped = 0
+    /// Flips `count` bytes in distinct 4 KiB blocks at random non-zero places (written data) of
+    /// the data area of one drive file: a redundant store keeps its members on distinct drives,
+    /// so each damaged block keeps a good copy.
+    private func flipBytes(_ count: Int, onDrive d: Int, _ rng: inout SeededRandom) throws -> Int {
+        var flipped = Set<Int>()
         var tries = 0
-        while flipped < count && tries < 100_000 {
+        while flipped.count < count && tries < 20_000 {
             tries += 1
-            let d = Int(rng.below(UInt64(driveCount)))
             let fd = try openFile(drivePath(d), O_RDWR)
             defer { close(fd) }
             // Quorum space is the first 8 MiB of a 64 MiB drive; data follows.
             let offset = (8 << 20) + Int(rng.below(16 << 20))
             var byte: UInt8 = 0
-            guard pread(fd, &byte, 1, off_t(offset)) == 1, byte != 0 else { continue }
+            guard !flipped.contains(offset / 4096), pread(fd, &byte, 1, off_t(offset)) == 1, byte != 0 else { continue }
             byte ^= UInt8(1 + rng.below(255))
             XCTAssertEqual(pwrite(fd, &byte, 1, off_t(offset)), 1)
-            flipped += 1
+            flipped.insert(offset / 4096)
         }
-        return flipped
+        return flipped.count
     }
 
     func testFlippedBytesUnderRAID1AndRAID5ReadBackExactAndScrubRepairs() throws {
@@ -49,7 +50,7 @@ final class CorruptedDriveFileTests: MountTestCase {
         let images = ["mirror/disk.img": try writeDisk("mirror", level: 1, size: 5 << 20, &rng),
                       "parity/disk.img": try writeDisk("parity", level: 5, size: 7 << 20 + 4321, &rng)]
         try pool.unmount()
-        XCTAssertEqual(try flipBytes(40, &rng), 40)
+        XCTAssertEqual(try flipBytes(40, onDrive: 2, &rng), 40)
         try pool.mount()
         for (path, bytes) in images {
             let read = try readWholeFile(pool.path(path))
@@ -75,11 +76,31 @@ final class CorruptedDriveFileTests: MountTestCase {
         }
     }
 
+    /// A mounted pool scrubs on request (`user.lunfs.scrub` on the root) while it serves I/O.
+    func testScrubOfAMountedPoolRepairsOnRequest() throws {
+        var rng = SeededRandom(seed: newSeed("testScrubOfAMountedPoolRepairsOnRequest"))
+        let bytes = try writeDisk("vm", level: 1, size: 6 << 20, &rng)
+        XCTAssertEqual(try getAttribute(pool.mountpoint, "user.lunfs.scrub"), "no scrub has run during this mount")
+        XCTAssertEqual(try flipBytes(12, onDrive: 3, &rng), 12)
+        try setAttribute(pool.mountpoint, "user.lunfs.scrub", "repair")
+        let repaired = try getAttribute(pool.mountpoint, "user.lunfs.scrub", capacity: 1 << 16)
+        XCTAssertTrue(repaired.contains("12 damaged, 12 repaired, 0 without a good copy"), repaired)
+        XCTAssertTrue(repaired.contains("disk vm"), repaired)
+        try setAttribute(pool.mountpoint, "user.lunfs.scrub", "check")
+        XCTAssertTrue(try getAttribute(pool.mountpoint, "user.lunfs.scrub").contains(" 0 damaged"))
+        XCTAssertEqual(errnoOf { try setAttribute(pool.mountpoint, "user.lunfs.scrub", "now") }, EINVAL)
+        let read = try readWholeFile(pool.path("vm/disk.img"))
+        XCTAssertTrue(sameBytes(read[...], bytes[...]))
+    }
+
     func testFlippedByteUnderRAID0IsEIO() throws {
         var rng = SeededRandom(seed: newSeed("testFlippedByteUnderRAID0IsEIO"))
         let bytes = try writeDisk("stripe", level: 0, size: 4 << 20, &rng)
         try pool.unmount()
-        XCTAssertEqual(try flipBytes(1, &rng), 1)
+        // One byte on the first drive that holds some of the disk (a RAID 0 store spans 4 of the 5).
+        var flipped = 0
+        for d in 0..<driveCount where flipped == 0 { flipped = try flipBytes(1, onDrive: d, &rng) }
+        XCTAssertEqual(flipped, 1)
         try pool.mount()
         let fd = try openFile(pool.path("stripe/disk.img"), O_RDONLY)
         defer { close(fd) }

@@ -14,7 +14,12 @@ import Glibc
 #endif
 
 /// What a scrub or a recovery found and did.
-public struct ScrubReport: Sendable {
+public struct ScrubReport: Sendable, CustomStringConvertible {
+    public var description: String {
+        "\(rsegsChecked) segments, \(blocksChecked) blocks checked: \(damagedBlocks) damaged, \(repairedBlocks) repaired, "
+            + "\(unrecoverableBlocks) without a good copy, \(inconsistentBlocks) mirror or parity blocks out of step"
+    }
+
     public var rsegsChecked = 0
     public var blocksChecked = 0
     /// Blocks that failed their checksum.
@@ -49,7 +54,8 @@ enum RedundancyCheckMode {
 
 extension Pool {
     /// Reads every used RSEG of every store and checks every block (`lunfs check --scrub`,
-    /// `--repair`). Runs on a pool that serves no I/O.
+    /// `--repair`, and `user.lunfs.scrub` on a mounted pool, which serves I/O meanwhile: each
+    /// row is checked under its stripe lock, which every write of it holds).
     public func scrub(repair: Bool) -> ScrubReport {
         let rsds = state.rsds
         let stores = (0..<rsds.highWater).filter { rsds.isLive($0) }
@@ -65,14 +71,25 @@ extension Pool {
         let unit = Int(geometry.stripeUnitBytes)
         let buffers = (0..<RSDTable.maxMembers).map { _ in scratchBuffer(unit) }
         defer { for b in buffers { b.deallocate() } }
+        // Only RSEGs some map points at: one being filled for a write (allocated, not yet
+        // mapped) holds no data yet, and one freed meanwhile no longer matters.
+        var mapped = Set<Int>()
+        stateLock.withLock {
+            for d in state.disks.values {
+                d.map.forEachMapped { _, e in if e.holdsData { mapped.insert(Int(e.store) << 3 | e.rseg) } }
+            }
+        }
         var done = 0
         for id in stores where rsds.isLive(id) {
             guard let level = rsds.level(id) else { continue }
-            for r in 0..<geometry.rsegsPerStore where rsds.isUsed(id, rseg: r) {
+            for r in 0..<geometry.rsegsPerStore where mapped.contains(id << 3 | r) {
                 done += 1
                 if done % 4096 == 0 { log("checking blocks: \(done) of \(total) segments (\(done * 100 / max(total, 1))%)") }
-                var row = RowCheck(pool: self, store: id, level: level, rseg: r, buffers: buffers, mode: mode)
-                row.run(&report, &places)
+                storeIO.stripeLock(id, r).withLock {
+                    guard rsds.isLive(id), rsds.level(id) == level else { return }
+                    var row = RowCheck(pool: self, store: id, level: level, rseg: r, buffers: buffers, mode: mode)
+                    row.run(&report, &places)
+                }
             }
         }
         report.findings = describe(places)

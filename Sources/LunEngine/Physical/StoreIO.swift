@@ -31,7 +31,7 @@ struct StoreIO: @unchecked Sendable {
     private static let blockBytes = ChecksumArea.blockBytes
 
     @inline(__always)
-    private func stripeLock(_ store: Int, _ rseg: Int) -> Lock { stripeLocks[(store &* 8 &+ rseg) & 255] }
+    func stripeLock(_ store: Int, _ rseg: Int) -> Lock { stripeLocks[(store &* 8 &+ rseg) & 255] }
 
     private func withStripeLock<T>(_ store: Int, _ rseg: Int, held: Bool, _ body: () throws(LunError) -> T) throws(LunError) -> T {
         if held { return try body() }
