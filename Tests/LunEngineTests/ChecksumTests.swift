@@ -181,6 +181,9 @@ final class ChecksumTests: XCTestCase {
         XCTAssertEqual(pool.state.intent.count, 1, "an in-place write joins its store first")
         XCTAssertEqual(pool.state.intentDurable.count, 1)
         for _ in 0..<(PoolState.intentIdleCommits + 2) { try pool.commit() }
+        XCTAssertEqual(pool.state.intent.count, 1, "a store stays in the set for a while after its last write")
+        pool.intentClockOffset.withLock { $0 = PoolState.intentIdleSeconds }
+        for _ in 0..<2 { try pool.commit() }
         XCTAssertTrue(pool.state.intent.isEmpty, "idle stores leave the set")
         try pool.close()
     }

@@ -161,6 +161,9 @@ public struct PoolChecker {
         let scrub = pool.scrub(repair: repair)
         report.rsegsScrubbed = scrub.rsegsChecked
         report.scrub = scrub
+        if scrub.storesLeftToRecovery > 0 {
+            report.notes.append("\(scrub.storesLeftToRecovery) stores may hold writes cut by an unclean shutdown and were not scrubbed; the next read-write open (mount, check --repair) settles them")
+        }
         guard repair && !pool.readOnly, !scrub.findings.isEmpty else {
             report.problems += scrub.findings
             return

@@ -35,6 +35,9 @@ public struct ScrubReport: Sendable, CustomStringConvertible {
     public var unrecoverableBlocks = 0
     /// One line per damaged place: drive, offset, and the disk and offset it belongs to.
     public var findings: [String] = []
+    /// Stores of the write-intent set of a pool not closed cleanly, not scrubbed read-only:
+    /// the next read-write open settles them.
+    public var storesLeftToRecovery = 0
 }
 
 enum RedundancyCheckMode {
@@ -58,8 +61,13 @@ extension Pool {
     /// row is checked under its stripe lock, which every write of it holds).
     public func scrub(repair: Bool) -> ScrubReport {
         let rsds = state.rsds
-        let stores = (0..<rsds.highWater).filter { rsds.isLive($0) }
-        return checkRedundancy(stores: stores, mode: .scrub(repair: repair && !readOnly))
+        // Read-only, a pool that was not closed cleanly still holds the writes a crash cut in
+        // its write-intent set: not damage, and settled by the next read-write open.
+        let cut = readOnly && !metadata.superblock.isClean ? stateLock.withLock { state.intent } : []
+        let stores = (0..<rsds.highWater).filter { rsds.isLive($0) && !cut.contains($0) }
+        var report = checkRedundancy(stores: stores, mode: .scrub(repair: repair && !readOnly))
+        report.storesLeftToRecovery = cut.count
+        return report
     }
 
     /// Checks the used RSEGs of `stores` and settles them by `mode`.

@@ -26,6 +26,8 @@ public final class Pool: @unchecked Sendable {
     /// Commits made since the pool was opened (journal records and checkpoints).
     public var commitCount: Int { commits.load(ordering: .relaxed) }
     private let commits = Atomic<Int>(0)
+    /// Added to the write-intent set's clock, so that a test can age the set without waiting.
+    let intentClockOffset = Mutex<Double>(0)
     /// What recovery noticed when the pool was opened (damaged copies it worked around).
     public private(set) var openNotes: [String] = []
     /// What a read-write open changed to bring the pool back in step (rebuilt drives, resync,
@@ -357,7 +359,7 @@ public final class Pool: @unchecked Sendable {
 
     func commitLocked() throws(LunError) {
         stateLock.lock()
-        state.clearIdleIntents()
+        state.clearIdleIntents(now: intentSeconds())
         let payload = state.journal.bytes
         let freed = state.pendingFree
         let tooBig = !metadata.fits(recordBytes: metadata.recordSize(payloadBytes: payload.count))
@@ -502,7 +504,7 @@ public final class Pool: @unchecked Sendable {
                     state.intentWriters[store, default: 0] += 1
                     return true
                 }
-                if !state.intent.contains(store) { state.applyIntentAdd(store) }
+                if !state.intent.contains(store) { state.applyIntentAdd(store, now: intentSeconds()) }
                 return false
             }
             if ready { return }
@@ -517,9 +519,12 @@ public final class Pool: @unchecked Sendable {
         stateLock.withLock {
             let running = state.intentWriters[store]! - 1
             state.intentWriters[store] = running == 0 ? nil : running
-            state.intentLastWrite[store] = state.intentClock
+            state.intentLastWrite[store] = (state.intentClock, intentSeconds())
         }
     }
+
+    /// The clock the write-intent set ages by (seconds since boot); tests may move it on.
+    func intentSeconds() -> Double { ProcessInfo.processInfo.systemUptime + intentClockOffset.withLock { $0 } }
 
     func checkWritable() throws(LunError) {
         if readOnly { throw .notPermitted("the pool is open read-only") }

@@ -48,17 +48,21 @@ final class PoolState: @unchecked Sendable {
     var intentJoinsInFlight = Set<Int>()
     /// In-place writes running, per store, and the `intentClock` when one last finished.
     var intentWriters: [Int: Int] = [:]
-    var intentLastWrite: [Int: Int] = [:]
+    var intentLastWrite: [Int: (clock: Int, seconds: Double)] = [:]
     /// Commits whose data sync succeeded. A write that ended at clock c is synced once the
     /// clock reads c + 2 (the sync that moved it to c + 2 began after the write ended).
     var intentClock = 0
-    /// A store leaves the set after this many synced commits without an in-place write.
+    /// A store leaves the set after this many synced commits without an in-place write, and
+    /// no sooner than this many seconds after the last one. The commits make it safe; the
+    /// seconds keep a store that is written now and then from joining (one commit each time)
+    /// over and over, since joins are commits and would otherwise age the set themselves.
     static let intentIdleCommits = 3
+    static let intentIdleSeconds = 30.0
 
-    func applyIntentAdd(_ store: Int) {
+    func applyIntentAdd(_ store: Int, now seconds: Double) {
         intent.insert(store)
         intentJoinsPending.insert(store)
-        intentLastWrite[store] = intentClock
+        intentLastWrite[store] = (intentClock, seconds)
         log(.intentAdd) { $0.varint(UInt64(store)) }
     }
 
@@ -77,10 +81,12 @@ final class PoolState: @unchecked Sendable {
 
     /// Logs the departure of every store whose in-place writes are all synced and that has
     /// had none for a while. Called by a commit before it takes the pending record.
-    func clearIdleIntents() {
-        for s in intent where intentWriters[s] == nil && intentDurable.contains(s)
-            && (intentLastWrite[s] ?? 0) <= intentClock - Self.intentIdleCommits {
-            applyIntentClear(s)
+    func clearIdleIntents(now seconds: Double) {
+        for s in intent where intentWriters[s] == nil && intentDurable.contains(s) {
+            let last = intentLastWrite[s] ?? (0, 0)
+            if last.clock <= intentClock - Self.intentIdleCommits && seconds - last.seconds >= Self.intentIdleSeconds {
+                applyIntentClear(s)
+            }
         }
     }
 
