@@ -34,7 +34,7 @@ final class ExtendedAttributeTests: MountTestCase {
         for name in ["raid", "reserved", "reserve_snapshots", "size", "allocated", "unique", "shared", "created"] {
             XCTAssertTrue(names.contains("user.lunfs.\(name)"), "listxattr lacks \(name): \(names)")
         }
-        XCTAssertEqual(try listAttributes(pool.mountpoint), [])
+        XCTAssertEqual(try listAttributes(pool.mountpoint), ["user.lunfs.scrub"], "the root has only the scrub request")
         let created = try XCTUnwrap(UInt64(getAttribute(vm, "user.lunfs.created")))
         XCTAssertLessThanOrEqual(abs(Int64(created) - Int64(time(nil))), 60)
         // getfattr, the tool users have, sees them too.
