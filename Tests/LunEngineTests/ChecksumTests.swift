@@ -169,6 +169,47 @@ final class ChecksumTests: XCTestCase {
         }
     }
 
+    /// One member drive that flips bits in reads and sends writes to the wrong place, at
+    /// random, under a mix of writes and reads: every read returns the model's bytes, and a
+    /// scrub with repair leaves nothing damaged.
+    func testFaultyMemberNeverReturnsWrongBytes() throws {
+        for level in [RAIDLevel.raid1, .raid5] {
+            let seed: UInt64 = level == .raid1 ? 41 : 45
+            let set = SimulatedDriveSet(count: 8, sizeBytes: 64 << 20, seed: seed)
+            try Pool.format(devices: set.devices, raid: level)
+            let pool = try Pool.open(devices: set.devices)
+            let id = try pool.createDisk(named: "vm")
+            var rng = TestRandom(seed: seed)
+            var model = rng.bytes(6 << 20)
+            try pool.write(id, at: 0, model)
+            try pool.commit()
+            // Drive 3 holds no metadata: its faults touch data and checksums only.
+            set[3].faultProbabilities = FaultProbabilities(readCorruptionProbability: 0.05, misdirectedWriteProbability: 0.05)
+            for step in 0..<400 {
+                let n = 1 + Int(rng.below(150_000))
+                let at = Int(rng.below(UInt64(model.count - n)))
+                if step % 2 == 0 {
+                    let bytes = rng.bytes(n)
+                    try pool.write(id, at: UInt64(at), bytes)
+                    model.replaceSubrange(at..<at + n, with: bytes)
+                } else {
+                    XCTAssertEqual(try pool.readBytes(id, at: UInt64(at), count: n), Array(model[at..<at + n]), "\(level) step \(step)")
+                }
+                if step % 50 == 49 { try pool.commit() }
+            }
+            let faults = set[3].counters
+            set[3].faultProbabilities = .none
+            assertSameBytes(try pool.image(id), model, "\(level)")
+            let scrub = pool.scrub(repair: true)
+            XCTAssertEqual(scrub.unrecoverableBlocks, 0, "\(level): \(scrub.findings.prefix(5))")
+            XCTAssertEqual(pool.scrub(repair: false).damagedBlocks, 0, "\(level)")
+            print("checksums \(level) faulty member: \(faults.corruptedReads) corrupted reads, \(faults.misdirectedWrites) misdirected writes; "
+                  + "\(pool.storeIO.checksums.repairs.load(ordering: .relaxed)) blocks repaired by reads, \(scrub.repairedBlocks) by scrub; 0 wrong bytes")
+            XCTAssertGreaterThan(faults.corruptedReads + faults.misdirectedWrites, 3)
+            try pool.close()
+        }
+    }
+
     func testIntentSetEmptiesWhenWritesStop() throws {
         let drives = MemoryDrives(count: 5, sizeBytes: 64 << 20)
         try drives.format(raid: .raid5)
