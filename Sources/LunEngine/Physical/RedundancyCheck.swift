@@ -311,7 +311,10 @@ private struct RowCheck {
                 for x in remaining {
                     candidate.initializeMemory(as: UInt8.self, repeating: 0)
                     for m in 0..<5 where m != x { xorBytes(into: candidate.baseAddress!, from: block(m, b).baseAddress!, count: Self.bb) }
-                    guard (try? checksums.verify(members[x].drive, UnsafeRawBufferPointer(candidate), at: offset(x, block: b)))?.isEmpty == true else { continue }
+                    // Outside recovery a single failing member with four good ones is damage
+                    // (perhaps of its checksum entry): the rebuild is right, as a read's is.
+                    let alone = !mode.acceptsInFlight && broken.count == 1
+                    guard alone || (try? checksums.verify(members[x].drive, UnsafeRawBufferPointer(candidate), at: offset(x, block: b)))?.isEmpty == true else { continue }
                     block(x, b).copyMemory(from: UnsafeRawBufferPointer(candidate))
                     if mode.settles { rewrite(x, b); report.repairedBlocks += 1 }
                     if !mode.acceptsInFlight {
@@ -323,7 +326,7 @@ private struct RowCheck {
             }
         }
         guard !remaining.isEmpty else { return }
-        if mode.acceptsInFlight {
+        if mode.acceptsInFlight && absent.isEmpty {
             for m in remaining { accept(m, b) }
             report.acceptedBlocks += remaining.count
             if absent.isEmpty {
@@ -334,8 +337,13 @@ private struct RowCheck {
                 rewrite(parity, b)
             }
         } else {
+            // With a member missing, a block taken as it is would also define what the missing
+            // one rebuilds as: it stays failing (EIO) rather than make up bytes.
             report.unrecoverableBlocks += remaining.count
             for m in remaining { places.append(place(m, b, 1, "fails its checksum and the other RAID 5 members cannot rebuild it")) }
+            if mode.acceptsInFlight {
+                pool.log("recovery: drive \(members[remaining[0]].drive) offset \(offset(remaining[0], block: b)): a write cut by the crash on a RAID 5 row with a member missing; left failing")
+            }
         }
     }
 }

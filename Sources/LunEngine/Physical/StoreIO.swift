@@ -19,7 +19,12 @@ struct StoreIO: @unchecked Sendable {
     /// checksum; a read that finds damage takes it before it believes what it found.
     private let stripeLocks: [Lock]
 
-    init(table: RSDTable, checksums: BlockChecksums, geometry: PoolGeometry) {
+    /// False on a read-only pool: reads still return the good copy but write nothing (another
+    /// process may be writing the same drives).
+    let repairs: Bool
+
+    init(table: RSDTable, checksums: BlockChecksums, geometry: PoolGeometry, repairs: Bool) {
+        self.repairs = repairs
         self.table = table
         self.drives = checksums.drives
         self.checksums = checksums
@@ -203,7 +208,7 @@ struct StoreIO: @unchecked Sendable {
                 drives.log("read of \(describe()) failed: \(place) fails its checksum and no good copy is left (\(error))")
                 throw .io("\(place) fails its checksum and no good copy is left")
             }
-            guard readable else { continue }
+            guard readable && repairs else { continue }
             do {
                 try checksums.write(primary.drive, UnsafeRawBufferPointer(runPiece), at: runAt)
                 checksums.repairs.add(run.count, ordering: .relaxed)
@@ -379,6 +384,9 @@ struct StoreIO: @unchecked Sendable {
                 landed += 1
             } catch {
                 drives.noteError()
+                // Parity not rewritten would pass its checksum with old contents and rebuild
+                // old bytes later: the parity drive leaves service instead.
+                if landed < 2 && drives.isAvailable(parityMember.drive) { drives.markFailed(parityMember.drive, error) }
             }
             if landed > 0 { return }
         }

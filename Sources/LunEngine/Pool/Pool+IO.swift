@@ -206,8 +206,9 @@ extension Pool {
             // In-place pieces join the write-intent set now: joining may commit, and that
             // commit must not carry the new size without the data it covers.
             let inPlaceStores = Set(steps.filter { $0.mine == nil }.map { Int($0.entry.store) })
-            for s in inPlaceStores { try beginInPlaceWrite(s) }
-            defer { for s in inPlaceStores { endInPlaceWrite(s) } }
+            var joined: [Int] = []
+            defer { for s in joined { endInPlaceWrite(s) } }
+            for s in inPlaceStores { try beginInPlaceWrite(s); joined.append(s) }
             let end = offset + UInt64(buffer.count)
             if end > d.sizeBytes || !d.hasWritten {
                 stateLock.withLock {

@@ -55,7 +55,7 @@ public final class Pool: @unchecked Sendable {
         self.metadata = metadata
         self.log = log
         let checksums = BlockChecksums(drives: drives, driveSizes: driveSizes, psegSizeBytes: state.geometry.psegSizeBytes)
-        self.storeIO = StoreIO(table: state.rsds, checksums: checksums, geometry: state.geometry)
+        self.storeIO = StoreIO(table: state.rsds, checksums: checksums, geometry: state.geometry, repairs: !readOnly)
     }
 
     var geometry: PoolGeometry { state.geometry }
@@ -319,6 +319,18 @@ public final class Pool: @unchecked Sendable {
                 log("cannot write an identity to drive \(d) (\(device.name)): \(error)")
             }
         }
+        // Writes a crash cut are settled first (stale drives are out of service already), so
+        // that the rebuild of a stale drive copies settled blocks, not cut ones.
+        if !sb.isClean {
+            let report = pool.recoverInFlightWrites()
+            if report.acceptedBlocks + report.repairedBlocks + report.inconsistentBlocks > 0 {
+                let note = "after an unclean shutdown: \(report.rsegsChecked) segments of the write-intent set checked; "
+                    + "\(report.repairedBlocks) blocks repaired from a good copy, \(report.acceptedBlocks) cut in flight taken as they are, "
+                    + "\(report.inconsistentBlocks) mirror or parity blocks brought back in step"
+                pool.openNotes.append(note)
+                pool.repairs.append(note)
+            }
+        }
         if !stale.isEmpty {
             let result = pool.rebuildStaleDrives(stale, replacements: replacements)
             var note = "drives \(stale) were stale (missing or out of service when the pool was last written, or replacements); rebuilt \(result.rebuilt) chunks on them from redundancy"
@@ -329,16 +341,6 @@ public final class Pool: @unchecked Sendable {
             pool.repairs.append(note)
             pool.staleDriveIndexes = Set(result.failed.keys)
             try pool.refuseDataOnlyOnStaleDrives(Set(stale).subtracting(replacements))
-        }
-        if !sb.isClean {
-            let report = pool.recoverInFlightWrites()
-            if report.acceptedBlocks + report.repairedBlocks + report.inconsistentBlocks > 0 {
-                let note = "after an unclean shutdown: \(report.rsegsChecked) segments of the write-intent set checked; "
-                    + "\(report.repairedBlocks) blocks repaired from a good copy, \(report.acceptedBlocks) cut in flight taken as they are, "
-                    + "\(report.inconsistentBlocks) mirror or parity blocks brought back in step"
-                pool.openNotes.append(note)
-                pool.repairs.append(note)
-            }
         }
         // Everything written before this open is settled: the write-intent set starts empty.
         for s in state.intent { state.forgetIntent(s) }
