@@ -3,6 +3,8 @@
 // touch; and a crash that cuts in-place writes leaves blocks that recovery settles, so reads
 // neither fail nor return a byte the disk never had.
 import XCTest
+import Foundation
+import Synchronization
 @testable import LunEngine
 import LunEngineTesting
 
@@ -210,6 +212,57 @@ final class ChecksumTests: XCTestCase {
         }
     }
 
+    /// Readers of blocks that writers overwrite in place at the same time, with a committer
+    /// and a snapshot in the middle: a read that catches a block between its data and its
+    /// checksum must wait for the write, never call it damage and never "repair" it with the
+    /// other copy's older bytes. Every block read is whole (one version), nothing is repaired.
+    func testReadsRacingInPlaceWritesSeeWholeBlocksAndRepairNothing() throws {
+        for level in [RAIDLevel.raid1, .raid5] {
+            // Writes that take a while, so that reads land between a block and its checksum.
+            let devices = (0..<8).map { SlowWrites(MemoryDevice(name: "mem\($0)", sizeBytes: 64 << 20)) }
+            try Pool.format(devices: devices, raid: level)
+            let pool = try Pool.open(devices: devices)
+            let id = try pool.createDisk(named: "vm")
+            let blocks = 64
+            try pool.write(id, at: 0, [UInt8](repeating: 1, count: blocks * 4096))
+            try pool.commit()
+            let stop = Atomic<Bool>(false)
+            let bad = Atomic<Int>(0)
+            let group = DispatchGroup()
+            for w in 0..<2 {
+                DispatchQueue.global().async(group: group) {
+                    var rng = TestRandom(seed: UInt64(100 + w))
+                    for i in 0..<600 {
+                        let b = Int(rng.below(UInt64(blocks)))
+                        // Every block holds one byte value throughout: the version's.
+                        try? pool.write(id, at: UInt64(b * 4096), [UInt8](repeating: UInt8(2 + (i + w) % 250), count: 4096))
+                    }
+                }
+            }
+            for r in 0..<2 {
+                DispatchQueue.global().async(group: group) {
+                    var rng = TestRandom(seed: UInt64(200 + r))
+                    while !stop.load(ordering: .relaxed) {
+                        let b = Int(rng.below(UInt64(blocks)))
+                        guard let got = try? pool.readBytes(id, at: UInt64(b * 4096), count: 4096) else { bad.add(1, ordering: .relaxed); continue }
+                        if got.contains(where: { $0 != got[0] }) { bad.add(1, ordering: .relaxed) }
+                    }
+                }
+            }
+            DispatchQueue.global().async(group: group) {
+                while !stop.load(ordering: .relaxed) { try? pool.commit() }
+            }
+            _ = try pool.createSnapshot(of: id, named: "mid")
+            Thread.sleep(forTimeInterval: 1.5)
+            stop.store(true, ordering: .relaxed)
+            group.wait()
+            XCTAssertEqual(bad.load(ordering: .relaxed), 0, "\(level): torn or failed reads")
+            XCTAssertEqual(pool.storeIO.checksums.repairs.load(ordering: .relaxed), 0, "\(level): a race taken for damage")
+            XCTAssertEqual(pool.scrub(repair: false).damagedBlocks, 0, "\(level)")
+            try pool.close()
+        }
+    }
+
     func testIntentSetEmptiesWhenWritesStop() throws {
         let drives = MemoryDrives(count: 5, sizeBytes: 64 << 20)
         try drives.format(raid: .raid5)
@@ -229,3 +282,19 @@ final class ChecksumTests: XCTestCase {
         try pool.close()
     }
 }
+
+/// A device whose writes take 100 µs longer.
+private final class SlowWrites: BlockDevice, @unchecked Sendable {
+    let inner: MemoryDevice
+    init(_ inner: MemoryDevice) { self.inner = inner }
+    var sizeBytes: UInt64 { inner.sizeBytes }
+    var name: String { inner.name }
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(LunError) { try inner.read(into: buffer, at: offset) }
+    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
+        usleep(100)
+        try inner.write(buffer, at: offset)
+    }
+    func sync() throws(LunError) { try inner.sync() }
+    func zero(at offset: UInt64, length: UInt64) throws(LunError) { try inner.zero(at: offset, length: length) }
+}
+

@@ -12,9 +12,7 @@ final class BlockChecksums: @unchecked Sendable {
     let drives: DriveSet
     /// Byte offset of each drive's checksum area.
     private let areaStart: [UInt64]
-    /// Blocks found damaged (a confirmed mismatch, counted by the store) and blocks rewritten
-    /// from a good copy.
-    let mismatches = Atomic<Int>(0)
+    /// Blocks a read rewrote from a good copy.
     let repairs = Atomic<Int>(0)
 
     static let blockBytes = ChecksumArea.blockBytes
@@ -59,21 +57,23 @@ final class BlockChecksums: @unchecked Sendable {
         Self.assertBlocks(offset, data.count)
         guard let device = drives.devices(drive) else { throw .io("drive \(drive) is missing") }
         try device.write(data, at: offset)
-        let n = data.count / Self.blockBytes
-        try withUnsafeTemporaryAllocation(of: UInt32.self, capacity: n) { (sums) throws(LunError) in
-            compute(drive, data, at: offset, into: sums)
-            try device.write(UnsafeRawBufferPointer(sums), at: checksumOffset(drive, offset))
-        }
+        try withChecksums(drive, of: data, at: offset) { (sums, at) throws(LunError) in try device.write(sums, at: at) }
     }
 
     /// Rewrites only the checksums, for blocks whose bytes are to be taken as they are (blocks
     /// a crash cut in flight, see RedundancyCheck).
     func writeChecksums(_ drive: Int, of data: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
         Self.assertBlocks(offset, data.count)
+        try withChecksums(drive, of: data, at: offset) { (sums, at) throws(LunError) in try drives.write(drive, sums, at: at) }
+    }
+
+    /// Computes the checksums of `data` and hands them, with where they go, to `store`.
+    private func withChecksums(_ drive: Int, of data: UnsafeRawBufferPointer, at offset: UInt64,
+                               _ store: (UnsafeRawBufferPointer, UInt64) throws(LunError) -> Void) throws(LunError) {
         let n = data.count / Self.blockBytes
         try withUnsafeTemporaryAllocation(of: UInt32.self, capacity: n) { (sums) throws(LunError) in
             compute(drive, data, at: offset, into: sums)
-            try drives.write(drive, UnsafeRawBufferPointer(sums), at: checksumOffset(drive, offset))
+            try store(UnsafeRawBufferPointer(sums), checksumOffset(drive, offset))
         }
     }
 

@@ -216,6 +216,13 @@ private struct RowCheck {
                      column: column(m), withinColumn: b * Self.bb, what: what)
     }
 
+    /// Block b of every present member but `except` XORed into `target` (RAID 5: what the
+    /// missing member must hold, or with `except` the parity, the parity of the data).
+    func xorOfOthers(_ b: Int, except: Int, into target: UnsafeMutableRawBufferPointer) {
+        target.initializeMemory(as: UInt8.self, repeating: 0)
+        for m in 0..<5 where m != except { xorBytes(into: target.baseAddress!, from: block(m, b).baseAddress!, count: Self.bb) }
+    }
+
     /// Rewrites block b of member m from the buffer (data and checksum).
     func rewrite(_ m: Int, _ b: Int) {
         do { try checksums.write(members[m].drive, UnsafeRawBufferPointer(block(m, b)), at: offset(m, block: b)) } catch {
@@ -309,8 +316,7 @@ private struct RowCheck {
             while progress && !remaining.isEmpty {
                 progress = false
                 for x in remaining {
-                    candidate.initializeMemory(as: UInt8.self, repeating: 0)
-                    for m in 0..<5 where m != x { xorBytes(into: candidate.baseAddress!, from: block(m, b).baseAddress!, count: Self.bb) }
+                    xorOfOthers(b, except: x, into: candidate)
                     // Outside recovery a single failing member with four good ones is damage
                     // (perhaps of its checksum entry): the rebuild is right, as a read's is.
                     let alone = !mode.acceptsInFlight && broken.count == 1
@@ -331,9 +337,7 @@ private struct RowCheck {
             report.acceptedBlocks += remaining.count
             if absent.isEmpty {
                 // The data blocks as they are now define the parity.
-                let target = block(parity, b)
-                target.initializeMemory(as: UInt8.self, repeating: 0)
-                for m in 0..<5 where m != parity { xorBytes(into: target.baseAddress!, from: block(m, b).baseAddress!, count: Self.bb) }
+                xorOfOthers(b, except: parity, into: block(parity, b))
                 rewrite(parity, b)
             }
         } else {

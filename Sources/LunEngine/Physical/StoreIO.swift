@@ -126,25 +126,22 @@ struct StoreIO: @unchecked Sendable {
     /// so that no pool thread ever waits for a lock a writer holds while it waits for the pool.
     private func readBlocks(_ store: Int, _ level: RAIDLevel, _ rseg: Int, _ offset: Int, _ buffer: UnsafeMutableRawBufferPointer,
                             lockHeld: Bool, _ describe: () -> String) throws(LunError) {
+        guard let pool = drives.transfers, buffer.count >= 2 * Self.sideBySideMinimumBytes else {
+            try forEachColumn(offset: offset, count: buffer.count) { column, within, at, n throws(LunError) in
+                try readColumn(store: store, level: level, rseg: rseg, column: column, within: within,
+                               into: UnsafeMutableRawBufferPointer(rebasing: buffer[at..<at + n]), lockHeld: lockHeld, describe)
+            }
+            return
+        }
         var pieces: [(column: Int, within: Int, at: Int, n: Int)] = []
         forEachColumn(offset: offset, count: buffer.count) { pieces.append(($0, $1, $2, $3)) }
-        let sideBySide = drives.transfers != nil && buffer.count >= 2 * Self.sideBySideMinimumBytes
-        var good: [Bool]
-        if sideBySide {
-            let flags = UnsafeMutableBufferPointer<Bool>.allocate(capacity: pieces.count)
-            flags.initialize(repeating: false)
-            defer { flags.deallocate() }
-            drives.transfers!.run(pieces.count) { i in
-                let p = pieces[i]
-                flags[i] = readPrimary(store: store, level: level, rseg: rseg, column: p.column, within: p.within,
-                                       into: UnsafeMutableRawBufferPointer(rebasing: buffer[p.at..<p.at + p.n]))
-            }
-            good = Array(flags)
-        } else {
-            good = pieces.map { p in
-                readPrimary(store: store, level: level, rseg: rseg, column: p.column, within: p.within,
-                            into: UnsafeMutableRawBufferPointer(rebasing: buffer[p.at..<p.at + p.n]))
-            }
+        let good = UnsafeMutableBufferPointer<Bool>.allocate(capacity: pieces.count)
+        good.initialize(repeating: false)
+        defer { good.deallocate() }
+        pool.run(pieces.count) { i in
+            let p = pieces[i]
+            good[i] = readPrimary(store: store, level: level, rseg: rseg, column: p.column, within: p.within,
+                                  into: UnsafeMutableRawBufferPointer(rebasing: buffer[p.at..<p.at + p.n]))
         }
         for (i, p) in pieces.enumerated() where !good[i] {
             try withStripeLock(store, rseg, held: lockHeld) { () throws(LunError) in
@@ -195,7 +192,6 @@ struct StoreIO: @unchecked Sendable {
             }
         }
         if bad.isEmpty { return }
-        if readable { checksums.mismatches.add(bad.count, ordering: .relaxed) }
         for run in Self.runs(bad) {
             let runPiece = UnsafeMutableRawBufferPointer(rebasing: piece[(run.lowerBound * bb)..<(run.upperBound * bb)])
             let runAt = at + UInt64(run.lowerBound * bb)
@@ -231,7 +227,6 @@ struct StoreIO: @unchecked Sendable {
             let partner = table.member(store, member < 4 ? member + 4 : member - 4)
             let bad = try checksums.read(partner.drive, into: piece, at: physicalOffset(partner, rseg: rseg, within: within))
             if !bad.isEmpty {
-                checksums.mismatches.add(bad.count, ordering: .relaxed)
                 throw .io("the mirror copy on drive \(partner.drive) fails its checksum too")
             }
         case .raid5:
@@ -242,7 +237,6 @@ struct StoreIO: @unchecked Sendable {
                 let o = table.member(store, other)
                 let bad = try checksums.read(o.drive, into: temp, at: physicalOffset(o, rseg: rseg, within: within))
                 if !bad.isEmpty {
-                    checksums.mismatches.add(bad.count, ordering: .relaxed)
                     throw .io("RAID 5 member on drive \(o.drive) fails its checksum too")
                 }
                 xorBytes(into: piece.baseAddress!, from: temp.baseAddress!, count: piece.count)
