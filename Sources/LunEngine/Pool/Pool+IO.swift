@@ -212,9 +212,7 @@ extension Pool {
             let end = offset + UInt64(buffer.count)
             if end > d.sizeBytes || !d.hasWritten {
                 stateLock.withLock {
-                    d.sizeBytes = max(d.sizeBytes, end)
-                    d.hasWritten = true
-                    state.logDisk(d)
+                    state.update(d) { $0.sizeBytes = max($0.sizeBytes, end); $0.hasWritten = true }
                 }
             }
             try fillSegments(d, steps, from: buffer)
@@ -305,20 +303,20 @@ extension Pool {
                 state.pendingFree.append((Int(e.store), e.rseg))
             case .handOff(let e):
                 let p = d.predecessor!
-                state.applySetEntry(p, k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
+                state.apply(.setEntry(disk: p.id, segment: k, entry: .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp)))
                 state.pendingUnshared.insert(PoolState.location(e))
             case .copyIn:
                 let s = d.successor!
                 state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
-                state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
+                state.apply(.setEntry(disk: s.id, segment: k, entry: s.map.entry(k).with(sp: false)))
             case .copyInAndOut:
                 let p = d.predecessor!, s = d.successor!
                 let theirs = step.theirs!
                 state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
-                state.applySetEntry(p, k, .held(store: UInt32(theirs.store), rseg: theirs.rseg, sp: p.map.entry(k).sp))
-                state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
+                state.apply(.setEntry(disk: p.id, segment: k, entry: .held(store: UInt32(theirs.store), rseg: theirs.rseg, sp: p.map.entry(k).sp)))
+                state.apply(.setEntry(disk: s.id, segment: k, entry: s.map.entry(k).with(sp: false)))
             }
-            state.applySetEntry(d, k, .held(store: UInt32(mine.store), rseg: mine.rseg, sp: false))
+            state.apply(.setEntry(disk: d.id, segment: k, entry: .held(store: UInt32(mine.store), rseg: mine.rseg, sp: false)))
         }
     }
 
@@ -348,9 +346,8 @@ extension Pool {
                 got.append(r)
             }
             for r in charged {
-                r.reservedSegments -= 1
+                state.update(r) { $0.reservedSegments -= 1 }
                 state.reservedTotal -= 1
-                state.logDisk(r)
             }
             return got
         }

@@ -24,10 +24,7 @@ extension Pool {
         defer { d.family.lock.unlock() }
         guard !d.removed, d.hasImage else { throw .stale("disk \(id) was deleted") }
         guard sizeBytes < d.sizeBytes else {
-            stateLock.withLock {
-                d.sizeBytes = sizeBytes
-                state.logDisk(d)
-            }
+            stateLock.withLock { state.update(d) { $0.sizeBytes = sizeBytes } }
             return
         }
         var tail: [WriteStep] = []
@@ -50,8 +47,7 @@ extension Pool {
         stateLock.withLock {
             switchMapsLocked(d, tail)
             dropSegmentsLocked(d, dropped, copies: copies)
-            d.sizeBytes = sizeBytes
-            state.logDisk(d)
+            state.update(d) { $0.sizeBytes = sizeBytes }
         }
         fresh = []
         copies = [:]
@@ -158,7 +154,7 @@ extension Pool {
             guard e.isMapped else { continue }
             if e.holdsData {
                 if e.sp, let p = d.predecessor {
-                    state.applySetEntry(p, k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
+                    state.apply(.setEntry(disk: p.id, segment: k, entry: .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp)))
                     state.pendingUnshared.insert(PoolState.location(e))
                 } else {
                     state.pendingFree.append((Int(e.store), e.rseg))
@@ -166,12 +162,12 @@ extension Pool {
             } else {
                 let s = d.successor!
                 state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
-                state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
+                state.apply(.setEntry(disk: s.id, segment: k, entry: s.map.entry(k).with(sp: false)))
                 if e.sp, let p = d.predecessor, let c = copied[k] {
-                    state.applySetEntry(p, k, .held(store: UInt32(c.store), rseg: c.rseg, sp: p.map.entry(k).sp))
+                    state.apply(.setEntry(disk: p.id, segment: k, entry: .held(store: UInt32(c.store), rseg: c.rseg, sp: p.map.entry(k).sp)))
                 }
             }
-            state.applySetEntry(d, k, .unmapped)
+            state.apply(.setEntry(disk: d.id, segment: k, entry: .unmapped))
         }
     }
 }

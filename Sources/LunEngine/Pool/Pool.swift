@@ -288,7 +288,6 @@ public final class Pool: @unchecked Sendable {
         for record in recovered.records { try state.replay(record) }
         try state.rebuildDerivedState()
         state.journal = ByteWriter()
-        state.journalOpCount = 0
         let metadata = MetadataStore(drives: drives, superblock: sb, nextSeq: recovered.lastSeq + 1,
                                      writePosition: recovered.journalEnd)
         metadata.driveSizes = resolution.sizes
@@ -371,7 +370,6 @@ public final class Pool: @unchecked Sendable {
             return
         }
         state.journal = ByteWriter(capacity: 4096)
-        state.journalOpCount = 0
         state.pendingFree = []
         // Until the record is durable, a write to a segment it unshares must still wait.
         state.unsharedInFlight = state.pendingUnshared
@@ -432,7 +430,6 @@ public final class Pool: @unchecked Sendable {
         commits.add(1, ordering: .relaxed)
         let freed = state.pendingFree
         state.journal = ByteWriter(capacity: 4096)
-        state.journalOpCount = 0
         state.pendingFree = []
         state.pendingUnshared = []
         state.intentDurable = state.intent
@@ -506,7 +503,10 @@ public final class Pool: @unchecked Sendable {
                     state.intentWriters[store, default: 0] += 1
                     return true
                 }
-                if !state.intent.contains(store) { state.applyIntentAdd(store, now: intentSeconds()) }
+                if !state.intent.contains(store) {
+                    state.apply(.intentAdd(store: store))
+                    state.intentLastWrite[store] = (state.intentClock, intentSeconds())
+                }
                 return false
             }
             if ready { return }
