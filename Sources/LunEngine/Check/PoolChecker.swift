@@ -91,7 +91,7 @@ public struct PoolChecker {
                         if !se.isMapped || !se.sp { report.problems.append("\(at): Ss set but successor \(s.id) has no Sp") }
                     } else { report.problems.append("\(at): Ss set without a successor") }
                 } else {
-                    let loc = PoolState.location(e)
+                    let loc = SharingChain.location(e)
                     if let other = holders[loc] {
                         report.problems.append("\(at): RSEG \(e.store).\(e.rseg) is also held by disk \(other)")
                     }

@@ -44,16 +44,4 @@ final class Disk: @unchecked Sendable {
         self.reserveSnapshots = false
         self.map = DiskMap(entriesPerLMap: entriesPerLMap)
     }
-
-    /// The entry that holds segment k's data for this disk: follow successors while Ss is set.
-    func holderEntry(_ k: Int) -> LMapEntry {
-        var d = self
-        var e = map.entry(k)
-        while e.ss {
-            guard let s = d.successor else { preconditionFailure("disk \(d.id) segment \(k): Ss set without successor") }
-            d = s
-            e = d.map.entry(k)
-        }
-        return e
-    }
 }

@@ -158,9 +158,16 @@ enum MetadataOp: Equatable {
             // sees the disks yet, so it joins it here.
             if state.replaying { p.family = x.family }
             guard p.family === x.family else { throw .corrupt("\(self): the snapshot is not in its disk's family") }
-            state.split(x, p)
+            SharingChain.insert(p, below: x)
         case .unlink(let id):
-            return state.unlink(try disk(id))
+            let x = try disk(id)
+            let change = SharingChain.afterRemoval(x)
+            // The edits are part of this op: applied here, at run time and in replay alike,
+            // and never logged on their own.
+            for edit in change.edits { try edit.apply(to: state) }
+            state.pendingUnshared.formUnion(change.unshared)
+            SharingChain.remove(x, entriesPerLMap: state.geometry.rsegsPerLMAP)
+            return change.freed
         case .intentAdd(let store):
             state.intent.insert(store)
             if !state.replaying { state.intentJoinsPending.insert(store) }

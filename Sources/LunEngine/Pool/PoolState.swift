@@ -116,48 +116,14 @@ final class PoolState: @unchecked Sendable {
         apply(.putDisk(record))
     }
 
-    /// The snapshot split (000 claims 1-6) on the maps and links: `p`, new and empty, goes
-    /// directly below `x`, and every segment x has becomes shared: p reads it through x (Ss),
-    /// and x knows its predecessor needs it (Sp). No data moves. Only `MetadataOp.split` calls it.
-    func split(_ x: Disk, _ p: Disk) {
-        p.predecessor = x.predecessor
-        x.predecessor?.successor = p
-        p.successor = x
-        x.predecessor = p
-        x.map.split(into: &p.map)
+    /// Applies a change of the sharing chain at run time: each map edit as a logged op, then
+    /// its effect on sharing (`pendingUnshared`, `pendingFree`).
+    func apply(_ change: ChainChange) {
+        for edit in change.edits { apply(edit) }
+        pendingUnshared.formUnion(change.unshared)
+        pendingFree += change.freed
     }
 
-    /// Takes `x` out of its chain. Its neighbours keep every byte: a segment x held for its
-    /// predecessor passes to the predecessor; a segment x read from its successor stays shared
-    /// between the neighbours when the predecessor read it too. Returns the RSEGs that nobody
-    /// needs any more. Only `MetadataOp.unlink` calls it.
-    func unlink(_ x: Disk) -> [(store: Int, rseg: Int)] {
-        var freed: [(store: Int, rseg: Int)] = []
-        let p = x.predecessor, s = x.successor
-        x.map.forEachMapped { k, e in
-            if e.holdsData {
-                if e.sp, let p {
-                    p.map.set(k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
-                    pendingUnshared.insert(Self.location(e))
-                } else {
-                    freed.append((Int(e.store), e.rseg))
-                }
-            } else if !e.sp, let s {
-                pendingUnshared.insert(Self.location(x.holderEntry(k)))
-                s.map.set(k, s.map.entry(k).with(sp: false))
-            }
-        }
-        x.map = DiskMap(entriesPerLMap: geometry.rsegsPerLMAP)
-        p?.successor = s
-        s?.predecessor = p
-        x.predecessor = nil
-        x.successor = nil
-        // x keeps its family: other threads may hold that lock through x, and a disk out of
-        // a chain has no image, so sharing a lock with its old chain costs nothing.
-        return freed
-    }
-
-    static func location(_ e: LMapEntry) -> UInt32 { e.store << 3 | UInt32(e.rseg) }
 
     // MARK: Disk records
 
