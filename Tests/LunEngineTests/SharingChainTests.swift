@@ -35,9 +35,9 @@ final class SharingChainTests: XCTestCase {
 
         // What writes need: p2 reads segment 0 through c for p1 as well, so both take copies;
         // c hands segment 1 to p2; p1 writes segment 1 in place.
-        guard case .copyInAndOut = SegmentPlan(writing: disk(p2).map.entry(0)) else { return XCTFail("p2 segment 0") }
-        guard case .handOff = SegmentPlan(writing: disk(c).map.entry(1)) else { return XCTFail("c segment 1") }
-        guard case .inPlace = SegmentPlan(writing: disk(p1).map.entry(1)) else { return XCTFail("p1 segment 1") }
+        guard case .copyInAndOut = SharingChain.plan(disk(p2), 0) else { return XCTFail("p2 segment 0") }
+        guard case .handOff = SharingChain.plan(disk(c), 1) else { return XCTFail("c segment 1") }
+        guard case .inPlace = SharingChain.plan(disk(p1), 1) else { return XCTFail("p1 segment 1") }
         let change = SharingChain.afterWrite(disk(p2), 0, .copyInAndOut, mine: (90, 1), theirs: (91, 2))
         XCTAssertEqual(change.edits, [
             .setEntry(disk: c, segment: 0, entry: held0.with(sp: false)),          // c: nobody reads it through p2 now

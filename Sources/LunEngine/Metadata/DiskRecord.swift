@@ -16,6 +16,7 @@ struct DiskRecord: Equatable {
     var reserved: Bool
     var createdAt: UInt64
     var reservedSegments: Int
+    var clone: CloneState = .none
 
     /// A missing link or parent in the encoding.
     private static let none: UInt32 = 0xFFFF_FFFF
@@ -28,7 +29,8 @@ struct DiskRecord: Equatable {
         w.u32(successor ?? Self.none)
         w.u64(sizeBytes)
         w.u8(raid.rawValue)
-        w.u8((hasImage ? 1 : 0) | (hasWritten ? 2 : 0) | (reserveSnapshots ? 4 : 0) | (reserved ? 8 : 0))
+        w.u8((hasImage ? 1 : 0) | (hasWritten ? 2 : 0) | (reserveSnapshots ? 4 : 0) | (reserved ? 8 : 0)
+             | (clone == .copying ? 16 : 0) | (clone == .independent ? 32 : 0))
         w.u64(createdAt)
         w.varint(UInt64(reservedSegments))
     }
@@ -43,13 +45,15 @@ struct DiskRecord: Equatable {
             throw .corrupt("disk record \(id): bad id, size or RAID level")
         }
         let flags = try r.u8()
+        guard flags & 0xC0 == 0, flags & 48 != 48 else { throw .corrupt("disk record \(id): flags \(flags)") }
         let createdAt = try r.u64()
         let reservedSegments = try r.varint()
         guard reservedSegments <= UInt64(Int32.max) else { throw .corrupt("disk record \(id): \(reservedSegments) reserved segments") }
         return DiskRecord(id: id, name: name, parent: parent, predecessor: predecessor, successor: successor,
                           sizeBytes: size, raid: raid, hasImage: flags & 1 != 0, hasWritten: flags & 2 != 0,
                           reserveSnapshots: flags & 4 != 0, reserved: flags & 8 != 0, createdAt: createdAt,
-                          reservedSegments: Int(reservedSegments))
+                          reservedSegments: Int(reservedSegments),
+                          clone: flags & 16 != 0 ? .copying : flags & 32 != 0 ? .independent : .none)
     }
 }
 
@@ -59,7 +63,7 @@ extension Disk {
         DiskRecord(id: id, name: name, parent: parent, predecessor: predecessor?.id, successor: successor?.id,
                    sizeBytes: sizeBytes, raid: raid, hasImage: hasImage, hasWritten: hasWritten,
                    reserveSnapshots: reserveSnapshots, reserved: reserved, createdAt: createdAt,
-                   reservedSegments: reservedSegments)
+                   reservedSegments: reservedSegments, clone: clone)
     }
 }
 
@@ -87,6 +91,7 @@ extension PoolState {
             d.reserveSnapshots = record.reserveSnapshots
             d.reserved = record.reserved
             d.reservedSegments = record.reservedSegments
+            d.clone = record.clone
             disks[record.id] = d
             nextDiskID = max(nextDiskID, record.id + 1)
             return d
@@ -104,6 +109,7 @@ extension PoolState {
         set(\.reserved, record.reserved)
         set(\.createdAt, record.createdAt)
         set(\.reservedSegments, record.reservedSegments)
+        set(\.clone, record.clone)
         return d
     }
 

@@ -76,7 +76,7 @@ extension Pool {
         var mustCommitFirst = false
         forEachSegmentPiece(offset: offset, count: count) { k, within, at, len in
             let e = d.map.entry(k)
-            let p = SegmentPlan(writing: e)
+            let p = SharingChain.plan(d, k)
             if case .inPlace = p, !mustCommitFirst, state.unsharedCount.load(ordering: .acquiring) > 0 {
                 mustCommitFirst = stateLock.withLock { state.isUnsharedUncommitted(SharingChain.location(e)) }
             }
@@ -127,7 +127,7 @@ extension Pool {
             d.family.lock.lockExclusive()
             guard !d.removed, d.hasImage else { throw .stale("disk \(d.id) was deleted") }
             guard d.family.changeEpoch == epoch,
-                  steps.allSatisfy({ d.map.entry($0.k).raw == $0.entry.raw }) else { continue }
+                  steps.allSatisfy({ d.map.entry($0.k).raw == $0.entry.raw && SharingChain.plan(d, $0.k) == $0.plan }) else { continue }
             switchMaps(d, steps)
             fresh = []
             return true

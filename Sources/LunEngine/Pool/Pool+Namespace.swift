@@ -84,6 +84,9 @@ extension Pool {
         try Self.validate(name: name)
         let x = try liveDisk(id)
         guard x.hasImage else { throw .notPermitted("\(x.name) has no image to snapshot") }
+        guard x.clone != .copying else {
+            throw .busy("\(x.name) is a snapclone still copying; snapshot it once it is independent")
+        }
         guard x.family.lockForChange(timeoutSeconds: quiesceTimeoutSeconds) else {
             throw .busy("writes to \(x.name) did not drain within \(quiesceTimeoutSeconds) s")
         }
@@ -115,7 +118,7 @@ extension Pool {
     /// The frame of every change to one disk's place in the tree or chain: its family lock
     /// exclusive (no I/O in flight), the state lock, a check that it still exists, the change,
     /// and a commit before returning.
-    private func changeCommitted(_ id: DiskID, _ change: (Disk) throws(LunError) -> Void) throws(LunError) {
+    func changeCommitted(_ id: DiskID, _ change: (Disk) throws(LunError) -> Void) throws(LunError) {
         try checkWritable()
         let x = try liveDisk(id)
         x.family.lockForChange()

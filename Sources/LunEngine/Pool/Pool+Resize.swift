@@ -7,7 +7,7 @@ extension Pool {
     ///
     /// A shrink to a size inside a segment leaves the bytes past the end of that segment
     /// zero, so that growing again reads zeros. Those zeros never land on the segment the
-    /// committed maps point at: the kept tail segment is redirected (`SegmentPlan(redirecting:)`: a
+    /// committed maps point at: the kept tail segment is redirected (`SharingChain.redirectingPlan`: a
     /// fresh segment, the old bytes copied in, zeros on top) and the switch to it, the dropped
     /// segments and the new size are logged in one `stateLock` section, so one journal record
     /// holds all of them and a crash shows either the old size with the old bytes or the new.
@@ -31,7 +31,7 @@ extension Pool {
         let k = Int(sizeBytes / seg), within = Int(sizeBytes % seg)
         if within != 0, d.map.entry(k).isMapped {
             let e = d.map.entry(k)
-            tail.append(WriteStep(k: k, within: within, at: 0, len: segmentBytes - within, entry: e, plan: SegmentPlan(redirecting: e)))
+            tail.append(WriteStep(k: k, within: within, at: 0, len: segmentBytes - within, entry: e, plan: SharingChain.redirectingPlan(d, k)))
         }
         let dropped = d.map.mappedSegments(from: Int((sizeBytes + seg - 1) / seg))
         var fresh = try allocateSteps(&tail, for: d)

@@ -26,6 +26,13 @@ public final class Pool: @unchecked Sendable {
     /// Commits made since the pool was opened (journal records and checkpoints).
     public var commitCount: Int { commits.load(ordering: .relaxed) }
     private let commits = Atomic<Int>(0)
+    /// Where each snapclone's background copy goes on (segment number); memory only.
+    let copyCursors = Mutex<[DiskID: Int]>([:])
+    /// A snapclone's copy holds the chain's I/O for its last pass once at most this many
+    /// segments are left (the M of 003 Fig. 15d).
+    public var quiescedCopySegments = 16
+    /// The background copier of the mounted pool, if started.
+    var snapcloneCopier: SnapcloneCopier?
     /// Added to the write-intent set's clock, so that a test can age the set without waiting.
     let intentClockOffset = Mutex<Double>(0)
     /// What recovery noticed when the pool was opened (damaged copies it worked around).
@@ -456,9 +463,19 @@ public final class Pool: @unchecked Sendable {
         t.start()
     }
 
+    /// Starts the background copy of snapclones (the mounted daemon does this); copying
+    /// snapclones found at open resume where their last commit left them.
+    public func startBackgroundCopies() {
+        guard !readOnly, snapcloneCopier == nil else { return }
+        let copier = SnapcloneCopier(pool: self)
+        snapcloneCopier = copier
+        copier.start()
+    }
+
     /// Commits everything and releases the drives and the lock. The pool is unusable after.
     public func close() throws(LunError) {
         if closed { return }
+        snapcloneCopier?.stop()
         committerStop.lock()
         committerStopping = true
         committerStop.broadcast()
