@@ -172,7 +172,8 @@ struct MountCommand {
         } catch {
             switch error {
             case .busy(let reason):
-                throw MountFailure(1, "the pool \(poolDirectory) is in use by another lunfs process (\(reason))")
+                // The engine's reason names the pool and the process holding it; once is enough.
+                throw MountFailure(1, reason)
             case _ where plan == .open:
                 // The pool is there but cannot be served as it is (damaged, drives missing
                 // beyond what redundancy covers): the input is the problem, as README says.

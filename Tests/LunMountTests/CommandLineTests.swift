@@ -31,6 +31,7 @@ final class CommandLineTests: MountTestCase {
         let result = try pool.lunfs(["mount", pool.poolPath, other])
         XCTAssertNotEqual(result.status, 0)
         XCTAssertTrue(result.errorOutput.contains("in use"), result.errorOutput)
+        XCTAssertEqual(result.errorOutput.components(separatedBy: "in use").count, 2, "said once: \(result.errorOutput)")
         XCTAssertFalse(isMountPoint(other))
     }
 
