@@ -27,7 +27,11 @@ public func runUnmountCommand(_ arguments: [String]) -> Int32 {
         printLine("lunfs unmount: \(mountpoint) is not a mount point", to: STDERR_FILENO)
         return 2
     }
-    let daemon = entry.lunfsPoolDirectory.flatMap(daemonPID(poolDirectory:))
+    guard let poolDirectory = entry.lunfsPoolDirectory else {
+        printLine("lunfs unmount: \(mountpoint) is a \(entry.fileSystemType) mount, not a lunfs pool; use umount", to: STDERR_FILENO)
+        return 2
+    }
+    let daemon = daemonPID(poolDirectory: poolDirectory)
 
     if !lazy {
         let holders = MountHolders.find(under: mountpoint)
@@ -35,13 +39,18 @@ public func runUnmountCommand(_ arguments: [String]) -> Int32 {
             printLine("lunfs unmount: \(mountpoint) is busy; nothing was unmounted:", to: STDERR_FILENO)
             for holder in holders { printLine("  \(holder.description)", to: STDERR_FILENO) }
             printLine("close these (umount and losetup -d, stop the processes) and try again, or detach anyway with 'lunfs unmount --lazy \(mountpoint)'", to: STDERR_FILENO)
+            appendToPoolLog(poolDirectory, "unmount: refused, \(mountpoint) is busy: " + holders.map(\.description).joined(separator: "; "))
             return 1
         }
-        // A dead mount (its daemon gone) holds nothing worth keeping: detach it lazily.
+        // A dead mount (its daemon gone, the mount point answering ENOTCONN) holds nothing
+        // worth keeping: detach it lazily.
+        var isDead = false
+        if case .unreadable(let code) = pathKind(mountpoint), code == ENOTCONN || code == ECONNABORTED { isDead = true }
         let detached = runProgram("fusermount3", ["-u", mountpoint]) == 0
-            || daemon == nil && runProgram("umount", ["-l", mountpoint]) == 0
+            || isDead && runProgram("umount", ["-l", mountpoint]) == 0
         guard detached else {
             printLine("lunfs unmount: fusermount3 -u \(mountpoint) failed (busy?); nothing was unmounted; 'lunfs unmount --lazy \(mountpoint)' detaches it anyway", to: STDERR_FILENO)
+            appendToPoolLog(poolDirectory, "unmount: refused, fusermount3 -u \(mountpoint) failed")
             return 1
         }
     } else if runProgram("fusermount3", ["-u", "-z", mountpoint]) != 0 {
@@ -59,6 +68,7 @@ public func runUnmountCommand(_ arguments: [String]) -> Int32 {
     }
     if lazy {
         // The daemon serves the holders of the detached mount until they let go.
+        appendToPoolLog(poolDirectory, "unmount --lazy: \(mountpoint) detached while daemon \(daemon) still serves its holders")
         printLine("lunfs unmount: detached lazily; daemon \(daemon) closes the pool once the last holder lets go", to: STDERR_FILENO)
         return 0
     }
@@ -72,4 +82,13 @@ private func daemonPID(poolDirectory: String) -> pid_t? {
           let pid = pid_t(String(decoding: bytes, as: UTF8.self).trimmingEdges(of: " \n")),
           pid > 0, processIsAlive(pid) else { return nil }
     return pid
+}
+
+/// One line in the pool's daemon log from this command (refusals are logged like the
+/// daemon's own); nothing if the log cannot be opened.
+private func appendToPoolLog(_ poolDirectory: String, _ message: String) {
+    let fd = open(poolDirectory + "/" + daemonLogName, O_WRONLY | O_APPEND | O_CLOEXEC)
+    guard fd >= 0 else { return }
+    defer { close(fd) }
+    writeAll(fd, "\(DaemonLog.timestamp()) [\(getpid())] \(message)\n")
 }

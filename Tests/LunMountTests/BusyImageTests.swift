@@ -62,6 +62,8 @@ final class BusyImageTests: MountTestCase {
         XCTAssertTrue(unmount.errorOutput.contains("pid \(holder) (sleep)") && unmount.errorOutput.contains("vm/disk.img"), unmount.errorOutput)
         XCTAssertTrue(isMountPoint(pool.mountpoint))
         XCTAssertEqual(try readWholeFile(image).prefix(bytes.count), bytes[...])
+        let logged = try String(contentsOfFile: pool.poolPath + "/lunfs.log", encoding: .utf8)
+        XCTAssertTrue(logged.contains("unmount: refused") && logged.contains("pid \(holder) (sleep)"), pool.logTail())
 
         // Once the holder is gone, everything goes through.
         stopHolder(holder)
@@ -135,6 +137,19 @@ final class BusyImageTests: MountTestCase {
         try loop.detach()
         XCTAssertEqual(try runProgram("rm", ["-r", pool.path("vm/monday")]).status, 0, pool.logTail())
         XCTAssertFalse(FileManager.default.fileExists(atPath: pool.path("vm/monday")))
+    }
+
+    /// unmount is for lunfs mounts only: another file system's mount is left alone (exit 2).
+    func testUnmountOfAnotherFileSystemIsRefused() throws {
+        XCTAssertEqual(getuid(), 0, "mounting tmpfs needs root")
+        let other = pool.root.appendingPathComponent("tmpfs").path
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        XCTAssertEqual(try runProgram("mount", ["-t", "tmpfs", "-o", "size=1m", "none", other]).status, 0)
+        defer { _ = try? runProgram("umount", [other]) }
+        let result = try pool.lunfs(["unmount", other])
+        XCTAssertEqual(result.status, 2, result.errorOutput)
+        XCTAssertTrue(result.errorOutput.contains("not a lunfs pool"), result.errorOutput)
+        XCTAssertTrue(isMountPoint(other))
     }
 
     /// --lazy detaches a busy mount; the daemon keeps serving the holder until it lets go,
