@@ -1,4 +1,4 @@
-// `lunfs mount POOL MOUNTPOINT`: checks the paths, creates a pool if there is none, forks into
+// `lunfs mount POOL MOUNTPOINT`: checks the paths, creates a pool if asked to (--create), forks into
 // the background (unless --foreground), opens the pool, mounts it and serves requests until
 // unmounted or signalled, then closes the pool (which commits) and exits 0.
 #if canImport(Glibc)
@@ -62,8 +62,18 @@ struct MountCommand {
     }
 
     private func checkPool() throws(MountFailure) -> PoolPlan {
+        let howToCreate = "give --create to make a new pool there, or run 'lunfs init \(poolDirectory)'"
         switch pathKind(poolDirectory) {
         case .missing:
+            guard arguments.createPool else {
+                throw MountFailure(2, "no pool at \(poolDirectory): the directory does not exist; \(howToCreate)")
+            }
+            // poolDirectory is absolute with its existing part resolved (absolutePath).
+            let slash = poolDirectory.lastIndex(of: "/") ?? poolDirectory.startIndex
+            let parent = slash == poolDirectory.startIndex ? "/" : String(poolDirectory[..<slash])
+            guard case .directory = pathKind(parent) else {
+                throw MountFailure(2, "cannot create a pool in \(poolDirectory): its parent \(parent) does not exist (mount never creates parent directories)")
+            }
             return .create
         case .other:
             throw MountFailure(2, "\(poolDirectory) is a file, not a pool directory")
@@ -77,6 +87,9 @@ struct MountCommand {
             let leftovers = names.filter { $0 != daemonLogName && $0 != daemonPIDName }
             guard leftovers.isEmpty else {
                 throw MountFailure(2, "\(poolDirectory) holds no pool and is not empty; give an empty or missing directory to create one")
+            }
+            guard arguments.createPool else {
+                throw MountFailure(2, "no pool in \(poolDirectory): the directory is empty; \(howToCreate)")
             }
             return .create
         }
@@ -118,12 +131,8 @@ struct MountCommand {
             channel.fail(error)
             return error.exitStatus
         }
-        let logDescriptor = log.attach(path: poolDirectory + "/" + daemonLogName)
-        if channel.isDaemon && logDescriptor >= 0 {
-            // Whatever still writes to stdout or stderr (a crash report) lands in the log.
-            dup2(logDescriptor, STDOUT_FILENO)
-            dup2(logDescriptor, STDERR_FILENO)
-        }
+        // In the daemon, whatever still writes to stdout or stderr (a crash report) lands in the log.
+        log.attach(path: poolDirectory + "/" + daemonLogName, redirectStandardStreams: channel.isDaemon)
         log.write("mount: serving \(poolDirectory) on \(mountpoint) (pid \(getpid()), \(channel.isDaemon ? "daemon" : "foreground"))")
 
         let status = mountAndServe(pool, log: log, channel: channel)
@@ -163,9 +172,14 @@ struct MountCommand {
         } catch {
             switch error {
             case .busy(let reason):
-                throw MountFailure(1, "the pool \(poolDirectory) is in use by another lunfs process (\(reason))")
+                // The engine's reason names the pool and the process holding it; once is enough.
+                throw MountFailure(1, reason)
+            case _ where plan == .open:
+                // The pool is there but cannot be served as it is (damaged, drives missing
+                // beyond what redundancy covers): the input is the problem, as README says.
+                throw MountFailure(2, "cannot open the pool \(poolDirectory): \(error)")
             case .invalid, .exists:
-                throw MountFailure(2, "cannot \(plan == .open ? "open" : "create") the pool \(poolDirectory): \(error)")
+                throw MountFailure(2, "cannot create the pool \(poolDirectory): \(error)")
             default:
                 throw MountFailure(1, "cannot \(plan == .open ? "open" : "create") the pool \(poolDirectory): \(error)")
             }

@@ -76,7 +76,7 @@ public final class Pool: @unchecked Sendable {
     }
 
     /// Creates the pool directory's drives, formats them and opens the pool.
-    /// The directory may be missing or empty; anything else is `.exists`. A drive named by
+    /// The directory may be missing (its parent must exist) or empty; anything else is `.exists`. A drive named by
     /// `options.drivePaths` that holds a lunfs superblock is refused (`.exists`) unless
     /// `options.force`; one opened by another process (its pool is open) always (`.busy`).
     /// A create that fails removes the files and directory it made.
@@ -91,7 +91,9 @@ public final class Pool: @unchecked Sendable {
             let entries = (try? fm.contentsOfDirectory(atPath: directory)) ?? []
             guard entries.filter({ $0 != "lunfs.log" }).isEmpty else { throw .exists("\(directory) is not empty") }
         } else {
-            do { try fm.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
+            // Never its parents: a mistyped path, or a drive directory whose file system is
+            // not mounted yet, must not turn into a new pool somewhere unexpected.
+            do { try fm.createDirectory(atPath: directory, withIntermediateDirectories: false) } catch {
                 throw .invalid("cannot create \(directory): \(error.localizedDescription)")
             }
             madeDirectory = true
