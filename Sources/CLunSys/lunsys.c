@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <sys/syscall.h>
+#include <sys/xattr.h>
 #include "lunsys.h"
 
 int lunsys_fallocate(int fd, int mode, int64_t offset, int64_t length) {
@@ -76,4 +77,12 @@ uint32_t lunsys_crc32c(uint32_t crc, const void *data, uint64_t length) {
 
 const char *lunsys_build_commit(void) {
     return LUNFS_BUILD_COMMIT;
+}
+
+long lunsys_getxattr(const char *path, const char *name, void *value, unsigned long size) {
+    return getxattr(path, name, value, size);
+}
+
+int lunsys_setxattr(const char *path, const char *name, const void *value, unsigned long size, int flags) {
+    return setxattr(path, name, value, size, flags);
 }

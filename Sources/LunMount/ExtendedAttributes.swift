@@ -28,6 +28,13 @@ enum ExtendedAttribute: String, CaseIterable {
     case predecessor = "user.lunfs.predecessor"
     /// Path of the newer neighbour; absent if none.
     case successor = "user.lunfs.successor"
+    /// "disk", "snapshot", "snapclone" (copying into a disk of its own) or "independent" (a
+    /// snapclone that left its chain). Writing "snapclone" makes a snapshot one; writing
+    /// "snapshot" turns a copying snapclone back (the copy stops, unchanged copies are shared
+    /// again).
+    case kind = "user.lunfs.kind"
+    /// Of a snapclone or independent disk: "copied/total" segments of the background copy.
+    case copyProgress = "user.lunfs.copy_progress"
 
     static let namespacePrefix = "user.lunfs."
     /// On the mount's root: writing `check` or `repair` scrubs the whole pool (every block
@@ -40,7 +47,7 @@ enum ExtendedAttribute: String, CaseIterable {
 
     var isSettable: Bool {
         switch self {
-        case .raid, .reserved, .reserveSnapshots: return true
+        case .raid, .reserved, .reserveSnapshots, .kind: return true
         default: return false
         }
     }
@@ -71,6 +78,8 @@ extension FileSystem {
         case .created: return String(info.createdAt)
         case .predecessor: return info.predecessor.flatMap(path(of:))
         case .successor: return info.successor.flatMap(path(of:))
+        case .kind: return info.kind.rawValue
+        case .copyProgress: return pool.copyProgress(info.id).map { "\($0.copied)/\($0.total)" }
         }
     }
 
@@ -156,6 +165,12 @@ extension FileSystem {
         case .reserveSnapshots:
             let on = try flag(text, name: name)
             try engine { () throws(LunError) in try pool.setReserveSnapshots(info.id, on) }
+        case .kind:
+            switch text {
+            case DiskKind.snapclone.rawValue: try engine { () throws(LunError) in try pool.makeSnapclone(info.id) }
+            case DiskKind.snapshot.rawValue: try engine { () throws(LunError) in try pool.revertSnapclone(info.id) }
+            default: throw FuseFailure(EINVAL, "\(name) takes snapclone or snapshot, not \"\(text)\"")
+            }
         default:
             preconditionFailure("\(name) is not settable")
         }

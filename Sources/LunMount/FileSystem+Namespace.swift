@@ -125,8 +125,15 @@ extension FileSystem {
         guard let id = pool.child(named: name, of: directory?.id), let info = pool.info(id) else {
             throw FuseFailure(ENOENT, "no such name")
         }
-        // POSIX rmdir removes empty directories only: delete disk.img first (rm -r does).
-        guard !info.hasImage else { throw FuseFailure(ENOTEMPTY, "\(name) still holds disk.img") }
+        // A snapshot with nothing below it goes with its image, as ZFS's rmdir of
+        // .zfs/snapshot/NAME; a disk at the root keeps POSIX's rule (delete disk.img first).
+        guard !pool.children(of: id).contains(where: { pool.info($0) != nil }) else {
+            throw FuseFailure(ENOTEMPTY, "\(name) has snapshots below it")
+        }
+        if info.hasImage {
+            guard info.parent != nil else { throw FuseFailure(ENOTEMPTY, "\(name) still holds disk.img") }
+            try refuseIfOpen(id, doing: .delete)
+        }
         try engine { () throws(LunError) in try pool.removeNode(id) }
         retire(id, imageOnly: false)
         log.write("rmdir: \(name) removed (disk \(id))")
@@ -167,7 +174,14 @@ extension FileSystem {
         }
         guard let id = pool.child(named: name, of: directory?.id) else { throw FuseFailure(ENOENT, "no such name") }
         guard directory?.id == newDirectory?.id else {
-            throw FuseFailure(EPERM, "a disk or snapshot cannot move to another directory")
+            // An independent disk (a snapclone done copying) may move up to the root.
+            guard newDirectory == nil, pool.info(id)?.kind == .independent else {
+                throw FuseFailure(EPERM, "a disk or snapshot cannot move to another directory (only an independent disk can move to the root)")
+            }
+            // The inode numbers follow the disk, so open handles keep working.
+            try engine { () throws(LunError) in try pool.moveToRoot(id, as: newName) }
+            log.write("rename: \(name) moved to the root as \(newName) (disk \(id))")
+            return
         }
         if name == newName { return }
         try engine { () throws(LunError) in try pool.rename(id, to: newName) }

@@ -199,7 +199,10 @@ struct MountCommand {
             return error.exitStatus
         }
         writePIDFile(poolDirectory + "/" + daemonPIDName)
-        if !arguments.isReadOnly { pool.startBackgroundCommits() }
+        if !arguments.isReadOnly {
+            pool.startBackgroundCommits()
+            pool.startBackgroundCopies()
+        }
         channel.ready("lunfs: mounted \(poolDirectory) on \(mountpoint)")
         raiseReadahead(of: mountpoint, log: log)
         let status = session.run()

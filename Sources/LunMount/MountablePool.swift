@@ -20,6 +20,10 @@ protocol MountablePool: AnyObject, Sendable {
     func setReserved(_ id: DiskID, _ reserved: Bool) throws(LunError)
     func setReserveSnapshots(_ id: DiskID, _ on: Bool) throws(LunError)
     func resize(_ id: DiskID, to sizeBytes: UInt64) throws(LunError)
+    func moveToRoot(_ id: DiskID, as name: String) throws(LunError)
+    func makeSnapclone(_ id: DiskID) throws(LunError)
+    func revertSnapclone(_ id: DiskID) throws(LunError)
+    func copyProgress(_ id: DiskID) -> CopyProgress?
 
     func read(_ id: DiskID, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) -> Int
     func write(_ id: DiskID, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError)

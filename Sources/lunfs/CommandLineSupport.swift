@@ -81,3 +81,11 @@ func runVerb(_ body: () throws -> Int32) -> Int32 {
 func printError(_ message: String) {
     FileHandle.standardError.write(Data("lunfs: \(message)\n".utf8))
 }
+
+/// "[#######.............]  35%": a bar of `width` cells for `done` of `total`.
+func progressBar(done: Int, total: Int, width: Int = 30) -> String {
+    let fraction = total > 0 ? min(1, Double(done) / Double(total)) : 1
+    let filled = Int(fraction * Double(width))
+    return "[" + String(repeating: "#", count: filled) + String(repeating: ".", count: width - filled) + "]"
+        + String(format: " %3d%%", Int(fraction * 100))
+}

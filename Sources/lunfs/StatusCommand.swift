@@ -17,6 +17,12 @@ struct StatusReport: Codable {
         var id: UInt32, path: String, sizeBytes: UInt64, allocatedBytes: UInt64, uniqueBytes: UInt64
         var sharedBytes: UInt64, reservedBytes: UInt64, raid: Int, createdAt: UInt64, hasImage: Bool
         var predecessor: String?, successor: String?
+        /// disk, snapshot, snapclone or independent (see `user.lunfs.kind`).
+        var kind: String
+        /// The directory it lives in (nil: the pool's root).
+        var parent: String?
+        /// A snapclone's background copy, in segments.
+        var copiedSegments: Int?, copyTotalSegments: Int?
     }
     var pool: String
     var mounted: Bool
@@ -66,7 +72,10 @@ func buildStatus(_ pool: Pool, mounted: Bool) -> StatusReport {
             .init(id: i.id, path: path(i.id), sizeBytes: i.sizeBytes, allocatedBytes: i.allocatedBytes,
                   uniqueBytes: i.uniqueBytes, sharedBytes: i.sharedBytes, reservedBytes: i.reservedBytes,
                   raid: Int(i.raid.rawValue), createdAt: i.createdAt, hasImage: i.hasImage,
-                  predecessor: i.predecessor.map(path), successor: i.successor.map(path))
+                  predecessor: i.predecessor.map(path), successor: i.successor.map(path),
+                  kind: i.kind.rawValue, parent: i.parent.map(path),
+                  copiedSegments: i.kind == .snapclone ? pool.copyProgress(i.id)?.copied : nil,
+                  copyTotalSegments: i.kind == .snapclone ? pool.copyProgress(i.id)?.total : nil)
         },
         chains: chains, notes: pool.openNotes)
 }
@@ -125,6 +134,14 @@ private func printStatus(_ r: StatusReport) {
         print(pad(d.path, width) + "  " + pad(size, 10) + "  " + pad(formatSize(d.allocatedBytes), 10) + "  "
               + pad(formatSize(d.uniqueBytes), 10) + "  " + pad(formatSize(d.sharedBytes), 10) + "  raid\(d.raid)  \(created)"
               + (d.reservedBytes > 0 ? "  reserved \(formatSize(d.reservedBytes))" : ""))
+    }
+    let copies = r.disks.filter { $0.copiedSegments != nil }
+    if !copies.isEmpty {
+        print("snapclone copies (as of the last commit):")
+        for d in copies {
+            let done = d.copiedSegments!, total = max(d.copyTotalSegments!, 1)
+            print("  " + pad(d.path, width) + "  " + progressBar(done: done, total: total) + "  \(done)/\(total) segments")
+        }
     }
     if !r.chains.isEmpty {
         print("sharing chains (oldest first; reads of a shared segment follow the arrows):")

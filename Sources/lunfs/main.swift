@@ -10,6 +10,7 @@ usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive 
        lunfs unmount [--lazy] MOUNTPOINT
        lunfs status POOL [--json]
        lunfs check POOL [--scrub] [--repair]
+       lunfs clone DIR [--wait]
        lunfs --version
 """
 
@@ -21,6 +22,7 @@ case "mount": exit(runMountCommand(rest))
 case "unmount", "umount": exit(runUnmountCommand(rest))
 case "status": exit(runStatus(rest))
 case "check": exit(runCheck(rest))
+case "clone": exit(runClone(rest))
 case "help", "--help", "-h": print(usage); exit(0)
 case "--version", "version": exit(runVersion())
 default:

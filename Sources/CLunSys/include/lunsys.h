@@ -20,6 +20,11 @@ uint32_t lunsys_crc32c(uint32_t crc, const void *data, uint64_t length);
 /// (-Xcc -DLUNFS_BUILD_COMMIT='"..."'); "unknown" for a build that was not given one.
 const char *lunsys_build_commit(void);
 
+/// getxattr(2) and setxattr(2) (sys/xattr.h is outside Swift's Glibc module): -1 and errno
+/// on failure, as the calls themselves.
+long lunsys_getxattr(const char *path, const char *name, void *value, unsigned long size);
+int lunsys_setxattr(const char *path, const char *name, const void *value, unsigned long size, int flags);
+
 #include <pthread.h>
 /// Initialises a read-write lock that makes new readers wait while a writer waits, so a
 /// snapshot's quiesce is not starved by a stream of I/O.

@@ -32,6 +32,8 @@ public struct DiskInfo: Sendable, Equatable {
     public var reserveSnapshots: Bool
     /// The RAID level can change only before the first write.
     public var hasWritten: Bool
+    /// Disk, snapshot, snapclone (copying) or independent (a snapclone that left its chain).
+    public var kind: DiskKind
 }
 
 public struct PoolUsage: Sendable, Equatable {

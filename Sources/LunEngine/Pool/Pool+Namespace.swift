@@ -22,7 +22,7 @@ extension Pool {
                         allocatedBytes: UInt64(d.map.mappedCount) * seg, uniqueBytes: UInt64(unique) * seg,
                         sharedBytes: UInt64(shared) * seg, predecessor: d.predecessor?.id, successor: d.successor?.id,
                         reservedBytes: UInt64(d.reservedSegments) * seg, reserved: d.reserved,
-                        reserveSnapshots: d.reserveSnapshots, hasWritten: d.hasWritten)
+                        reserveSnapshots: d.reserveSnapshots, hasWritten: d.hasWritten, kind: kind(of: d))
     }
 
     public func disks() -> [DiskInfo] {
@@ -169,6 +169,24 @@ extension Pool {
             state.update(d) { $0.name = name }
         }
         try commit()
+    }
+
+    /// Moves an independent disk (a snapclone that finished copying) from its directory to the
+    /// pool's root as `name`: it becomes a disk like one made by mkdir at the root. Other disks
+    /// and snapshots never move (`.notPermitted`); `.exists` if the name is taken.
+    public func moveToRoot(_ id: DiskID, as name: String) throws(LunError) {
+        try checkWritable()
+        try Self.validate(name: name)
+        try stateLock.withLock { () throws(LunError) in
+            guard let d = state.disk(id) else { throw .notFound("disk \(id)") }
+            guard d.clone == .independent else {
+                throw .notPermitted("\(d.name) is in a sharing chain; only an independent disk (a snapclone that finished copying) can move")
+            }
+            guard !state.disks.values.contains(where: { $0.parent == nil && $0.name == name }) else { throw .exists(name) }
+            state.update(d) { $0.parent = nil; $0.name = name; $0.clone = .none }
+        }
+        try commit()
+        log("moved disk \(id) to the root as \(name)")
     }
 
     /// Changes a disk's RAID level; `.notPermitted` once it has been written.

@@ -58,13 +58,14 @@ extension Pool {
     }
 
     public func kind(_ id: DiskID) -> DiskKind? {
-        stateLock.withLock {
-            guard let d = state.disk(id) else { return nil }
-            switch d.clone {
-            case .copying: return .snapclone
-            case .independent: return .independent
-            case .none: return d.parent == nil ? .disk : .snapshot
-            }
+        stateLock.withLock { state.disk(id).map(kind(of:)) }
+    }
+
+    func kind(of d: Disk) -> DiskKind {
+        switch d.clone {
+        case .copying: return .snapclone
+        case .independent: return .independent
+        case .none: return d.parent == nil ? .disk : .snapshot
         }
     }
 
