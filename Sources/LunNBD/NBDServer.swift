@@ -119,13 +119,15 @@ public final class NBDServer: Sendable {
             }
             let stream = SocketStream(descriptor: descriptor)
             let number: Int? = connections.withLock { state in
-                guard state.open.count < options.maximumConnections else { return nil }
+                // `stop` may have taken its list of connections since the check above.
+                guard !state.stopping, state.open.count < options.maximumConnections else { return nil }
                 let number = state.nextNumber
                 state.nextNumber += 1
                 state.open[number] = stream
                 return number
             }
             guard let number else {
+                if connections.withLock({ $0.stopping }) { stream.close(); return }
                 log("nbd: more than \(options.maximumConnections) connections; refusing one")
                 stream.close()
                 continue
