@@ -10,7 +10,9 @@ import Synchronization
 final class SocketStream: Sendable {
     let descriptor: Int32
     /// Serializes whole messages: replies to requests in flight leave from several threads.
-    private let sendLock = Mutex(())
+    /// A parking lock, not `Mutex`: a send can take long enough that `Mutex`'s spinning
+    /// waiters cost 13% of the CPU at 16 reads in flight (perf, 4 KiB random reads).
+    private let sendLock = ParkingLock()
     private let isClosed = Atomic<Bool>(false)
 
     init(descriptor: Int32) {
@@ -40,7 +42,9 @@ final class SocketStream: Sendable {
 
     /// Sends the buffers back to back as one message: no other message lands in between.
     func send(_ parts: [UnsafeRawBufferPointer]) throws(ConnectionEnd) {
-        try sendLock.withLock { _ throws(ConnectionEnd) in try sendLocked(parts) }
+        sendLock.lock()
+        defer { sendLock.unlock() }
+        try sendLocked(parts)
     }
 
     func send(_ bytes: [UInt8]) throws(ConnectionEnd) {
@@ -88,4 +92,19 @@ final class SocketStream: Sendable {
             _ = Glibc.close(descriptor)
         }
     }
+}
+
+/// A pthread mutex: waiters sleep in the kernel at once instead of spinning first.
+final class ParkingLock: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+
+    init() { pthread_mutex_init(mutex, nil) }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    func lock() { pthread_mutex_lock(mutex) }
+    func unlock() { pthread_mutex_unlock(mutex) }
 }
