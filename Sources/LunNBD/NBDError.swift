@@ -19,7 +19,6 @@ public struct NBDError: Error, Equatable, Sendable, CustomStringConvertible {
     static let ioCode: UInt32 = 5
     static let invalidCode: UInt32 = 22
     static let noSpaceCode: UInt32 = 28
-    static let overflowCode: UInt32 = 75
 
     static func notPermitted(_ message: String) -> NBDError { NBDError(notPermittedCode, message) }
     static func invalid(_ message: String) -> NBDError { NBDError(invalidCode, message) }

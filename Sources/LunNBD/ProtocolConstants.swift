@@ -48,8 +48,6 @@ enum OptionReply {
     static let errorPolicy: UInt32 = 1 << 31 | 2
     static let errorInvalid: UInt32 = 1 << 31 | 3
     static let errorUnknown: UInt32 = 1 << 31 | 6
-    static let errorShutdown: UInt32 = 1 << 31 | 7
-    static let errorTooBig: UInt32 = 1 << 31 | 9
 }
 
 /// Information items of NBD_OPT_INFO and NBD_OPT_GO.
@@ -90,6 +88,7 @@ enum CommandFlag {
     static let noHole: UInt16 = 1 << 1
     static let dontFragment: UInt16 = 1 << 2
     static let requestOne: UInt16 = 1 << 3
+    /// Not offered (no SEND_FAST_ZERO), so refused with EINVAL like any flag out of place.
     static let fastZero: UInt16 = 1 << 4
 }
 
