@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The lunfs quick start, on a fresh Debian 12 machine as root: installs what is missing,
-# builds lunfs, mounts a default pool (8 sparse drives of 16 GiB, RAID 5), creates a disk,
-# puts ext4 on it through a loop device, writes files, takes a snapshot, and shows
-# `lunfs status`. The pool stays mounted for you to explore; `examples/quickstart.sh stop`
-# unmounts it.
+# builds and installs lunfs (scripts/install: /usr/local/bin/lunfs), creates and mounts a
+# default pool (8 sparse drives of 16 GiB, RAID 5), creates a disk, puts ext4 on it through a
+# loop device, writes files, takes a snapshot, and shows `lunfs status`. The pool stays
+# mounted for you to explore; `examples/quickstart.sh stop` unmounts it.
 #
 #   POOL=/var/tmp/lunfs-pool MNT=/mnt/lunfs examples/quickstart.sh
 set -euo pipefail
@@ -11,9 +11,10 @@ cd "$(dirname "$0")/.."
 POOL=${POOL:-/var/tmp/lunfs-pool}
 MNT=${MNT:-/mnt/lunfs}
 VMFS=${VMFS:-/mnt/lunfs-vm}
+export PATH=/usr/local/bin:$PATH
 
 if [ "${1:-}" = stop ]; then
-    .build/release/lunfs unmount "$MNT" && echo "unmounted $MNT; the pool stays in $POOL"
+    lunfs unmount "$MNT" && echo "unmounted $MNT; the pool stays in $POOL"
     exit 0
 fi
 
@@ -25,16 +26,15 @@ fi
 command -v swift >/dev/null || export PATH=/opt/swift/usr/bin:$PATH
 modprobe loop 2>/dev/null || true
 
-echo "== building lunfs (release)"
-swift build -c release --product lunfs 2>&1 | tail -1
-LUNFS=$PWD/.build/release/lunfs
+scripts/install
 
 mkdir -p "$MNT" "$VMFS"
 if mountpoint -q "$MNT"; then
     echo "== $MNT is already mounted; using it"
 else
+    # --create: the first run makes the pool; later runs find it and only mount it.
     echo "== mounting $POOL on $MNT"
-    "$LUNFS" mount "$POOL" "$MNT"
+    lunfs mount "$POOL" "$MNT" --create
 fi
 df -h "$MNT"
 
@@ -61,6 +61,6 @@ e2fsck -fn "$MNT/$disk/first/disk.img" | tail -1
 echo "== the disk's attributes"
 getfattr -d -m user.lunfs "$MNT/$disk"
 echo "== lunfs status $POOL"
-"$LUNFS" status "$POOL"
+lunfs status "$POOL"
 echo
-echo "The pool is mounted on $MNT. Unmount with: $LUNFS unmount $MNT  (or examples/quickstart.sh stop)"
+echo "The pool is mounted on $MNT. Unmount with: lunfs unmount $MNT  (or examples/quickstart.sh stop)"

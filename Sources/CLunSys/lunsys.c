@@ -69,3 +69,11 @@ uint32_t lunsys_crc32c(uint32_t crc, const void *data, uint64_t length) {
     while (length--) c = crc32c_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
     return ~c;
 }
+
+#ifndef LUNFS_BUILD_COMMIT
+#define LUNFS_BUILD_COMMIT "unknown"
+#endif
+
+const char *lunsys_build_commit(void) {
+    return LUNFS_BUILD_COMMIT;
+}

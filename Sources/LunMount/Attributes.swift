@@ -102,13 +102,18 @@ extension FileSystem {
         return entry
     }
 
+    /// statfs in the pool's own terms: the size is what the pool holds at its default RAID
+    /// level (`PoolUsage.usableBytes`: used + reserved + free), used is what the disks map
+    /// (each segment once) plus what reservations set aside, and free and available are what
+    /// a write at the default level can still get. Parity and mirror copies are the price of
+    /// the level, so they shrink the size instead of showing as used.
     func fileSystemStatistics() -> statvfs {
         let usage = pool.usage()
         var statistics = statvfs()
         statistics.f_bsize = UInt(statfsBlockSizeBytes)
         statistics.f_frsize = UInt(statfsBlockSizeBytes)
-        statistics.f_blocks = UInt(usage.capacityBytes / statfsBlockSizeBytes)
-        statistics.f_bfree = UInt(min(usage.freeBytes, usage.capacityBytes) / statfsBlockSizeBytes)
+        statistics.f_blocks = UInt(usage.usableBytes / statfsBlockSizeBytes)
+        statistics.f_bfree = UInt(usage.freeBytes / statfsBlockSizeBytes)
         statistics.f_bavail = statistics.f_bfree
         // Inodes are not a resource here: their numbers come from 32-bit disk ids. Counting the
         // nodes would cost a walk of the engine's tables on every df, so none are reported used.

@@ -34,6 +34,9 @@ enum ExtendedAttribute: String, CaseIterable {
     /// against its checksum; `repair` rewrites damaged copies from good ones) and answers when
     /// done; reading gives the last scrub's result, one damaged place per line after the first.
     static let scrubName = "user.lunfs.scrub"
+    /// On a disk's directory, write-only: writing `1` deletes the directory's disk.img even
+    /// while it is open (which unlink refuses with EBUSY); the open handles turn stale.
+    static let forceDeleteName = "user.lunfs.force_delete"
 
     var isSettable: Bool {
         switch self {
@@ -114,6 +117,13 @@ extension FileSystem {
             let summary = ([report.description] + report.findings).joined(separator: "\n")
             lastScrub.withLock { $0 = summary }
             log.write("scrub (\(text)) done: " + ([report.description] + report.findings).joined(separator: "; "))
+            return
+        }
+        if name == ExtendedAttribute.forceDeleteName, let info = try attributeDisk(ino) {
+            let text = String(decoding: value, as: UTF8.self).trimmingEdges(of: " \t\n\r\0")
+            guard text == "1" else { throw FuseFailure(EINVAL, "\(name) takes 1, not \"\(text)\"") }
+            guard info.hasImage else { throw FuseFailure(ENOENT, "\(info.name) has no disk.img to delete") }
+            try deleteImage(of: info, how: "force_delete")
             return
         }
         guard let info = try attributeDisk(ino), let attribute = ExtendedAttribute(rawValue: name) else {

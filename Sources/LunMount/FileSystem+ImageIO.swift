@@ -30,16 +30,27 @@ struct OpenImage {
 }
 
 extension FileSystem {
-    func openImage(_ ino: fuse_ino_t, flags: Int32) throws(FuseFailure) -> OpenImage {
+    /// Opens an image and counts the handle (see `OpenImageTable`); the caller must call
+    /// `closeImage` if the open reply cannot be sent.
+    func openImage(_ ino: fuse_ino_t, flags: Int32, openerPID: pid_t) throws(FuseFailure) -> OpenImage {
         guard case .image(let info) = try resolve(ino) else {
             throw FuseFailure(EISDIR, "directories hold no data")
         }
         // The kernel hands O_TRUNC to open (ATOMIC_O_TRUNC) instead of sending a setattr.
         if flags & O_TRUNC != 0 && flags & O_ACCMODE != O_RDONLY && info.sizeBytes != 0 {
+            try refuseIfOpen(info.id, doing: .shrink)
             try engine { () throws(LunError) in try pool.resize(info.id, to: 0) }
             touch(info.id)
         }
-        return OpenImage(id: info.id, generation: generation(of: .image(info.id)))
+        let opened = OpenImage(id: info.id, generation: generation(of: .image(info.id)))
+        openImages.opened(opened.id, generation: opened.generation, by: openerPID)
+        return opened
+    }
+
+    /// release: the handle no longer holds its image.
+    func closeImage(handle: UInt64) {
+        let opened = OpenImage(handle: handle)
+        openImages.released(opened.id, generation: opened.generation)
     }
 
     /// The disk behind a file handle, or ESTALE if its image was deleted since it was opened.
@@ -70,12 +81,16 @@ extension FileSystem {
     func write(handle: UInt64, bytes: UnsafeRawBufferPointer, offset: off_t) throws(FuseFailure) -> Int {
         let id = try disk(of: handle)
         guard offset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
-        guard UInt64(offset) + UInt64(bytes.count) <= PoolGeometry.maxDiskSizeBytes else {
-            throw FuseFailure(EFBIG, "write past the largest disk size")
+        guard UInt64(offset) < PoolGeometry.maxDiskSizeBytes else {
+            throw FuseFailure(EFBIG, "write at or past the largest disk size")
         }
-        try engine { () throws(LunError) in try pool.write(id, at: UInt64(offset), from: bytes) }
+        // A write across the limit is cut short there, as a local file system does at its
+        // largest file size: the caller gets the count below it, and EFBIG on the next write.
+        let count = Int(min(UInt64(bytes.count), PoolGeometry.maxDiskSizeBytes - UInt64(offset)))
+        let below = UnsafeRawBufferPointer(rebasing: bytes[..<count])
+        try engine { () throws(LunError) in try pool.write(id, at: UInt64(offset), from: below) }
         touch(id)
-        return bytes.count
+        return count
     }
 
     /// copy_file_range(2) between images of this mount (cp uses it): reads and writes in
@@ -85,9 +100,11 @@ extension FileSystem {
         let source = try disk(of: sourceHandle)
         let target = try disk(of: targetHandle)
         guard sourceOffset >= 0, targetOffset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
-        guard UInt64(targetOffset) + UInt64(length) <= PoolGeometry.maxDiskSizeBytes else {
-            throw FuseFailure(EFBIG, "copy past the largest disk size")
+        guard UInt64(targetOffset) < PoolGeometry.maxDiskSizeBytes else {
+            throw FuseFailure(EFBIG, "copy to or past the largest disk size")
         }
+        // Cut short at the limit, like write.
+        let length = Int(min(UInt64(length), PoolGeometry.maxDiskSizeBytes - UInt64(targetOffset)))
         let pieceBytes = min(length, Int(maximumRequestBytes))
         let piece = UnsafeMutableRawBufferPointer.allocate(byteCount: max(pieceBytes, 1), alignment: 4096)
         defer { piece.deallocate() }
@@ -157,14 +174,20 @@ extension FileSystem {
         let found = try engine { () throws(LunError) in
             try pool.seek(id, from: UInt64(offset), data: whence == LUNFS_SEEK_DATA)
         }
-        guard let found else { throw FuseFailure(ENXIO, "no \(whence == LUNFS_SEEK_DATA ? "data" : "hole") after \(offset)") }
+        guard let found else {
+            // The normal answer at the end of the data (cp and qemu-img ask on every file).
+            var failure = FuseFailure(ENXIO, "no \(whence == LUNFS_SEEK_DATA ? "data" : "hole") after \(offset)")
+            failure.isRoutineProbe = true
+            throw failure
+        }
         return off_t(found)
     }
 
     /// setattr: the size of an image is the disk's size (truncate); modification times are kept
     /// for this mount; mode and owner cannot change, but "changing" them to what they already
     /// are succeeds (cp -p, install and tar do that).
-    func setAttributes(_ ino: fuse_ino_t, _ wanted: stat, fields: Int32) throws(FuseFailure) -> stat {
+    /// `handle` is the file handle an ftruncate came through (nil for truncate by path).
+    func setAttributes(_ ino: fuse_ino_t, _ wanted: stat, fields: Int32, handle: UInt64? = nil) throws(FuseFailure) -> stat {
         let node = try resolve(ino)
         let current = attributes(of: node)
         if fields & FUSE_SET_ATTR_MODE != 0 && wanted.st_mode & 0o7777 != current.st_mode & 0o7777 {
@@ -182,6 +205,11 @@ extension FileSystem {
             // no modification either (the kernel sends one after a failed O_DIRECT write past the
             // end; ftruncate(2) sends MTIME_NOW along, which touches below).
             if UInt64(wanted.st_size) != info.sizeBytes {
+                // Shrinking frees data an open holder may still use (a loop device's file
+                // system past the new end): refused while another handle is open.
+                if UInt64(wanted.st_size) < info.sizeBytes {
+                    try refuseIfOpen(info.id, doing: .shrink, exceptHandle: handle)
+                }
                 try engine { () throws(LunError) in try pool.resize(info.id, to: UInt64(wanted.st_size)) }
                 touch(info.id)
             }

@@ -32,6 +32,15 @@ extension FileSystem {
         return text
     }
 
+    /// A name that is about to be given (mkdir, rename, create): EINVAL if it holds a control
+    /// character (a newline would forge lines in the log and in `lunfs status`). Names made
+    /// before this rule can still be looked up, renamed from and removed.
+    func checkNewName(_ name: String) throws(FuseFailure) {
+        if let bad = name.unicodeScalars.first(where: { $0.value < 0x20 || (0x7f...0x9f).contains($0.value) }) {
+            throw FuseFailure(EINVAL, "name holds control character U+\(String(bad.value, radix: 16, uppercase: true))")
+        }
+    }
+
     func lookup(parent: fuse_ino_t, name: String) throws(FuseFailure) -> fuse_entry_param {
         let directory = try directoryDisk(parent)
         if let directory, name == imageFileName {
@@ -88,6 +97,7 @@ extension FileSystem {
     }
 
     func makeDirectory(parent: fuse_ino_t, name: String) throws(FuseFailure) -> fuse_entry_param {
+        try checkNewName(name)
         let id: DiskID
         if let directory = try directoryDisk(parent) {
             if name == imageFileName {
@@ -131,9 +141,17 @@ extension FileSystem {
             throw FuseFailure(ENOENT, "no such file")
         }
         guard directory.hasImage else { throw FuseFailure(ENOENT, "\(directory.name) is hollow") }
+        try refuseIfOpen(directory.id, doing: .delete)
+        try deleteImage(of: directory, how: "unlink")
+    }
+
+    /// Deletes a disk's image (its directory stays for the snapshots below it); handles still
+    /// open on it turn stale.
+    func deleteImage(of directory: DiskInfo, how: String) throws(FuseFailure) {
+        let holders = openImages.holders(of: directory.id, generation: generation(of: .image(directory.id)))
         try engine { () throws(LunError) in try pool.deleteImage(directory.id) }
         retire(directory.id, imageOnly: true)
-        log.write("unlink: image of \(directory.name) deleted (disk \(directory.id))")
+        log.write("\(how): image of \(directory.name) deleted (disk \(directory.id))" + (holders.map { " while it had \($0.description), now stale" } ?? ""))
     }
 
     func rename(parent: fuse_ino_t, name: String, newParent: fuse_ino_t, newName: String, flags: UInt32) throws(FuseFailure) {
@@ -141,6 +159,7 @@ extension FileSystem {
         if flags & ~UInt32(1) != 0 {
             throw FuseFailure(EINVAL, flags & LUNFS_RENAME_EXCHANGE != 0 ? "RENAME_EXCHANGE is not supported" : "rename flags \(flags) are not supported")
         }
+        try checkNewName(newName)
         let directory = try directoryDisk(parent)
         let newDirectory = try directoryDisk(newParent)
         if directory != nil && name == imageFileName || newDirectory != nil && newName == imageFileName {
@@ -157,7 +176,8 @@ extension FileSystem {
 
     /// create(2) of a new file: only disk.img exists in the tree, so this succeeds only in the
     /// race where disk.img appeared after the kernel's lookup, and then acts as open.
-    func createFile(parent: fuse_ino_t, name: String, flags: Int32) throws(FuseFailure) -> (fuse_entry_param, OpenImage) {
+    func createFile(parent: fuse_ino_t, name: String, flags: Int32, openerPID: pid_t) throws(FuseFailure) -> (fuse_entry_param, OpenImage) {
+        try checkNewName(name)
         guard let directory = try directoryDisk(parent), name == imageFileName else {
             throw FuseFailure(EPERM, "only disk.img can exist here, and only mkdir makes one")
         }
@@ -165,7 +185,7 @@ extension FileSystem {
             throw FuseFailure(EPERM, "a hollow directory cannot get a new image")
         }
         if flags & O_EXCL != 0 { throw FuseFailure(EEXIST, "disk.img exists") }
-        let opened = try openImage(MountedNode.image(directory.id).inodeNumber, flags: flags)
+        let opened = try openImage(MountedNode.image(directory.id).inodeNumber, flags: flags, openerPID: openerPID)
         return (entry(for: .image(pool.info(directory.id) ?? directory)), opened)
     }
 }

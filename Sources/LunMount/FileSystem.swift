@@ -17,6 +17,9 @@ struct FileSystemOptions: Sendable {
     var attributeTimeoutSeconds = 1.0
 }
 
+/// The changes to an image that are refused while something holds it open.
+enum ImageChange { case delete, shrink }
+
 final class FileSystem: Sendable {
     let pool: any MountablePool
     let log: DaemonLog
@@ -34,6 +37,8 @@ final class FileSystem: Sendable {
     /// turn stale and a later disk reusing the id gets fresh kernel inodes (and no stale page
     /// cache) under the same number. Absent means generation 0.
     private let generations = Mutex<[fuse_ino_t: UInt64]>([:])
+    /// Open handles per image, for the busy guards of unlink and shrinking truncates.
+    let openImages = OpenImageTable()
     /// The result of the last scrub asked for through `user.lunfs.scrub`.
     let lastScrub = Mutex<String>("no scrub has run during this mount")
 
@@ -84,6 +89,25 @@ final class FileSystem: Sendable {
             if !imageOnly { table[MountedNode.directory(id).inodeNumber, default: 0] += 1 }
         }
         modificationTimes.withLock { _ = $0.removeValue(forKey: id) }
+        openImages.forget(id)
+    }
+
+    /// EBUSY if `id`'s image is open (other than through `exceptHandle`): deleting or
+    /// shrinking it would pull data from under a loop device, a VM or a process.
+    func refuseIfOpen(_ id: DiskID, doing action: ImageChange, exceptHandle: UInt64? = nil) throws(FuseFailure) {
+        let current = generation(of: .image(id))
+        var except = 0
+        if let exceptHandle, OpenImage(handle: exceptHandle).id == id, OpenImage(handle: exceptHandle).generation == current {
+            except = 1
+        }
+        guard let holders = openImages.holdersAfterGrace(of: id, generation: current, except: except) else { return }
+        let name = pool.treePath(of: id) ?? "disk \(id)"
+        switch action {
+        case .delete:
+            throw FuseFailure(EBUSY, "cannot delete \(name)/disk.img: it has \(holders.description); close it first (losetup -d, stop the VM), or delete it anyway with setfattr -n \(ExtendedAttribute.forceDeleteName) -v 1 on its directory")
+        case .shrink:
+            throw FuseFailure(EBUSY, "cannot shrink \(name)/disk.img: it has \(holders.description); close it first (growing is allowed)")
+        }
     }
 
     // MARK: Reservation flags

@@ -6,12 +6,13 @@ import LunNBD
 let mountUsage = """
     usage: lunfs mount POOL MOUNTPOINT [--foreground] [-o OPTION[,OPTION...]]
                        [--nbd ADDRESS [--nbd-writable]]
-                       [--drives N] [--drive-size SIZE] [--raid 0|1|5]
-           lunfs unmount MOUNTPOINT
+                       [--create [--drives N] [--drive-size SIZE] [--raid 0|1|5]]
+           lunfs unmount [--lazy] MOUNTPOINT
 
-    mount serves the pool in directory POOL at MOUNTPOINT. If POOL does not exist or is an
-    empty directory, a new pool is created there first (--drives, default 8; --drive-size,
-    default 16G, sparse files; --raid, default 5 with five or more drives).
+    mount serves the pool in directory POOL at MOUNTPOINT. With --create, a missing POOL
+    directory (its parent must exist) or an empty one first gets a new pool (--drives,
+    default 8; --drive-size, default 16G, sparse files; --raid, default 5 with five or more
+    drives); without it, mount only opens an existing pool.
     Without --foreground the file system runs as a daemon logging to POOL/lunfs.log, and
     mount returns once the mount is ready.
 
@@ -21,12 +22,17 @@ let mountUsage = """
 
     -o options: direct_io (images bypass the page cache), max_threads=N (threads serving
     requests, default 16), and any libfuse mount option (allow_other, ro, ...).
+
+    unmount refuses while a process or loop device holds a file in the mount (and names
+    them); --lazy detaches it anyway.
     """
 
 struct MountArguments {
     var poolPath: String
     var mountpoint: String
     var foreground = false
+    /// --create: make a new pool if POOL is missing or empty (never without it).
+    var createPool = false
     var directIO = false
     var maximumThreads = 16
     /// -o options passed through to libfuse.
@@ -44,6 +50,8 @@ struct MountArguments {
     static func parse(_ words: [String]) throws(MountFailure) -> MountArguments {
         var positional: [String] = []
         var foreground = false
+        var createPool = false
+        var createOnlyFlags: [String] = []
         var options: [String] = []
         var poolOptions = PoolOptions()
         var nbd = NBDArguments.Parser()
@@ -58,13 +66,17 @@ struct MountArguments {
             switch word {
             case "-f", "--foreground":
                 foreground = true
+            case "--create":
+                createPool = true
             case "-o":
                 options += try value(after: word).split(separator: ",").map(String.init)
             case "--drives":
+                createOnlyFlags.append(word)
                 let text = try value(after: word)
                 guard let count = Int(text), count >= 1, count <= 1024 else { throw .usage("--drives takes a number from 1 to 1024, not \(text)") }
                 poolOptions.driveCount = count
             case "--drive-size":
+                createOnlyFlags.append(word)
                 let text = try value(after: word)
                 guard let bytes = parseByteSize(text), bytes > 0 else { throw .usage("--drive-size takes a size such as 256M or 16G, not \(text)") }
                 poolOptions.driveSizeBytes = bytes
@@ -73,6 +85,7 @@ struct MountArguments {
             case "--nbd-writable":
                 nbd.writableSnapshots = true
             case "--raid":
+                createOnlyFlags.append(word)
                 let text = try value(after: word)
                 guard let level = RAIDLevel(text: text) else { throw .usage("--raid takes 0, 1 or 5, not \(text)") }
                 poolOptions.raid = level
@@ -83,8 +96,11 @@ struct MountArguments {
             index += 1
         }
         guard positional.count == 2 else { throw .usage(positionalMistake) }
+        if let flag = createOnlyFlags.first, !createPool {
+            throw .usage("\(flag) shapes a new pool and needs --create")
+        }
         var arguments = MountArguments(poolPath: positional[0], mountpoint: positional[1], foreground: foreground,
-                                       poolOptions: poolOptions, nbd: try nbd.finish())
+                                       createPool: createPool, poolOptions: poolOptions, nbd: try nbd.finish())
         for option in options where !option.isEmpty {
             if option == "direct_io" {
                 arguments.directIO = true

@@ -1,6 +1,6 @@
-// `lunfs mount POOL MOUNTPOINT`: checks the paths, creates a pool if there is none, forks into
-// the background (unless --foreground), opens the pool, mounts it (and with --nbd serves the
-// same pool object over NBD) until unmounted or signalled, then closes the pool (which
+// `lunfs mount POOL MOUNTPOINT`: checks the paths, creates a pool if asked to (--create), forks
+// into the background (unless --foreground), opens the pool, mounts it (and with --nbd serves
+// the same pool object over NBD) until unmounted or signalled, then closes the pool (which
 // commits) and exits 0.
 #if canImport(Glibc)
 import Glibc
@@ -45,7 +45,8 @@ struct MountCommand {
     }
 
     var opener: PoolOpener {
-        PoolOpener(poolDirectory: poolDirectory, readOnly: arguments.isReadOnly, poolOptions: arguments.poolOptions)
+        PoolOpener(poolDirectory: poolDirectory, readOnly: arguments.isReadOnly, createPool: arguments.createPool,
+                   poolOptions: arguments.poolOptions)
     }
 
     var sessionOptions: SessionOptions {
@@ -105,12 +106,8 @@ struct MountCommand {
             channel.fail(error)
             return error.exitStatus
         }
-        let logDescriptor = log.attach(path: poolDirectory + "/" + daemonLogName)
-        if channel.isDaemon && logDescriptor >= 0 {
-            // Whatever still writes to stdout or stderr (a crash report) lands in the log.
-            dup2(logDescriptor, STDOUT_FILENO)
-            dup2(logDescriptor, STDERR_FILENO)
-        }
+        // In the daemon, whatever still writes to stdout or stderr (a crash report) lands in the log.
+        log.attach(path: poolDirectory + "/" + daemonLogName, redirectStandardStreams: channel.isDaemon)
         log.write("mount: serving \(poolDirectory) on \(mountpoint) (pid \(getpid()), \(channel.isDaemon ? "daemon" : "foreground"))")
 
         let status = mountAndServe(pool, log: log, channel: channel)

@@ -58,9 +58,9 @@ func makeOperationsTable() -> fuse_lowlevel_ops {
         })
     }
 
-    ops.setattr = { request, ino, wanted, fields, _ in
+    ops.setattr = { request, ino, wanted, fields, info in
         answer(request, "setattr", "ino \(ino) fields 0x\(String(fields, radix: 16))", { fs throws(FuseFailure) in
-            (try fs.setAttributes(ino, wanted!.pointee, fields: fields), fs.options.attributeTimeoutSeconds)
+            (try fs.setAttributes(ino, wanted!.pointee, fields: fields, handle: info?.pointee.fh), fs.options.attributeTimeoutSeconds)
         }, reply: { attributes, timeout in
             var attributes = attributes
             return fuse_reply_attr(request, &attributes, timeout)
@@ -112,21 +112,26 @@ func makeOperationsTable() -> fuse_lowlevel_ops {
 
     ops.open = { request, ino, info in
         answer(request, "open", "ino \(ino)", { fs throws(FuseFailure) in
-            (try fs.openImage(ino, flags: info!.pointee.flags), fs.options.directIO)
-        }, reply: { opened, directIO in
+            (try fs.openImage(ino, flags: info!.pointee.flags, openerPID: requestPID(request)), fs.options.directIO, fs)
+        }, reply: { opened, directIO, fs in
             configure(info!, for: opened, directIO: directIO)
-            return fuse_reply_open(request, info)
+            let status = fuse_reply_open(request, info)
+            // No RELEASE follows an open the caller never got.
+            if status != 0 { fs.closeImage(handle: opened.handle) }
+            return status
         })
     }
 
     ops.create = { request, parent, name, _, info in
         answer(request, "create", "ino \(parent) name \(describe(name))", { fs throws(FuseFailure) in
-            let (entry, opened) = try fs.createFile(parent: parent, name: fs.checkedName(name!), flags: info!.pointee.flags)
-            return (entry, opened, fs.options.directIO)
-        }, reply: { entry, opened, directIO in
+            let (entry, opened) = try fs.createFile(parent: parent, name: fs.checkedName(name!), flags: info!.pointee.flags, openerPID: requestPID(request))
+            return (entry, opened, fs.options.directIO, fs)
+        }, reply: { entry, opened, directIO, fs in
             var entry = entry
             configure(info!, for: opened, directIO: directIO)
-            return fuse_reply_create(request, &entry, info)
+            let status = fuse_reply_create(request, &entry, info)
+            if status != 0 { fs.closeImage(handle: opened.handle) }
+            return status
         })
     }
 
@@ -148,7 +153,10 @@ func makeOperationsTable() -> fuse_lowlevel_ops {
 
     // flush runs at every close(2); committing there would make each close an fsync.
     ops.flush = { request, _, _ in fuse_reply_err(request, 0) }
-    ops.release = { request, _, _ in fuse_reply_err(request, 0) }
+    ops.release = { request, _, info in
+        if let info { FileSystem.of(request).closeImage(handle: info.pointee.fh) }
+        _ = fuse_reply_err(request, 0)
+    }
 
     ops.fsync = { request, ino, _, _ in
         answerStatus(request, "fsync", "ino \(ino)") { fs throws(FuseFailure) in try fs.synchronize() }
@@ -260,9 +268,17 @@ private func sendAttributeReply(_ request: fuse_req_t?, _ reply: AttributeReply)
     }
 }
 
+/// The process that sent a request (0 when the kernel sends it on no process's behalf).
+private func requestPID(_ request: fuse_req_t?) -> pid_t {
+    fuse_req_ctx(request)?.pointee.pid ?? 0
+}
+
 /// A name from the kernel for a log line.
 private func describe(_ name: UnsafePointer<CChar>?) -> String {
     guard let name else { return "(none)" }
-    let text = String(cString: name)
+    // Control characters are escaped, so that no name can forge a log line.
+    let text = String(cString: name).unicodeScalars.map { scalar in
+        scalar.value < 0x20 || scalar.value == 0x7f ? "\\x" + String(scalar.value, radix: 16) : String(scalar)
+    }.joined()
     return text.utf8.count > 64 ? "\"\(text.prefix(32))...\" (\(text.utf8.count) bytes)" : "\"\(text)\""
 }

@@ -1,5 +1,5 @@
-// Opening the pool a daemon serves, shared by `lunfs mount` and `lunfs serve`: a missing or
-// empty directory gets a new pool, a directory with a pool is opened (its recovery steps
+// Opening the pool a daemon serves, shared by `lunfs mount` and `lunfs serve`: with --create a
+// missing or empty directory gets a new pool, a directory with a pool is opened (its recovery steps
 // reported to the user), anything else is refused with the exit status of a usage error.
 #if canImport(Glibc)
 import Glibc
@@ -12,13 +12,25 @@ struct PoolOpener {
 
     var poolDirectory: String
     var readOnly: Bool
+    /// --create: a missing (parent present) or empty directory gets a new pool.
+    var createPool: Bool
     /// Used only when the pool has to be created.
     var poolOptions: PoolOptions
 
-    /// Whether there is a pool to open or one to create; refuses anything else.
+    /// Whether there is a pool to open or one to create (only with --create); refuses anything else.
     func plan() throws(MountFailure) -> Plan {
+        let howToCreate = "give --create to make a new pool there, or run 'lunfs init \(poolDirectory)'"
         switch pathKind(poolDirectory) {
         case .missing:
+            guard createPool else {
+                throw MountFailure(2, "no pool at \(poolDirectory): the directory does not exist; \(howToCreate)")
+            }
+            // poolDirectory is absolute with its existing part resolved (absolutePath).
+            let slash = poolDirectory.lastIndex(of: "/") ?? poolDirectory.startIndex
+            let parent = slash == poolDirectory.startIndex ? "/" : String(poolDirectory[..<slash])
+            guard case .directory = pathKind(parent) else {
+                throw MountFailure(2, "cannot create a pool in \(poolDirectory): its parent \(parent) does not exist (mount never creates parent directories)")
+            }
             return .create
         case .other:
             throw MountFailure(2, "\(poolDirectory) is a file, not a pool directory")
@@ -32,6 +44,9 @@ struct PoolOpener {
             let leftovers = names.filter { $0 != daemonLogName && $0 != daemonPIDName }
             guard leftovers.isEmpty else {
                 throw MountFailure(2, "\(poolDirectory) holds no pool and is not empty; give an empty or missing directory to create one")
+            }
+            guard createPool else {
+                throw MountFailure(2, "no pool in \(poolDirectory): the directory is empty; \(howToCreate)")
             }
             return .create
         }
@@ -62,9 +77,14 @@ struct PoolOpener {
         } catch {
             switch error {
             case .busy(let reason):
-                throw MountFailure(1, "the pool \(poolDirectory) is in use by another lunfs process (\(reason))")
+                // The engine's reason names the pool and the process holding it; once is enough.
+                throw MountFailure(1, reason)
+            case _ where plan == .open:
+                // The pool is there but cannot be served as it is (damaged, drives missing
+                // beyond what redundancy covers): the input is the problem, as README says.
+                throw MountFailure(2, "cannot open the pool \(poolDirectory): \(error)")
             case .invalid, .exists:
-                throw MountFailure(2, "cannot \(plan == .open ? "open" : "create") the pool \(poolDirectory): \(error)")
+                throw MountFailure(2, "cannot create the pool \(poolDirectory): \(error)")
             default:
                 throw MountFailure(1, "cannot \(plan == .open ? "open" : "create") the pool \(poolDirectory): \(error)")
             }

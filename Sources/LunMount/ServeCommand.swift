@@ -1,5 +1,5 @@
 // `lunfs serve POOL --nbd ADDRESS`: the daemon without a FUSE mount, serving every disk and
-// snapshot over NBD. It opens (or creates) the pool like `mount`, forks into the background
+// snapshot over NBD. It opens (or, with --create, creates) the pool like `mount`, forks into the background
 // unless --foreground, and runs until SIGTERM, SIGINT or SIGHUP; then it ends every
 // connection (answering requests in flight), closes the pool (which commits) and exits 0.
 #if canImport(Glibc)
@@ -10,13 +10,13 @@ import LunNBD
 
 let serveUsage = """
     usage: lunfs serve POOL --nbd ADDRESS [--nbd-writable] [--foreground] [-o ro]
-                       [--drives N] [--drive-size SIZE] [--raid 0|1|5]
+                       [--create [--drives N] [--drive-size SIZE] [--raid 0|1|5]]
 
     serve exports every disk and snapshot of the pool in directory POOL over NBD, without a
     FUSE mount. ADDRESS is a Unix socket path (anything with a "/") or HOST:PORT. Exports are
     named by tree path (vm, vm/monday); snapshots are read-only unless --nbd-writable, and
-    everything is with -o ro (the pool is opened read-only). A missing or empty POOL gets a
-    new pool first (--drives, --drive-size, --raid as for mount). Without --foreground the
+    everything is with -o ro (the pool is opened read-only). With --create a missing or empty
+    POOL gets a new pool first (--drives, --drive-size, --raid as for mount). Without --foreground the
     server runs as a daemon logging to POOL/lunfs.log and writing its pid to POOL/lunfs.pid;
     SIGTERM stops it.
     """
@@ -43,6 +43,7 @@ struct ServeArguments {
     var nbd: NBDArguments
     var foreground = false
     var readOnly = false
+    var createPool = false
     var poolOptions = PoolOptions()
 
     static func parse(_ words: [String]) throws(MountFailure) -> ServeArguments {
@@ -70,7 +71,7 @@ struct ServeArguments {
         }
         guard let nbd = mountLike.nbd else { throw .usage("serve needs --nbd ADDRESS") }
         return ServeArguments(poolPath: mountLike.poolPath, nbd: nbd, foreground: mountLike.foreground,
-                              readOnly: readOnly, poolOptions: mountLike.poolOptions)
+                              readOnly: readOnly, createPool: mountLike.createPool, poolOptions: mountLike.poolOptions)
     }
 }
 
@@ -88,7 +89,8 @@ struct ServeCommand {
     }
 
     func run() throws(MountFailure) -> Int32 {
-        let opener = PoolOpener(poolDirectory: poolDirectory, readOnly: arguments.readOnly, poolOptions: arguments.poolOptions)
+        let opener = PoolOpener(poolDirectory: poolDirectory, readOnly: arguments.readOnly, createPool: arguments.createPool,
+                                poolOptions: arguments.poolOptions)
         let plan = try opener.plan()
         if arguments.foreground {
             return serve(opener, plan, channel: StartupChannel(foreground: true, verb: "serve"))

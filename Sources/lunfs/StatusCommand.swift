@@ -22,6 +22,8 @@ struct StatusReport: Codable {
     var mounted: Bool
     var drives: [Drive]
     var capacityBytes: UInt64, usedBytes: UInt64, freeBytes: UInt64, reservedBytes: UInt64, rawUsedBytes: UInt64
+    /// used + reserved + free: the size df shows for the mount.
+    var usableBytes: UInt64
     var defaultRAID: Int
     var segmentSizeBytes: UInt64
     var mapMemoryBytes: Int
@@ -52,7 +54,7 @@ func buildStatus(_ pool: Pool, mounted: Bool) -> StatusReport {
                   stale: !$0.element.available && pool.staleDriveIndexes.contains($0.offset))
         },
         capacityBytes: usage.capacityBytes, usedBytes: usage.usedBytes, freeBytes: usage.freeBytes,
-        reservedBytes: usage.reservedBytes, rawUsedBytes: usage.rawUsedBytes, defaultRAID: Int(usage.defaultRAID.rawValue),
+        reservedBytes: usage.reservedBytes, rawUsedBytes: usage.rawUsedBytes, usableBytes: usage.usableBytes, defaultRAID: Int(usage.defaultRAID.rawValue),
         segmentSizeBytes: usage.segmentSizeBytes, mapMemoryBytes: memory.bytes,
         mapBytesPerAllocatedMiB: memory.allocatedMiB > 0 ? Double(memory.bytes) / Double(memory.allocatedMiB) : nil,
         disks: infos.map { i in
@@ -101,6 +103,7 @@ private func printStatus(_ r: StatusReport) {
     let stale = r.drives.filter(\.stale).count
     print("drives: \(r.drives.count)\(missing == 0 ? ", all present" : (missing > stale ? ", \(missing - stale) MISSING" : "") + (stale > 0 ? ", \(stale) STALE" : ""))")
     for d in r.drives { print("  \(d.index)  \(d.name)\(d.available ? "" : d.stale ? "  STALE (missed writes or replaces a drive; not read until rebuilt)" : "  MISSING")") }
+    print("usable \(formatSize(r.usableBytes)) at raid\(r.defaultRAID) (df's size): used \(formatSize(r.usedBytes)), reserved \(formatSize(r.reservedBytes)), free \(formatSize(r.freeBytes))")
     print("capacity \(formatSize(r.capacityBytes)) of segments; used \(formatSize(r.usedBytes)) by disks (\(formatSize(r.rawUsedBytes)) raw with redundancy); free \(formatSize(r.freeBytes)) at raid\(r.defaultRAID)\(r.reservedBytes > 0 ? "; reserved \(formatSize(r.reservedBytes))" : "")")
     let perMiB = r.mapBytesPerAllocatedMiB.map { String(format: "%.1f B per allocated MiB", $0) } ?? "nothing allocated"
     print("map memory \(formatSize(UInt64(r.mapMemoryBytes))) (\(perMiB))")

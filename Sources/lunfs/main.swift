@@ -6,11 +6,13 @@ import LunMount
 
 let usage = """
 usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive PATH ...] [--force]
-       lunfs mount POOL MOUNTPOINT [--foreground] [-o OPTIONS] [--nbd ADDRESS [--nbd-writable]]
-       lunfs serve POOL --nbd ADDRESS [--nbd-writable] [--foreground] [-o ro]
-       lunfs unmount MOUNTPOINT
+       lunfs mount POOL MOUNTPOINT [--foreground] [-o OPTIONS] [--create [--drives N] [--drive-size SIZE] [--raid 0|1|5]]
+                   [--nbd ADDRESS [--nbd-writable]]
+       lunfs serve POOL --nbd ADDRESS [--nbd-writable] [--foreground] [-o ro] [--create ...]
+       lunfs unmount [--lazy] MOUNTPOINT
        lunfs status POOL [--json]
        lunfs check POOL [--scrub] [--repair]
+       lunfs --version
 """
 
 let arguments = CommandLine.arguments
@@ -23,6 +25,7 @@ case "unmount", "umount": exit(runUnmountCommand(rest))
 case "status": exit(runStatus(rest))
 case "check": exit(runCheck(rest))
 case "help", "--help", "-h": print(usage); exit(0)
+case "--version", "version": exit(runVersion())
 default:
     printError(usage)
     exit(2)

@@ -187,37 +187,37 @@ final class ConcurrencyTests: XCTestCase {
     }
 
     /// A snapshot waits a bounded time for in-flight writes; past it mkdir fails with EBUSY and
-    /// changes nothing, and once the writes drain it succeeds.
+    /// changes nothing, and once the writes drain it succeeds. The write is held on its way to
+    /// a drive by a gate, so the snapshot meets it in flight every time, however busy the machine.
     func testSnapshotGivesUpWithEBUSYWhenWritesDoNotDrain() throws {
-        let drives = MemoryDrives(count: 4, sizeBytes: 1 << 30)
-        try drives.format(raid: .raid0)
-        let pool = try drives.open()
+        let set = SimulatedDriveSet(count: 4, sizeBytes: 64 << 20, seed: 11)
+        try Pool.format(devices: set.devices, raid: .raid0)
+        let pool = try Pool.open(devices: set.devices)
         let id = try pool.createDisk(named: "vm")
-        let big = [UInt8](repeating: 0x42, count: 600 << 20)
-        let writing = AtomicFlag(false), done = AtomicFlag(false)
-        let writer = Thread {
-            writing.value.store(true, ordering: .releasing)
-            try? pool.write(id, at: 0, big)
-            done.value.store(true, ordering: .releasing)
+        let bytes = [UInt8](repeating: 0x42, count: 1 << 20)
+        // Drive 3 holds no metadata mirror, so the first write to reach it is the data's.
+        let gate = set[3].holdNextWrite()
+        defer { gate.open() }
+        let writerDone = DispatchSemaphore(value: 0)
+        Thread {
+            try? pool.write(id, at: 0, bytes)
+            writerDone.signal()
+        }.start()
+        XCTAssertTrue(gate.waitUntilReached(), "the write never reached drive 3")
+        let result = Result { () throws(LunError) -> DiskID in
+            try pool.createSnapshot(of: id, named: "s", quiesceTimeoutSeconds: 0.05)
         }
-        writer.start()
-        while !writing.value.load(ordering: .acquiring) { usleep(100) }
-        var sawBusy = false
-        while !done.value.load(ordering: .acquiring) && !sawBusy {
-            let result = Result { () throws(LunError) -> DiskID in
-                try pool.createSnapshot(of: id, named: "s", quiesceTimeoutSeconds: 0.01)
-            }
-            switch result {
-            case .success: break
-            case .failure(let error): XCTAssertEqual(error.errno, EBUSY); sawBusy = true
-            }
-            if case .success = result { break }
+        guard case .failure(let error) = result else {
+            XCTFail("the snapshot went ahead of a write in flight")
+            return
         }
-        XCTAssertTrue(sawBusy, "the long write should have held the snapshot off")
+        XCTAssertEqual(error.errno, EBUSY)
         XCTAssertNil(pool.child(named: "s", of: id), "a refused mkdir leaves nothing behind")
-        while !writer.isFinished { usleep(1000) }
+        gate.open()
+        XCTAssertEqual(writerDone.wait(timeout: .now() + 30), .success)
         let snap = try pool.createSnapshot(of: id, named: "s")
-        XCTAssertEqual(pool.info(snap)!.sizeBytes, 600 << 20)
+        XCTAssertEqual(pool.info(snap)!.sizeBytes, 1 << 20)
+        XCTAssertEqual(try pool.image(snap), bytes)
         try pool.close()
     }
 }

@@ -31,12 +31,35 @@ final class SnapshotModelTests: XCTestCase {
         var model: [DiskID: ModelDisk] = [:]
         let maxSize = 4 << 20
         var counter = 0
+        var snapcloneSteps = 0, independents = 0
+        defer { print("SnapshotModelTests seed \(seed) level \(level): \(steps) steps, \(snapcloneSteps) snapclone copy steps, \(independents) snapclones made independent") }
         func liveImages() -> [DiskID] { model.filter { $0.value.hasImage }.keys.sorted() }
         for step in 0..<steps {
             let roll = Int.random(in: 0..<100, using: &rng)
             let live = liveImages()
             let context = "seed \(seed) step \(step) level \(level)"
-            if live.isEmpty || roll < 5 {
+            if !live.isEmpty && rng.chance(0.15) {
+                // Snapclones: none of these changes a byte any disk reads.
+                pool.quiescedCopySegments = Int(rng.below(4))
+                let clones = pool.copyingSnapclones()
+                if let c = clones.randomElement(using: &rng), rng.chance(0.8) {
+                    if rng.chance(0.85) {
+                        let progress = try pool.copySnapclone(c, segments: Int(rng.below(6)) + 1)
+                        snapcloneSteps += 1
+                        if progress.independent {
+                            independents += 1
+                            XCTAssertEqual(pool.kind(c), .independent, context)
+                            XCTAssertNil(pool.info(c)!.predecessor, context)
+                            XCTAssertNil(pool.info(c)!.successor, context)
+                        }
+                    } else {
+                        try pool.revertSnapclone(c)
+                        XCTAssertNotEqual(pool.kind(c), .snapclone, context)
+                    }
+                } else if let x = live.filter({ pool.info($0)!.successor != nil }).randomElement(using: &rng) {
+                    do { try pool.makeSnapclone(x) } catch { if error.errno != EBUSY { throw error } }
+                }
+            } else if live.isEmpty || roll < 5 {
                 counter += 1
                 let id = try pool.createDisk(named: "d\(counter)")
                 model[id] = ModelDisk(image: [], parent: nil, hasImage: true)
@@ -57,6 +80,10 @@ final class SnapshotModelTests: XCTestCase {
             } else if roll < 72 {
                 let id = live.randomElement(using: &rng)!
                 counter += 1
+                guard pool.kind(id) != .snapclone else {
+                    XCTAssertThrowsError(try pool.createSnapshot(of: id, named: "s\(counter)"), context)
+                    continue
+                }
                 let snap = try pool.createSnapshot(of: id, named: "s\(counter)")
                 model[snap] = ModelDisk(image: model[id]!.image, parent: id, hasImage: true)
             } else if roll < 78 {

@@ -1,4 +1,4 @@
-// `lunfs mount` and `lunfs unmount` as a user meets them: the pool created on first use, clear
+// `lunfs mount` and `lunfs unmount` as a user meets them: a pool created only with --create, clear
 // errors with exit status 2 for bad paths, a busy pool refused, a clean exit on SIGTERM.
 import Foundation
 import XCTest
@@ -18,7 +18,7 @@ final class CommandLineTests: MountTestCase {
     func testMountingOnAMountIsRefusedAndChangesNothing() throws {
         try makeDirectory(pool.path("vm"))
         let otherPool = pool.root.appendingPathComponent("pool2").path
-        let result = try pool.lunfs(["mount", otherPool, pool.mountpoint, "--drives", "2", "--drive-size", "64M"])
+        let result = try pool.lunfs(["mount", otherPool, pool.mountpoint, "--create", "--drives", "2", "--drive-size", "64M"])
         XCTAssertEqual(result.status, 2)
         XCTAssertTrue(result.errorOutput.contains("already a mount point"), result.errorOutput)
         XCTAssertFalse(FileManager.default.fileExists(atPath: otherPool), "no pool may be created")
@@ -31,6 +31,7 @@ final class CommandLineTests: MountTestCase {
         let result = try pool.lunfs(["mount", pool.poolPath, other])
         XCTAssertNotEqual(result.status, 0)
         XCTAssertTrue(result.errorOutput.contains("in use"), result.errorOutput)
+        XCTAssertEqual(result.errorOutput.components(separatedBy: "in use").count, 2, "said once: \(result.errorOutput)")
         XCTAssertFalse(isMountPoint(other))
     }
 
@@ -38,7 +39,7 @@ final class CommandLineTests: MountTestCase {
         let otherPool = pool.root.appendingPathComponent("pool2").path
         let other = pool.root.appendingPathComponent("mnt2").path
         try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
-        let result = try pool.lunfs(["mount", otherPool, other, "-o", "no_such_option"])
+        let result = try pool.lunfs(["mount", otherPool, other, "--create", "-o", "no_such_option"])
         XCTAssertEqual(result.status, 2)
         XCTAssertTrue(result.errorOutput.contains("no_such_option"), result.errorOutput)
         XCTAssertFalse(FileManager.default.fileExists(atPath: otherPool))
@@ -121,7 +122,7 @@ final class CommandLineTests: MountTestCase {
 }
 
 final class NewPoolTests: XCTestCase {
-    func testMountCreatesAPoolInAnEmptyDirectory() throws {
+    func testMountCreatesAPoolInAnEmptyDirectoryOnlyWithCreate() throws {
         try requireFUSE()
         let binary = try lunfsBinaryPath()
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("lunfs-new-\(UUID().uuidString.prefix(8))")
@@ -133,7 +134,18 @@ final class NewPoolTests: XCTestCase {
             if isMountPoint(mountpoint) { _ = try? runProgram("fusermount3", ["-u", "-z", mountpoint]) }
             if !isMountPoint(mountpoint) { try? FileManager.default.removeItem(at: root) }
         }
-        let result = try runProgram(binary, ["mount", poolPath, mountpoint, "--drives", "3", "--drive-size", "128M", "--raid", "1"])
+        // Without --create an empty directory is not a pool, and nothing is made in it.
+        let refused = try runProgram(binary, ["mount", poolPath, mountpoint])
+        XCTAssertEqual(refused.status, 2, refused.errorOutput)
+        XCTAssertTrue(refused.errorOutput.contains("--create"), refused.errorOutput)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: poolPath), [])
+        XCTAssertFalse(isMountPoint(mountpoint))
+        // Pool-shaping options without --create are a usage error.
+        let shaped = try runProgram(binary, ["mount", poolPath, mountpoint, "--drives", "3"])
+        XCTAssertEqual(shaped.status, 2, shaped.errorOutput)
+        XCTAssertTrue(shaped.errorOutput.contains("needs --create"), shaped.errorOutput)
+
+        let result = try runProgram(binary, ["mount", poolPath, mountpoint, "--create", "--drives", "3", "--drive-size", "128M", "--raid", "1"])
         XCTAssertEqual(result.status, 0, result.errorOutput)
         XCTAssertTrue(result.output.contains("created a new pool"), result.output)
         XCTAssertTrue(isMountPoint(mountpoint))
@@ -144,5 +156,58 @@ final class NewPoolTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: poolPath + "/lunfs.pid"), "the daemon removes its pid file when done")
         let log = try String(contentsOfFile: poolPath + "/lunfs.log", encoding: .utf8)
         XCTAssertTrue(log.contains("pool closed"), log)
+    }
+
+    /// A mistyped path (or a drive directory not mounted yet) never becomes a new pool: without
+    /// --create a missing directory is refused, and even with it missing parents are not made.
+    func testMountOfAMissingPathCreatesNothing() throws {
+        try requireFUSE()
+        let binary = try lunfsBinaryPath()
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("lunfs-typo-\(UUID().uuidString.prefix(8))")
+        let mountpoint = root.appendingPathComponent("mnt").path
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        defer {
+            if isMountPoint(mountpoint) { _ = try? runProgram("fusermount3", ["-u", "-z", mountpoint]) }
+            if !isMountPoint(mountpoint) { try? FileManager.default.removeItem(at: root) }
+        }
+        let missing = root.appendingPathComponent("pool").path
+        let plain = try runProgram(binary, ["mount", missing, mountpoint])
+        XCTAssertEqual(plain.status, 2, plain.errorOutput)
+        XCTAssertTrue(plain.errorOutput.contains("does not exist"), plain.errorOutput)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: missing))
+
+        let typo = root.appendingPathComponent("typo/x/pool").path
+        let created = try runProgram(binary, ["mount", typo, mountpoint, "--create", "--drives", "1", "--drive-size", "64M"])
+        XCTAssertEqual(created.status, 2, created.errorOutput)
+        XCTAssertTrue(created.errorOutput.contains("parent"), created.errorOutput)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: root.appendingPathComponent("typo").path), "no parent directory is made")
+        XCTAssertFalse(isMountPoint(mountpoint))
+
+        // init does not make parents either.
+        let initialized = try runProgram(binary, ["init", typo, "--drives", "1", "--drive-size", "64M"])
+        XCTAssertNotEqual(initialized.status, 0, initialized.output)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: root.appendingPathComponent("typo").path))
+    }
+
+    /// A pool that is there but cannot be opened is bad input: exit 2, as README and MOUNT.md
+    /// say, and nothing is mounted or changed.
+    func testPoolThatCannotBeOpenedExitsWith2() throws {
+        try requireFUSE()
+        let binary = try lunfsBinaryPath()
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("lunfs-broken-\(UUID().uuidString.prefix(8))")
+        let poolPath = root.appendingPathComponent("pool").path
+        let mountpoint = root.appendingPathComponent("mnt").path
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        defer {
+            if isMountPoint(mountpoint) { _ = try? runProgram("fusermount3", ["-u", "-z", mountpoint]) }
+            if !isMountPoint(mountpoint) { try? FileManager.default.removeItem(at: root) }
+        }
+        XCTAssertEqual(try runProgram(binary, ["init", poolPath, "--drives", "1", "--drive-size", "64M"]).status, 0)
+        try check(truncate(poolPath + "/drive-00.img", 0), "truncate the only drive")
+        let result = try runProgram(binary, ["mount", poolPath, mountpoint])
+        XCTAssertEqual(result.status, 2, result.errorOutput)
+        XCTAssertTrue(result.errorOutput.contains("cannot open the pool"), result.errorOutput)
+        XCTAssertFalse(isMountPoint(mountpoint))
+        XCTAssertEqual(try fileSize(poolPath + "/drive-00.img"), 0, "a refused mount changes nothing")
     }
 }

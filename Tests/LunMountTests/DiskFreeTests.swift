@@ -1,7 +1,8 @@
 // df on the mount tells the truth about the pool: writing 64 MiB takes 64 MiB of free space,
 // a snapshot takes none until copy on write does, deleting an image gives back only what no
 // snapshot still holds, and rm -r of the disk gives everything back, to the block, as df(1)
-// and a remount both confirm.
+// and a remount both confirm. On every RAID level df's size, used and available are the
+// figures `lunfs status` gives (usable, used by disks, free), so parity never shows as used.
 import Foundation
 import XCTest
 
@@ -74,5 +75,52 @@ final class DiskFreeTests: MountTestCase {
         let row = df.output.split(separator: "\n").last.map { $0.split(separator: " ") } ?? []
         XCTAssertEqual(row.first.flatMap { Int($0) }, freeBytes, "df: \(df.output)", file: file, line: line)
         XCTAssertEqual(row.last.map(String.init), "lunfs:" + pool.poolPath, "df: \(df.output)", file: file, line: line)
+    }
+
+    /// df against `lunfs status --json` on a pool of each RAID level: size is the usable
+    /// capacity at that level, used is what the disks hold (0 on a fresh pool, whatever the
+    /// parity costs), available is the free space, and a write moves used and available by
+    /// its size while the size stays put.
+    func testDfAgreesWithStatusOnEveryRAIDLevel() throws {
+        for level in ["0", "1", "5"] {
+            let levelPool = try MountedPool(drives: 5, driveSize: "256M", raid: level)
+            defer { levelPool.tearDown() }
+            func commit() throws {
+                let root = try openFile(levelPool.mountpoint, O_RDONLY | O_DIRECTORY)
+                defer { close(root) }
+                try check(fsync(root))
+            }
+            /// (size, used, available) from statvfs, and the same three from status.
+            func figures() throws -> (df: [Int], status: [Int]) {
+                try commit()
+                let numbers = try statistics(levelPool.mountpoint)
+                let block = Int(numbers.f_frsize)
+                let df = [Int(numbers.f_blocks) * block, Int(numbers.f_blocks - numbers.f_bfree) * block, Int(numbers.f_bavail) * block]
+                let status = try levelPool.lunfs(["status", "--json", levelPool.poolPath])
+                XCTAssertEqual(status.status, 0, status.errorOutput)
+                let report = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(status.output.utf8)) as? [String: Any])
+                func number(_ key: String) throws -> Int { try XCTUnwrap(report[key] as? Int, "status has no \(key)") }
+                let statusFigures = [try number("usableBytes"), try number("usedBytes") + number("reservedBytes"), try number("freeBytes")]
+                return (df, statusFigures)
+            }
+            let fresh = try figures()
+            XCTAssertEqual(fresh.df, fresh.status, "raid\(level): df and status on a fresh pool")
+            XCTAssertEqual(fresh.df[1], 0, "raid\(level): a fresh pool has nothing used, parity or not")
+            XCTAssertGreaterThan(fresh.df[0], 0)
+
+            try makeDirectory(levelPool.path("vm"))
+            let fd = try openFile(levelPool.path("vm/disk.img"), O_WRONLY)
+            for index in 0..<24 { try writeAll(fd, [UInt8](repeating: UInt8(index + 1), count: Self.mebibyte), at: index * Self.mebibyte) }
+            close(fd)
+            let written = try figures()
+            XCTAssertEqual(written.df, written.status, "raid\(level): df and status after 24 MiB")
+            XCTAssertEqual(written.df[1], 24 * Self.mebibyte, "raid\(level): used is what the disk holds")
+            XCTAssertEqual(written.df[0], fresh.df[0], "raid\(level): the size stays put")
+            XCTAssertEqual(fresh.df[2] - written.df[2], 24 * Self.mebibyte, "raid\(level): available drops by what was written")
+            let df = try runProgram("df", ["-B1", "--output=size,used,avail", levelPool.mountpoint])
+            let row = df.output.split(separator: "\n").last.map { $0.split(separator: " ").compactMap { Int($0) } } ?? []
+            XCTAssertEqual(row, written.df, "raid\(level): df(1): \(df.output)")
+            XCTAssertNil(levelPool.unmountAndCheck(), "raid\(level)")
+        }
     }
 }

@@ -116,6 +116,8 @@ final class InitCommandTests: XCTestCase {
         let binary = try lunfsBinaryPath()
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("lunfs-init-\(UUID().uuidString.prefix(8))")
         defer { try? FileManager.default.removeItem(at: root) }
+        // init makes the pool directory, never its parents.
+        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
         let first = root.appendingPathComponent("first").path, second = root.appendingPathComponent("second").path
         XCTAssertEqual(try runProgram(binary, ["init", first, "--drives", "2", "--drive-size", "64M"]).status, 0)
         let drives = ["--drive", first + "/drive-00.img", "--drive", first + "/drive-01.img"]

@@ -45,8 +45,8 @@ final class ImageDataTests: MountTestCase {
         var random = SeededGenerator(seed: newSeed(#function))
         try makeDirectory(pool.path("vm"))
         let image = pool.path("vm/disk.img")
-        let fd = try openFile(image, O_RDWR)
-        defer { close(fd) }
+        var fd = try openFile(image, O_RDWR)
+        defer { if fd >= 0 { close(fd) } }
         let head = random.bytes(3 << 20)
         try writeAll(fd, head, at: 0)
         XCTAssertEqual(try fileSize(image), 3 << 20)
@@ -64,9 +64,15 @@ final class ImageDataTests: MountTestCase {
         XCTAssertEqual(again[..<1_500_000], head[..<1_500_000])
         XCTAssertTrue(again[1_500_000...].allSatisfy { $0 == 0 }, "bytes past a shrink came back")
 
-        // The truncate(1) tool, and O_TRUNC on open (": > disk.img").
+        // The truncate(1) tool, and O_TRUNC on open (": > disk.img"). Growing goes ahead
+        // while the image is open elsewhere; shrinking waits until nothing else holds it.
         XCTAssertEqual(try runProgram("truncate", ["-s", "10M", image]).status, 0)
         XCTAssertEqual(try fileSize(image), 10 << 20)
+        XCTAssertEqual(errnoOf { _ = try openFile(image, O_WRONLY | O_TRUNC) }, EBUSY)
+        XCTAssertNotEqual(try runProgram("truncate", ["-s", "1M", image]).status, 0)
+        XCTAssertEqual(try fileSize(image), 10 << 20)
+        close(fd)
+        fd = -1
         let truncating = try openFile(image, O_WRONLY | O_TRUNC)
         close(truncating)
         XCTAssertEqual(try fileSize(image), 0)

@@ -132,7 +132,7 @@ final class MountedPool {
         mountpoint = root.appendingPathComponent("mnt").path
         try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
         hangGuard = HangGuard(poolPath: poolPath)
-        var extra = ["--drives", String(drives), "--drive-size", driveSize]
+        var extra = ["--create", "--drives", String(drives), "--drive-size", driveSize]
         if let raid { extra += ["--raid", raid] }
         try mount(extra + mountArguments)
     }

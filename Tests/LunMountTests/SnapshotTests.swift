@@ -9,8 +9,8 @@ final class SnapshotTests: MountTestCase {
         try makeDirectory(pool.path("vm"))
         let live = pool.path("vm/disk.img")
         let original = random.bytes(6 << 20 + 12345)
-        let fd = try openFile(live, O_RDWR)
-        defer { close(fd) }
+        var fd = try openFile(live, O_RDWR)
+        defer { if fd >= 0 { close(fd) } }
         try writeAll(fd, original, at: 0)
 
         try makeDirectory(pool.path("vm/monday"))
@@ -36,7 +36,10 @@ final class SnapshotTests: MountTestCase {
         XCTAssertEqual(try getAttribute(pool.path("vm"), "user.lunfs.predecessor"), "vm/monday")
         XCTAssertEqual(try getAttribute(pool.path("vm/monday"), "user.lunfs.successor"), "vm")
 
-        // rm -r of the whole disk removes snapshots too.
+        // rm -r of the whole disk removes snapshots too, once nothing holds the image open.
+        XCTAssertNotEqual(try runProgram("rm", ["-r", pool.path("vm")]).status, 0, "the live image is still open")
+        close(fd)
+        fd = -1
         XCTAssertEqual(try runProgram("rm", ["-r", pool.path("vm")]).status, 0, pool.logTail())
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: pool.mountpoint), [])
     }

@@ -688,7 +688,7 @@ class Lunfs:
         """A tiny pool in the work dir: mount, write, read back, snapshot, unmount."""
         pool = os.path.join(self.ctx.workdir, "smoke-pool")
         mnt = os.path.join(self.ctx.workdir, "smoke-mnt")
-        self.mount(pool, mnt, ["--drives", "8", "--drive-size", "256M"])
+        self.mount(pool, mnt, ["--create", "--drives", "8", "--drive-size", "256M"])
 
         def body():
             vm = os.path.join(mnt, "vm")
@@ -850,7 +850,7 @@ class Context:
             log("the pool's mount is dead; remounting")
             self.lunfs.kill_all("dead mount")
         self.pool_mounted = False
-        opts = ["--drives", "8", "--drive-size", human_size(self.drive_size_bytes())]
+        opts = ["--create", "--drives", "8", "--drive-size", human_size(self.drive_size_bytes())]
         if os.path.isdir(self.pool) and os.listdir(self.pool):
             opts = []
         self.lunfs.mount(self.pool, self.pool_mnt, opts)
@@ -967,7 +967,7 @@ def mount_many(ctx, extras):
     mnt = os.path.join(ctx.workdir, "mnt-many")
     disks, snaps = args.mount_disks, args.mount_snapshots
     log(f"[mount] creating {disks} disks x {snaps} snapshots")
-    lf.mount(pool, mnt, ["--drives", "8", "--drive-size", "2G"])
+    lf.mount(pool, mnt, ["--create", "--drives", "8", "--drive-size", "2G"])
     t0 = time.perf_counter()
     chunk = os.urandom(64 << 10)
     for d in range(disks):

@@ -16,6 +16,10 @@ int lunsys_open_direct(const char *path, int flags);
 /// the byte-wise Swift implementation in Format/CRC32C.swift.
 uint32_t lunsys_crc32c(uint32_t crc, const void *data, uint64_t length);
 
+/// The git commit lunfs was built from, as scripts/install passes it to the compiler
+/// (-Xcc -DLUNFS_BUILD_COMMIT='"..."'); "unknown" for a build that was not given one.
+const char *lunsys_build_commit(void);
+
 #include <pthread.h>
 /// Initialises a read-write lock that makes new readers wait while a writer waits, so a
 /// snapshot's quiesce is not starved by a stream of I/O.

@@ -77,6 +77,9 @@ public struct PoolChecker {
             if !d.hasImage && (d.map.mappedCount > 0 || d.predecessor != nil || d.successor != nil) {
                 report.problems.append("disk \(d.id): hollow node still maps segments or sits in a chain")
             }
+            if d.clone == .copying && Pool.copyingSnapclone(inChainOf: d) !== d {
+                report.problems.append("disk \(d.id): a second snapclone copying in its chain")
+            }
             if let parent = d.parent, state.disks[parent] == nil {
                 report.problems.append("disk \(d.id): its directory parent \(parent) does not exist")
             }
@@ -91,7 +94,7 @@ public struct PoolChecker {
                         if !se.isMapped || !se.sp { report.problems.append("\(at): Ss set but successor \(s.id) has no Sp") }
                     } else { report.problems.append("\(at): Ss set without a successor") }
                 } else {
-                    let loc = PoolState.location(e)
+                    let loc = SharingChain.location(e)
                     if let other = holders[loc] {
                         report.problems.append("\(at): RSEG \(e.store).\(e.rseg) is also held by disk \(other)")
                     }
@@ -104,7 +107,11 @@ public struct PoolChecker {
                 }
                 if e.sp {
                     if let p = d.predecessor {
-                        if !p.map.entry(k).ss { report.problems.append("\(at): Sp set but predecessor \(p.id) has no Ss") }
+                        // A shadow: the predecessor, a copying snapclone, holds its own copy.
+                        let pe = p.map.entry(k)
+                        if !pe.ss && !(p.clone == .copying && pe.holdsData) {
+                            report.problems.append("\(at): Sp set but predecessor \(p.id) has no Ss")
+                        }
                     } else { report.problems.append("\(at): Sp set without a predecessor") }
                 }
             }

@@ -28,6 +28,8 @@ final class Disk: @unchecked Sendable {
     var map: DiskMap
     /// Set when the node is gone, so open handles answer ESTALE.
     var removed = false
+    /// Whether the disk is a snapclone on its way out of the chain, or one that left it.
+    var clone: CloneState = .none
 
     init(id: DiskID, name: String, parent: DiskID?, family: SharingFamily, sizeBytes: UInt64, raid: RAIDLevel,
          createdAt: UInt64, entriesPerLMap: Int) {
@@ -44,16 +46,16 @@ final class Disk: @unchecked Sendable {
         self.reserveSnapshots = false
         self.map = DiskMap(entriesPerLMap: entriesPerLMap)
     }
-
-    /// The entry that holds segment k's data for this disk: follow successors while Ss is set.
-    func holderEntry(_ k: Int) -> LMapEntry {
-        var d = self
-        var e = map.entry(k)
-        while e.ss {
-            guard let s = d.successor else { preconditionFailure("disk \(d.id) segment \(k): Ss set without successor") }
-            d = s
-            e = d.map.entry(k)
-        }
-        return e
-    }
 }
+
+/// Where a disk stands as a copy (docs/DESIGN.md section 8b). A snapclone is a snapshot whose
+/// shared segments a background copy makes its own; when none is left it leaves its chain and
+/// is independent. A disk that is neither is a plain disk or snapshot.
+enum CloneState: UInt8, Sendable {
+    case none
+    /// Copying: its successor may keep Sp on segments it already copied (a shadow).
+    case copying
+    /// Left its chain with all its data; it stays in its directory until moved.
+    case independent
+}
+

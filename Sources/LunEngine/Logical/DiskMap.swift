@@ -118,6 +118,21 @@ struct DiskMap {
         return nil
     }
 
+    /// First mapped segment at or after `from` whose entry passes `test`, skipping empty LMAPs.
+    func firstSegment(from: Int, where test: (Int, LMapEntry) -> Bool) -> Int? {
+        var l2i = max(0, from) / entriesPerLMap
+        while l2i < l2.count {
+            if let lmap = l2[l2i] {
+                let base = l2i * entriesPerLMap
+                for i in max(0, from - base)..<lmap.count where lmap.entries[i] != 0 {
+                    if test(base + i, LMapEntry(raw: lmap.entries[i])) { return base + i }
+                }
+            }
+            l2i += 1
+        }
+        return nil
+    }
+
     /// Bytes of heap this map uses (for the memory-per-MiB figure).
     var memoryBytes: Int {
         l2.count * MemoryLayout<LMap?>.stride + l2.reduce(0) { $0 + ($1 == nil ? 0 : $1!.count * 4 + 48) }

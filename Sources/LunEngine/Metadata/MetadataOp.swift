@@ -1,65 +1,179 @@
-// The journal's vocabulary. Every metadata change is one of these ops: applied to the
-// in-memory state when it happens and encoded into the pending journal record, and applied
-// the same way when the journal is replayed. Map entries and store definitions are logged as
-// their new values; the snapshot split and the removal from a chain are logged as one op each,
-// because their effect on the maps follows deterministically from the state they act on.
+// The journal's vocabulary. Every metadata change is one `MetadataOp`; this file holds, for
+// each op, its encoding, its decoding and the one `apply` that performs it, both on the
+// running pool (`PoolState.apply`, which then logs the op into the pending record) and when a
+// journal record is replayed at open (`PoolState.replay`). What recovery rebuilds is thus what
+// was running, by construction. Map entries, store definitions and disk records are logged as
+// their new values; the snapshot split and the removal from a chain are one op each, because
+// their effect on the maps follows deterministically from the state they act on.
+//
+// A new op is added here once: a case, its code, its bytes, its checks and its effect.
 
-enum MetadataOpCode: UInt8 {
-    /// disk varint, segment varint, entry u32
-    case setEntry = 1
-    /// store varint, level u8, members u32 x memberCount
-    case defineStore = 2
-    /// store varint
-    case freeStore = 3
-    /// a whole disk record (see DiskRecordCoding)
-    case putDisk = 4
-    /// disk varint
-    case dropDisk = 5
-    /// successor varint, new predecessor varint: insert the predecessor below, share everything
-    case split = 6
-    /// disk varint: hand the disk's share relations to its neighbours and leave the chain
-    case unlink = 7
-    /// store varint: the store joins the write-intent set (in-place writes may be in flight)
-    case intentAdd = 8
-    /// store varint: the store leaves the write-intent set (its writes are all synced)
-    case intentClear = 9
-}
+enum MetadataOp: Equatable {
+    /// Segment `segment` of `disk` now maps as `entry`.
+    case setEntry(disk: DiskID, segment: Int, entry: LMapEntry)
+    /// A store is built from these PSEGs (one per member, in member order).
+    case defineStore(store: Int, level: RAIDLevel, members: [StoreMember])
+    /// A store that holds no RSEG gives its PSEGs back.
+    case freeStore(store: Int)
+    /// A disk is created, or its persistent fields change, to this record.
+    case putDisk(DiskRecord)
+    /// A disk with no map and no chain neighbours is forgotten.
+    case dropDisk(DiskID)
+    /// The snapshot split: new, empty `predecessor` goes directly below `successor` and shares
+    /// everything it has.
+    case split(successor: DiskID, predecessor: DiskID)
+    /// The disk leaves its chain; its neighbours keep every byte.
+    case unlink(DiskID)
+    /// The store joins the write-intent set (in-place writes to it may be in flight).
+    case intentAdd(store: Int)
+    /// The store leaves the write-intent set (its in-place writes are all synced).
+    case intentClear(store: Int)
 
-/// The persistent fields of a disk, in journal records and checkpoints alike.
-enum DiskRecordCoding {
-    static let none: UInt32 = 0xFFFF_FFFF
-
-    static func encode(_ d: Disk, into w: inout ByteWriter) {
-        w.u32(d.id)
-        w.string(d.name)
-        w.u32(d.parent ?? none)
-        w.u32(d.predecessor?.id ?? none)
-        w.u32(d.successor?.id ?? none)
-        w.u64(d.sizeBytes)
-        w.u8(d.raid.rawValue)
-        w.u8((d.hasImage ? 1 : 0) | (d.hasWritten ? 2 : 0) | (d.reserveSnapshots ? 4 : 0) | (d.reserved ? 8 : 0))
-        w.u64(d.createdAt)
-        w.varint(UInt64(d.reservedSegments))
+    /// The op's first byte in a journal record. Codes are part of the on-disk format
+    /// (docs/DESIGN.md section 4): never reuse or renumber one.
+    enum Code: UInt8, CaseIterable {
+        case setEntry = 1, defineStore = 2, freeStore = 3, putDisk = 4, dropDisk = 5
+        case split = 6, unlink = 7, intentAdd = 8, intentClear = 9
     }
 
-    struct Record {
-        var id: DiskID, name: String, parent: DiskID?, predecessor: DiskID?, successor: DiskID?
-        var sizeBytes: UInt64, raid: RAIDLevel, hasImage: Bool, hasWritten: Bool, reserveSnapshots: Bool, reserved: Bool
-        var createdAt: UInt64, reservedSegments: Int
-    }
-
-    static func decode(_ r: inout ByteReader) throws(LunError) -> Record {
-        func opt(_ v: UInt32) -> DiskID? { v == none ? nil : v }
-        let id = try r.u32()
-        let name = try r.string()
-        let parent = opt(try r.u32()), pred = opt(try r.u32()), succ = opt(try r.u32())
-        let size = try r.u64()
-        guard size <= PoolGeometry.maxDiskSizeBytes, let raid = RAIDLevel(rawValue: try r.u8()) else {
-            throw .corrupt("disk record \(id): bad size or RAID level")
+    var code: Code {
+        switch self {
+        case .setEntry: .setEntry
+        case .defineStore: .defineStore
+        case .freeStore: .freeStore
+        case .putDisk: .putDisk
+        case .dropDisk: .dropDisk
+        case .split: .split
+        case .unlink: .unlink
+        case .intentAdd: .intentAdd
+        case .intentClear: .intentClear
         }
-        let flags = try r.u8()
-        return Record(id: id, name: name, parent: parent, predecessor: pred, successor: succ, sizeBytes: size,
-                      raid: raid, hasImage: flags & 1 != 0, hasWritten: flags & 2 != 0, reserveSnapshots: flags & 4 != 0, reserved: flags & 8 != 0,
-                      createdAt: try r.u64(), reservedSegments: Int(try r.varint()))
+    }
+
+    // MARK: Encoding
+
+    func encode(into w: inout ByteWriter) {
+        w.u8(code.rawValue)
+        switch self {
+        case .setEntry(let disk, let segment, let entry):
+            w.varint(UInt64(disk)); w.varint(UInt64(segment)); w.u32(entry.raw)
+        case .defineStore(let store, let level, let members):
+            w.varint(UInt64(store)); w.u8(level.rawValue)
+            for m in members { w.u32(m.packed) }
+        case .freeStore(let store), .intentAdd(let store), .intentClear(let store):
+            w.varint(UInt64(store))
+        case .putDisk(let record):
+            record.encode(into: &w)
+        case .dropDisk(let disk), .unlink(let disk):
+            w.varint(UInt64(disk))
+        case .split(let successor, let predecessor):
+            w.varint(UInt64(successor)); w.varint(UInt64(predecessor))
+        }
+    }
+
+    // MARK: Decoding
+
+    /// Reads one op; `.corrupt` if its bytes cannot be one (a record's checksum held, so this
+    /// means a format mismatch or a bug, and replay stops there).
+    static func decode(from r: inout ByteReader) throws(LunError) -> MetadataOp {
+        let byte = try r.u8()
+        guard let code = Code(rawValue: byte) else { throw .corrupt("unknown journal op \(byte)") }
+        func disk() throws(LunError) -> DiskID {
+            let v = try r.varint()
+            guard v <= UInt64(DiskID.max) else { throw .corrupt("journal disk id \(v) is out of range") }
+            return DiskID(v)
+        }
+        func store() throws(LunError) -> Int {
+            let v = try r.varint()
+            guard v <= UInt64(LMapEntry.maxStoreID) else { throw .corrupt("journal store id \(v) is out of range") }
+            return Int(v)
+        }
+        switch code {
+        case .setEntry:
+            let d = try disk()
+            let k = try r.varint()
+            let e = LMapEntry(raw: try r.u32())
+            guard e.isWellFormed, k < UInt64(Int.max) else { throw .corrupt("journal entry \(e.raw) for disk \(d) segment \(k)") }
+            return .setEntry(disk: d, segment: Int(k), entry: e)
+        case .defineStore:
+            let id = try store()
+            let raw = try r.u8()
+            guard let level = RAIDLevel(rawValue: raw) else { throw .corrupt("journal store \(id): RAID level \(raw)") }
+            var members: [StoreMember] = []
+            for _ in 0..<level.memberCount { members.append(StoreMember(packed: try r.u32())) }
+            return .defineStore(store: id, level: level, members: members)
+        case .freeStore: return .freeStore(store: try store())
+        case .putDisk: return .putDisk(try DiskRecord.decode(from: &r))
+        case .dropDisk: return .dropDisk(try disk())
+        case .split: return .split(successor: try disk(), predecessor: try disk())
+        case .unlink: return .unlink(try disk())
+        case .intentAdd: return .intentAdd(store: try store())
+        case .intentClear: return .intentClear(store: try store())
+        }
+    }
+
+    // MARK: Applying
+
+    /// Performs the op on `state`. Throws `.corrupt` when the state cannot take it (in replay:
+    /// damaged or mismatched metadata; at run time `PoolState.apply` turns it into a crash,
+    /// since the engine itself broke an invariant). Nothing is changed when it throws. Returns
+    /// the RSEGs the op left without a holder (only `unlink` frees any).
+    @discardableResult
+    func apply(to state: PoolState) throws(LunError) -> [(store: Int, rseg: Int)] {
+        func disk(_ id: DiskID) throws(LunError) -> Disk {
+            guard let d = state.disks[id] else { throw .corrupt("\(self) names missing disk \(id)") }
+            return d
+        }
+        switch self {
+        case .setEntry(let id, let k, let e):
+            let d = try disk(id)
+            guard UInt64(k) < PoolGeometry.maxDiskSizeBytes / state.segmentSize else { throw .corrupt("\(self): segment out of range") }
+            d.map.set(k, e)
+        case .defineStore(let id, let level, let members):
+            guard id < state.rsds.capacity, !state.rsds.isLive(id) else { throw .corrupt("\(self): store \(id) is out of range or defined") }
+            state.rsds.define(id, level: level, members: members)
+        case .freeStore(let id):
+            guard state.rsds.isLive(id) else { throw .corrupt("\(self): store \(id) is not defined") }
+            // In replay the allocator is not built yet; `rebuildDerivedState` builds it after.
+            if !state.replaying {
+                for m in state.rsds.memberList(id) { state.psegs.release(drive: m.drive, pseg: m.pseg) }
+            }
+            state.rsds.undefine(id)
+            state.forgetIntent(id)
+        case .putDisk(let record):
+            try state.install(record)
+        case .dropDisk(let id):
+            let d = try disk(id)
+            guard d.map.mappedCount == 0, d.predecessor == nil, d.successor == nil else {
+                throw .corrupt("\(self): disk \(id) still maps segments or sits in a chain")
+            }
+            state.disks[id] = nil
+            d.removed = true
+        case .split(let xID, let pID):
+            let x = try disk(xID), p = try disk(pID)
+            guard xID != pID, p.map.mappedCount == 0, p.predecessor == nil, p.successor == nil else {
+                throw .corrupt("\(self): the new predecessor \(pID) is not an empty disk outside any chain")
+            }
+            // At run time the snapshot was created in its disk's family; in replay nobody else
+            // sees the disks yet, so it joins it here.
+            if state.replaying { p.family = x.family }
+            guard p.family === x.family else { throw .corrupt("\(self): the snapshot is not in its disk's family") }
+            SharingChain.insert(p, below: x)
+        case .unlink(let id):
+            let x = try disk(id)
+            let change = SharingChain.afterRemoval(x)
+            // The edits are part of this op: applied here, at run time and in replay alike,
+            // and never logged on their own.
+            for edit in change.edits { try edit.apply(to: state) }
+            state.pendingUnshared.formUnion(change.unshared)
+            SharingChain.remove(x, entriesPerLMap: state.geometry.rsegsPerLMAP)
+            return change.freed
+        case .intentAdd(let store):
+            state.intent.insert(store)
+            if !state.replaying { state.intentJoinsPending.insert(store) }
+        case .intentClear(let store):
+            state.forgetIntent(store)
+        }
+        return []
     }
 }

@@ -49,4 +49,9 @@ public struct PoolUsage: Sendable, Equatable {
     public var reservedBytes: UInt64
     public var defaultRAID: RAIDLevel
     public var segmentSizeBytes: UInt64
+
+    /// What the pool holds at its default RAID level: used, reserved and free together (the
+    /// size `df` shows). It moves when disks at another level allocate, since their copies
+    /// cost a different share of the drives.
+    public var usableBytes: UInt64 { usedBytes + reservedBytes + freeBytes }
 }

@@ -20,7 +20,7 @@ extension Pool {
         let n = Int(min(UInt64(buffer.count), d.sizeBytes - offset))
         try forEachSegmentPiece(offset: offset, count: n) { k, within, at, len throws(LunError) in
             let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[at..<at + len])
-            let e = d.holderEntry(k)
+            let e = SharingChain.lookup(d, k).holder
             if e.isMapped {
                 try storeIO.read(store: Int(e.store), rseg: e.rseg, offset: within, into: piece,
                                  describe: { "disk \(d.name) (id \(d.id)) offset \(UInt64(k) * UInt64(segmentBytes) + UInt64(within))" })
@@ -57,40 +57,6 @@ extension Pool {
         try writeWithExclusiveLock(d, at: offset, from: buffer)
     }
 
-    /// What one segment of a write needs before its bytes can land.
-    enum SegmentPlan {
-        /// Held alone: write in place.
-        case inPlace(LMapEntry)
-        /// Held alone, but its committed bytes must stay as they are until the switch commits
-        /// (a truncate zeroing the tail): a fresh segment, old bytes copied in, new ones on
-        /// top; the old segment is freed (`pendingFree`) by the switch.
-        case replace(LMapEntry)
-        /// Unmapped: a fresh segment, zeros around the new bytes.
-        case fresh
-        /// Held, and the predecessor reads it: the predecessor inherits it, the writer moves.
-        case handOff(LMapEntry)
-        /// Read from the successor, not needed by the predecessor: the writer takes a copy.
-        case copyIn
-        /// Read from the successor and needed by the predecessor: both take copies (003 [0099]).
-        case copyInAndOut
-
-        /// The segment is shared with a neighbour (its copy may be charged to a reservation).
-        var isShared: Bool {
-            switch self {
-            case .handOff, .copyIn, .copyInAndOut: return true
-            case .inPlace, .replace, .fresh: return false
-            }
-        }
-
-        var segmentsNeeded: Int {
-            switch self {
-            case .inPlace: return 0
-            case .replace, .fresh, .handOff, .copyIn: return 1
-            case .copyInAndOut: return 2
-            }
-        }
-    }
-
     /// One segment's piece of a write: segment k, bytes [within, within + len) of it, taken
     /// from buffer[at...], and the map entry the plan was made from.
     struct WriteStep {
@@ -102,20 +68,6 @@ extension Pool {
         var theirs: (store: Int, rseg: Int)? = nil
     }
 
-    private func plan(_ e: LMapEntry) -> SegmentPlan {
-        if !e.isMapped { return .fresh }
-        if e.isExclusive { return .inPlace(e) }
-        if !e.ss { return .handOff(e) }
-        return e.sp ? .copyInAndOut : .copyIn
-    }
-
-    /// As `plan`, for bytes that must never land on a segment the committed maps point at:
-    /// a segment held alone is replaced rather than written in place.
-    func redirectingPlan(_ e: LMapEntry) -> SegmentPlan {
-        if case .inPlace(let held) = plan(e) { return .replace(held) }
-        return plan(e)
-    }
-
     /// The steps of a write as the maps stand. Caller holds the family lock (either way).
     /// `mustCommitFirst`: an in-place piece lands on a segment that the committed maps still
     /// show shared; a crash must not show its new bytes to the other disk, so a commit goes first.
@@ -124,9 +76,9 @@ extension Pool {
         var mustCommitFirst = false
         forEachSegmentPiece(offset: offset, count: count) { k, within, at, len in
             let e = d.map.entry(k)
-            let p = plan(e)
+            let p = SharingChain.plan(d, k)
             if case .inPlace = p, !mustCommitFirst, state.unsharedCount.load(ordering: .acquiring) > 0 {
-                mustCommitFirst = stateLock.withLock { state.isUnsharedUncommitted(PoolState.location(e)) }
+                mustCommitFirst = stateLock.withLock { state.isUnsharedUncommitted(SharingChain.location(e)) }
             }
             steps.append(WriteStep(k: k, within: within, at: at, len: len, entry: e, plan: p))
         }
@@ -175,7 +127,7 @@ extension Pool {
             d.family.lock.lockExclusive()
             guard !d.removed, d.hasImage else { throw .stale("disk \(d.id) was deleted") }
             guard d.family.changeEpoch == epoch,
-                  steps.allSatisfy({ d.map.entry($0.k).raw == $0.entry.raw }) else { continue }
+                  steps.allSatisfy({ d.map.entry($0.k).raw == $0.entry.raw && SharingChain.plan(d, $0.k) == $0.plan }) else { continue }
             switchMaps(d, steps)
             fresh = []
             return true
@@ -212,9 +164,7 @@ extension Pool {
             let end = offset + UInt64(buffer.count)
             if end > d.sizeBytes || !d.hasWritten {
                 stateLock.withLock {
-                    d.sizeBytes = max(d.sizeBytes, end)
-                    d.hasWritten = true
-                    state.logDisk(d)
+                    state.update(d) { $0.sizeBytes = max($0.sizeBytes, end); $0.hasWritten = true }
                 }
             }
             try fillSegments(d, steps, from: buffer)
@@ -263,7 +213,7 @@ extension Pool {
             }
             if staging == nil { staging = scratchBuffer(seg) }
             let buf = staging!
-            let old = d.holderEntry(step.k)
+            let old = SharingChain.lookup(d, step.k).holder
             if old.isMapped {
                 try storeIO.read(store: Int(old.store), rseg: old.rseg, offset: 0, into: buf)
             } else {
@@ -291,34 +241,13 @@ extension Pool {
         stateLock.withLock { switchMapsLocked(d, steps) }
     }
 
-    /// Points the maps at the filled segments: the writer at its own, a predecessor at the
-    /// old segment it inherits or at its copy, a successor no longer needed by the writer; a
-    /// replaced segment goes to `pendingFree`. Only map edits, so a caller can log more in the
-    /// same record. Caller holds the family lock exclusive and `stateLock`.
+    /// Points the maps at the filled segments (`SharingChain.afterWrite`). Only map edits, so
+    /// a caller can log more in the same record. Caller holds the family lock exclusive and
+    /// `stateLock`.
     func switchMapsLocked(_ d: Disk, _ steps: [WriteStep]) {
         for step in steps {
             guard let mine = step.mine else { continue }
-            let k = step.k
-            switch step.plan {
-            case .inPlace, .fresh: break
-            case .replace(let e):
-                state.pendingFree.append((Int(e.store), e.rseg))
-            case .handOff(let e):
-                let p = d.predecessor!
-                state.applySetEntry(p, k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
-                state.pendingUnshared.insert(PoolState.location(e))
-            case .copyIn:
-                let s = d.successor!
-                state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
-                state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
-            case .copyInAndOut:
-                let p = d.predecessor!, s = d.successor!
-                let theirs = step.theirs!
-                state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
-                state.applySetEntry(p, k, .held(store: UInt32(theirs.store), rseg: theirs.rseg, sp: p.map.entry(k).sp))
-                state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
-            }
-            state.applySetEntry(d, k, .held(store: UInt32(mine.store), rseg: mine.rseg, sp: false))
+            state.apply(SharingChain.afterWrite(d, step.k, step.plan, mine: mine, theirs: step.theirs))
         }
     }
 
@@ -348,23 +277,21 @@ extension Pool {
                 got.append(r)
             }
             for r in charged {
-                r.reservedSegments -= 1
+                state.update(r) { $0.reservedSegments -= 1 }
                 state.reservedTotal -= 1
-                state.logDisk(r)
             }
             return got
         }
     }
 
-    /// A fully reserved disk, with reservation left, in the run of disks sharing segment k with d.
+    /// A fully reserved disk, with reservation left, among the disks that read segment k
+    /// with d (nearest first), or d itself.
     private func reservedDisk(sharingWith d: Disk, segment k: Int, excluding: [Disk]) -> Disk? {
         func usable(_ x: Disk) -> Bool {
             x.reservedSegments - excluding.filter({ $0 === x }).count > 0
         }
-        var x = d
-        while x.map.entry(k).sp, let p = x.predecessor { if usable(p) { return p }; x = p }
-        x = d
-        while x.map.entry(k).ss, let s = x.successor { if usable(s) { return s }; x = s }
-        return usable(d) && (d.map.entry(k).sp || d.map.entry(k).ss) ? d : nil
+        let sharers = SharingChain.sharers(of: d, k)
+        if let r = sharers.first(where: usable) { return r }
+        return usable(d) && !sharers.isEmpty ? d : nil
     }
 }

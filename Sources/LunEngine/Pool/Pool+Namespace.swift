@@ -63,9 +63,7 @@ extension Pool {
         try checkRAIDPossible(level)
         let id = try stateLock.withLock { () throws(LunError) -> DiskID in
             guard !state.disks.values.contains(where: { $0.parent == nil && $0.name == name }) else { throw .exists(name) }
-            let d = state.newDisk(name: name, parent: nil, family: SharingFamily(), size: 0, raid: level, now: now())
-            state.logDisk(d)
-            return d.id
+            return state.newDisk(name: name, parent: nil, family: SharingFamily(), size: 0, raid: level, now: now()).id
         }
         try commit()
         log("created disk \(name) (id \(id), \(level))")
@@ -86,6 +84,9 @@ extension Pool {
         try Self.validate(name: name)
         let x = try liveDisk(id)
         guard x.hasImage else { throw .notPermitted("\(x.name) has no image to snapshot") }
+        guard x.clone != .copying else {
+            throw .busy("\(x.name) is a snapclone still copying; snapshot it once it is independent")
+        }
         guard x.family.lockForChange(timeoutSeconds: quiesceTimeoutSeconds) else {
             throw .busy("writes to \(x.name) did not drain within \(quiesceTimeoutSeconds) s")
         }
@@ -100,13 +101,13 @@ extension Pool {
                     throw .noSpace("a reserved snapshot of \(x.name) needs \(reserve) segments; \(max(0, free)) are free")
                 }
             }
-            let p = state.newDisk(name: name, parent: id, family: x.family, size: x.sizeBytes, raid: x.raid, now: now())
-            p.hasWritten = x.hasWritten
-            p.reserved = reserved ?? x.reserveSnapshots
-            p.reservedSegments = reserve
+            let p = state.newDisk(name: name, parent: id, family: x.family, size: x.sizeBytes, raid: x.raid, now: now()) {
+                $0.hasWritten = x.hasWritten
+                $0.reserved = reserved ?? x.reserveSnapshots
+                $0.reservedSegments = reserve
+            }
             state.reservedTotal += reserve
-            state.logDisk(p)
-            state.applySplit(x, p)
+            state.apply(.split(successor: x.id, predecessor: p.id))
             return p
         }
         try commit()
@@ -117,7 +118,7 @@ extension Pool {
     /// The frame of every change to one disk's place in the tree or chain: its family lock
     /// exclusive (no I/O in flight), the state lock, a check that it still exists, the change,
     /// and a commit before returning.
-    private func changeCommitted(_ id: DiskID, _ change: (Disk) throws(LunError) -> Void) throws(LunError) {
+    func changeCommitted(_ id: DiskID, _ change: (Disk) throws(LunError) -> Void) throws(LunError) {
         try checkWritable()
         let x = try liveDisk(id)
         x.family.lockForChange()
@@ -140,13 +141,9 @@ extension Pool {
     }
 
     private func dropImageLocked(_ x: Disk) {
-        let freed = state.applyUnlink(x)
-        state.pendingFree += freed
+        state.pendingFree += state.apply(.unlink(x.id))
         state.reservedTotal -= x.reservedSegments
-        x.reservedSegments = 0
-        x.hasImage = false
-        x.sizeBytes = 0
-        state.logDisk(x)
+        state.update(x) { $0.reservedSegments = 0; $0.hasImage = false; $0.sizeBytes = 0 }
     }
 
     /// rmdir: removes a node with no children, and its image. `.notEmpty` if it has children.
@@ -156,7 +153,7 @@ extension Pool {
                 throw .notEmpty("\(x.name) has snapshots below it")
             }
             if x.hasImage { dropImageLocked(x) }
-            state.applyDropDisk(x)
+            state.apply(.dropDisk(x.id))
             log("removed \(x.name) (id \(id))")
         }
     }
@@ -169,8 +166,7 @@ extension Pool {
             guard let d = state.disk(id) else { throw .notFound("disk \(id)") }
             if d.name == name { return }
             guard !state.disks.values.contains(where: { $0.parent == d.parent && $0.name == name }) else { throw .exists(name) }
-            d.name = name
-            state.logDisk(d)
+            state.update(d) { $0.name = name }
         }
         try commit()
     }
@@ -183,8 +179,7 @@ extension Pool {
             guard !d.hasWritten, d.map.mappedCount == 0, d.predecessor == nil, d.successor == nil else {
                 throw .notPermitted("the RAID level of \(d.name) is fixed once it has been written or snapshotted")
             }
-            d.raid = level
-            state.logDisk(d)
+            state.update(d) { $0.raid = level }
         }
     }
 
@@ -199,9 +194,7 @@ extension Pool {
                 guard free >= extra else { throw .noSpace("reserving \(d.name) needs \(extra) more segments; \(max(0, free)) are free") }
             }
             state.reservedTotal += extra
-            d.reservedSegments = want
-            d.reserved = reserved
-            state.logDisk(d)
+            state.update(d) { $0.reservedSegments = want; $0.reserved = reserved }
         }
     }
 
@@ -210,8 +203,7 @@ extension Pool {
         try checkWritable()
         try stateLock.withLock { () throws(LunError) in
             guard let d = state.disk(id) else { throw .notFound("disk \(id)") }
-            d.reserveSnapshots = on
-            state.logDisk(d)
+            state.update(d) { $0.reserveSnapshots = on }
         }
         try commit()
     }

@@ -7,7 +7,7 @@ extension Pool {
     ///
     /// A shrink to a size inside a segment leaves the bytes past the end of that segment
     /// zero, so that growing again reads zeros. Those zeros never land on the segment the
-    /// committed maps point at: the kept tail segment is redirected (`redirectingPlan`: a
+    /// committed maps point at: the kept tail segment is redirected (`SharingChain.redirectingPlan`: a
     /// fresh segment, the old bytes copied in, zeros on top) and the switch to it, the dropped
     /// segments and the new size are logged in one `stateLock` section, so one journal record
     /// holds all of them and a crash shows either the old size with the old bytes or the new.
@@ -24,17 +24,14 @@ extension Pool {
         defer { d.family.lock.unlock() }
         guard !d.removed, d.hasImage else { throw .stale("disk \(id) was deleted") }
         guard sizeBytes < d.sizeBytes else {
-            stateLock.withLock {
-                d.sizeBytes = sizeBytes
-                state.logDisk(d)
-            }
+            stateLock.withLock { state.update(d) { $0.sizeBytes = sizeBytes } }
             return
         }
         var tail: [WriteStep] = []
         let k = Int(sizeBytes / seg), within = Int(sizeBytes % seg)
         if within != 0, d.map.entry(k).isMapped {
             let e = d.map.entry(k)
-            tail.append(WriteStep(k: k, within: within, at: 0, len: segmentBytes - within, entry: e, plan: redirectingPlan(e)))
+            tail.append(WriteStep(k: k, within: within, at: 0, len: segmentBytes - within, entry: e, plan: SharingChain.redirectingPlan(d, k)))
         }
         let dropped = d.map.mappedSegments(from: Int((sizeBytes + seg - 1) / seg))
         var fresh = try allocateSteps(&tail, for: d)
@@ -50,8 +47,7 @@ extension Pool {
         stateLock.withLock {
             switchMapsLocked(d, tail)
             dropSegmentsLocked(d, dropped, copies: copies)
-            d.sizeBytes = sizeBytes
-            state.logDisk(d)
+            state.update(d) { $0.sizeBytes = sizeBytes }
         }
         fresh = []
         copies = [:]
@@ -125,7 +121,7 @@ extension Pool {
     /// nothing, and filled here. Returns the copies by segment number; the caller maps them
     /// (`dropSegmentsLocked`) or releases them. Caller holds the family lock exclusive.
     private func copiesForDrop(_ d: Disk, _ segments: [Int]) throws(LunError) -> [Int: (store: Int, rseg: Int)] {
-        let middle = segments.filter { let e = d.map.entry($0); return e.ss && e.sp }
+        let middle = segments.filter { SharingChain.dropNeedsCopy(d, $0) }
         if middle.isEmpty { return [:] }
         var copies = try allocate(middle.count, for: d, sharedSegments: middle)
         defer { releaseUnmapped(copies) }
@@ -133,7 +129,7 @@ extension Pool {
         let buf = scratchBuffer(segmentBytes)
         defer { buf.deallocate() }
         for k in middle {
-            let holder = d.holderEntry(k)
+            let holder = SharingChain.lookup(d, k).holder
             let c = copies.removeLast()
             do throws(LunError) {
                 try storeIO.read(store: Int(holder.store), rseg: holder.rseg, offset: 0, into: buf)
@@ -148,30 +144,9 @@ extension Pool {
         return copied
     }
 
-    /// The map edits of dropping `segments`: each is unmapped, a held one goes to its
-    /// predecessor if that reads it (else to `pendingFree`), a successor no longer read
-    /// through `d` loses Sp, and a predecessor that read through `d` gets its copy from
-    /// `copies`. Caller holds the family lock exclusive and `stateLock`.
-    private func dropSegmentsLocked(_ d: Disk, _ segments: [Int], copies copied: [Int: (store: Int, rseg: Int)]) {
-        for k in segments {
-            let e = d.map.entry(k)
-            guard e.isMapped else { continue }
-            if e.holdsData {
-                if e.sp, let p = d.predecessor {
-                    state.applySetEntry(p, k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
-                    state.pendingUnshared.insert(PoolState.location(e))
-                } else {
-                    state.pendingFree.append((Int(e.store), e.rseg))
-                }
-            } else {
-                let s = d.successor!
-                state.pendingUnshared.insert(PoolState.location(s.holderEntry(k)))
-                state.applySetEntry(s, k, s.map.entry(k).with(sp: false))
-                if e.sp, let p = d.predecessor, let c = copied[k] {
-                    state.applySetEntry(p, k, .held(store: UInt32(c.store), rseg: c.rseg, sp: p.map.entry(k).sp))
-                }
-            }
-            state.applySetEntry(d, k, .unmapped)
-        }
+    /// The map edits of dropping `segments` (`SharingChain.afterDrop`), the predecessor's
+    /// copies taken from `copies`. Caller holds the family lock exclusive and `stateLock`.
+    private func dropSegmentsLocked(_ d: Disk, _ segments: [Int], copies: [Int: (store: Int, rseg: Int)]) {
+        for k in segments { state.apply(SharingChain.afterDrop(d, k, copy: copies[k])) }
     }
 }

@@ -26,6 +26,13 @@ public final class Pool: @unchecked Sendable {
     /// Commits made since the pool was opened (journal records and checkpoints).
     public var commitCount: Int { commits.load(ordering: .relaxed) }
     private let commits = Atomic<Int>(0)
+    /// Where each snapclone's background copy goes on (segment number); memory only.
+    let copyCursors = Mutex<[DiskID: Int]>([:])
+    /// A snapclone's copy holds the chain's I/O for its last pass once at most this many
+    /// segments are left (the M of 003 Fig. 15d).
+    public var quiescedCopySegments = 16
+    /// The background copier of the mounted pool, if started.
+    var snapcloneCopier: SnapcloneCopier?
     /// Added to the write-intent set's clock, so that a test can age the set without waiting.
     let intentClockOffset = Mutex<Double>(0)
     /// What recovery noticed when the pool was opened (damaged copies it worked around).
@@ -69,7 +76,7 @@ public final class Pool: @unchecked Sendable {
     }
 
     /// Creates the pool directory's drives, formats them and opens the pool.
-    /// The directory may be missing or empty; anything else is `.exists`. A drive named by
+    /// The directory may be missing (its parent must exist) or empty; anything else is `.exists`. A drive named by
     /// `options.drivePaths` that holds a lunfs superblock is refused (`.exists`) unless
     /// `options.force`; one opened by another process (its pool is open) always (`.busy`).
     /// A create that fails removes the files and directory it made.
@@ -84,7 +91,9 @@ public final class Pool: @unchecked Sendable {
             let entries = (try? fm.contentsOfDirectory(atPath: directory)) ?? []
             guard entries.filter({ $0 != "lunfs.log" }).isEmpty else { throw .exists("\(directory) is not empty") }
         } else {
-            do { try fm.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
+            // Never its parents: a mistyped path, or a drive directory whose file system is
+            // not mounted yet, must not turn into a new pool somewhere unexpected.
+            do { try fm.createDirectory(atPath: directory, withIntermediateDirectories: false) } catch {
                 throw .invalid("cannot create \(directory): \(error.localizedDescription)")
             }
             madeDirectory = true
@@ -288,7 +297,6 @@ public final class Pool: @unchecked Sendable {
         for record in recovered.records { try state.replay(record) }
         try state.rebuildDerivedState()
         state.journal = ByteWriter()
-        state.journalOpCount = 0
         let metadata = MetadataStore(drives: drives, superblock: sb, nextSeq: recovered.lastSeq + 1,
                                      writePosition: recovered.journalEnd)
         metadata.driveSizes = resolution.sizes
@@ -371,7 +379,6 @@ public final class Pool: @unchecked Sendable {
             return
         }
         state.journal = ByteWriter(capacity: 4096)
-        state.journalOpCount = 0
         state.pendingFree = []
         // Until the record is durable, a write to a segment it unshares must still wait.
         state.unsharedInFlight = state.pendingUnshared
@@ -432,7 +439,6 @@ public final class Pool: @unchecked Sendable {
         commits.add(1, ordering: .relaxed)
         let freed = state.pendingFree
         state.journal = ByteWriter(capacity: 4096)
-        state.journalOpCount = 0
         state.pendingFree = []
         state.pendingUnshared = []
         state.intentDurable = state.intent
@@ -459,9 +465,19 @@ public final class Pool: @unchecked Sendable {
         t.start()
     }
 
+    /// Starts the background copy of snapclones (the mounted daemon does this); copying
+    /// snapclones found at open resume where their last commit left them.
+    public func startBackgroundCopies() {
+        guard !readOnly, snapcloneCopier == nil else { return }
+        let copier = SnapcloneCopier(pool: self)
+        snapcloneCopier = copier
+        copier.start()
+    }
+
     /// Commits everything and releases the drives and the lock. The pool is unusable after.
     public func close() throws(LunError) {
         if closed { return }
+        snapcloneCopier?.stop()
         committerStop.lock()
         committerStopping = true
         committerStop.broadcast()
@@ -506,7 +522,10 @@ public final class Pool: @unchecked Sendable {
                     state.intentWriters[store, default: 0] += 1
                     return true
                 }
-                if !state.intent.contains(store) { state.applyIntentAdd(store, now: intentSeconds()) }
+                if !state.intent.contains(store) {
+                    state.apply(.intentAdd(store: store))
+                    state.intentLastWrite[store] = (state.intentClock, intentSeconds())
+                }
                 return false
             }
             if ready { return }

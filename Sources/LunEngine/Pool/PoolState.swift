@@ -1,7 +1,8 @@
 // The pool's metadata in memory: disks and their maps, the RSD table, the PSEG allocator and
-// the journal ops not yet committed. Every change goes through an `apply...` method that both
-// changes the state and logs the op, and replay calls the same methods, so what is recovered
-// is what was running. Callers hold `Pool.stateLock` (and, to change a map, the family lock).
+// the journal ops not yet committed. Every persistent change is a `MetadataOp` passed to
+// `apply`, which performs it and logs it; replay applies the same ops the same way, so what
+// is recovered is what was running. Callers hold `Pool.stateLock` (and, to change a map, the
+// family lock).
 import Synchronization
 
 final class PoolState: @unchecked Sendable {
@@ -14,7 +15,6 @@ final class PoolState: @unchecked Sendable {
     private var partialStores: [UInt8: [Int]] = [:]
     /// Ops applied since the last commit, encoded as the next journal record's payload.
     var journal = ByteWriter(capacity: 4096)
-    var journalOpCount = 0
     /// RSEGs freed by ops in `journal`: reusable only once that record is durable.
     var pendingFree: [(store: Int, rseg: Int)] = []
     /// RSEGs that ops in `journal` made less shared than the committed state says: a handoff
@@ -59,22 +59,7 @@ final class PoolState: @unchecked Sendable {
     static let intentIdleCommits = 3
     static let intentIdleSeconds = 30.0
 
-    func applyIntentAdd(_ store: Int, now seconds: Double) {
-        intent.insert(store)
-        intentJoinsPending.insert(store)
-        intentLastWrite[store] = (intentClock, seconds)
-        log(.intentAdd) { $0.varint(UInt64(store)) }
-    }
-
-    func applyIntentClear(_ store: Int) {
-        intent.remove(store)
-        intentDurable.remove(store)
-        intentJoinsPending.remove(store)
-        intentLastWrite[store] = nil
-        log(.intentClear) { $0.varint(UInt64(store)) }
-    }
-
-    /// A freed store leaves the set with it (no op: replay of the free does the same).
+    /// Takes a store out of the set and out of its bookkeeping (`intentClear`, `freeStore`).
     func forgetIntent(_ store: Int) {
         intent.remove(store); intentDurable.remove(store); intentJoinsPending.remove(store); intentLastWrite[store] = nil
     }
@@ -85,7 +70,7 @@ final class PoolState: @unchecked Sendable {
         for s in intent where intentWriters[s] == nil && intentDurable.contains(s) {
             let last = intentLastWrite[s] ?? (0, 0)
             if last.clock <= intentClock - Self.intentIdleCommits && seconds - last.seconds >= Self.intentIdleSeconds {
-                applyIntentClear(s)
+                apply(.intentClear(store: s))
             }
         }
     }
@@ -94,7 +79,8 @@ final class PoolState: @unchecked Sendable {
     var reservedTotal = 0
     /// RSEGs in use or pending free.
     var usedRSEGs = 0
-    private var replaying = false
+    /// Set while journal records are applied at open (ops skip what only the running pool needs).
+    private(set) var replaying = false
 
     init(geometry: PoolGeometry, psegCount: [Int]) {
         self.geometry = geometry
@@ -107,103 +93,52 @@ final class PoolState: @unchecked Sendable {
 
     func disk(_ id: DiskID) -> Disk? { disks[id] }
 
-    // MARK: Logged ops
+    // MARK: Metadata ops
 
-    private func log(_ op: MetadataOpCode, _ body: (inout ByteWriter) -> Void) {
-        if replaying { return }
-        journal.u8(op.rawValue)
-        body(&journal)
-        journalOpCount += 1
-    }
-
-    func applySetEntry(_ d: Disk, _ k: Int, _ e: LMapEntry) {
-        d.map.set(k, e)
-        log(.setEntry) { $0.varint(UInt64(d.id)); $0.varint(UInt64(k)); $0.u32(e.raw) }
-    }
-
-    func applyDefineStore(_ id: Int, level: RAIDLevel, members: [StoreMember]) {
-        rsds.define(id, level: level, members: members)
-        log(.defineStore) { w in
-            w.varint(UInt64(id)); w.u8(level.rawValue)
-            for m in members { w.u32(m.packed) }
-        }
-    }
-
-    func applyFreeStore(_ id: Int) {
-        for m in rsds.memberList(id) where !replaying { psegs.release(drive: m.drive, pseg: m.pseg) }
-        rsds.undefine(id)
-        forgetIntent(id)
-        log(.freeStore) { $0.varint(UInt64(id)) }
-    }
-
-    /// Logs a disk's record as it now stands (creation or any field change).
-    func logDisk(_ d: Disk) {
-        log(.putDisk) { DiskRecordCoding.encode(d, into: &$0) }
-    }
-
-    func applyDropDisk(_ d: Disk) {
-        precondition(d.map.mappedCount == 0 && d.predecessor == nil && d.successor == nil)
-        disks[d.id] = nil
-        d.removed = true
-        log(.dropDisk) { $0.varint(UInt64(d.id)) }
-    }
-
-    /// The snapshot split (000 claims 1-6): `p`, new and empty, goes directly below `x` in the
-    /// chain, and every segment x has becomes shared: p reads it through x (Ss), and x knows
-    /// its predecessor needs it (Sp). No data moves.
-    func applySplit(_ x: Disk, _ p: Disk) {
-        precondition(p.map.mappedCount == 0 && p.predecessor == nil && p.successor == nil)
-        p.predecessor = x.predecessor
-        x.predecessor?.successor = p
-        p.successor = x
-        x.predecessor = p
-        if replaying { p.family = x.family }   // nobody else sees the disks during replay
-        precondition(p.family === x.family, "a snapshot is created in its disk's family")
-        x.map.split(into: &p.map)
-        log(.split) { $0.varint(UInt64(x.id)); $0.varint(UInt64(p.id)) }
-    }
-
-    /// Takes `x` out of its chain. Its neighbours keep every byte: a segment x held for its
-    /// predecessor passes to the predecessor; a segment x read from its successor stays shared
-    /// between the neighbours when the predecessor read it too. Returns the RSEGs that nobody
-    /// needs any more.
+    /// Performs `op` on the running pool and logs it into the pending journal record. An op
+    /// the state cannot take here is a bug in the engine, not damage: it stops the process.
     @discardableResult
-    func applyUnlink(_ x: Disk) -> [(store: Int, rseg: Int)] {
-        var freed: [(store: Int, rseg: Int)] = []
-        let p = x.predecessor, s = x.successor
-        x.map.forEachMapped { k, e in
-            if e.holdsData {
-                if e.sp, let p {
-                    p.map.set(k, .held(store: e.store, rseg: e.rseg, sp: p.map.entry(k).sp))
-                    pendingUnshared.insert(Self.location(e))
-                } else {
-                    freed.append((Int(e.store), e.rseg))
-                }
-            } else if !e.sp, let s {
-                pendingUnshared.insert(Self.location(x.holderEntry(k)))
-                s.map.set(k, s.map.entry(k).with(sp: false))
-            }
+    func apply(_ op: MetadataOp) -> [(store: Int, rseg: Int)] {
+        precondition(!replaying)
+        do {
+            let freed = try op.apply(to: self)
+            op.encode(into: &journal)
+            return freed
+        } catch {
+            preconditionFailure("metadata op \(op) breaks an invariant: \(error)")
         }
-        x.map = DiskMap(entriesPerLMap: geometry.rsegsPerLMAP)
-        p?.successor = s
-        s?.predecessor = p
-        x.predecessor = nil
-        x.successor = nil
-        // x keeps its family: other threads may hold that lock through x, and a disk out of
-        // a chain has no image, so sharing a lock with its old chain costs nothing.
-        log(.unlink) { $0.varint(UInt64(x.id)) }
-        return freed
     }
 
-    static func location(_ e: LMapEntry) -> UInt32 { e.store << 3 | UInt32(e.rseg) }
+    /// Changes a disk's persistent fields through `MetadataOp.putDisk`.
+    func update(_ d: Disk, _ change: (inout DiskRecord) -> Void) {
+        var record = d.record
+        change(&record)
+        apply(.putDisk(record))
+    }
+
+    /// Applies a change of the sharing chain at run time: each map edit as a logged op, then
+    /// its effect on sharing (`pendingUnshared`, `pendingFree`).
+    func apply(_ change: ChainChange) {
+        for edit in change.edits { apply(edit) }
+        pendingUnshared.formUnion(change.unshared)
+        pendingFree += change.freed
+    }
+
 
     // MARK: Disk records
 
-    func newDisk(name: String, parent: DiskID?, family: SharingFamily, size: UInt64, raid: RAIDLevel, now: UInt64) -> Disk {
-        let d = Disk(id: nextDiskID, name: name, parent: parent, family: family, sizeBytes: size, raid: raid,
-                     createdAt: now, entriesPerLMap: geometry.rsegsPerLMAP)
-        nextDiskID += 1
-        disks[d.id] = d
+    /// Creates a disk (id, record, and the family whose lock will guard its map) and logs it.
+    @discardableResult
+    func newDisk(name: String, parent: DiskID?, family: SharingFamily, size: UInt64, raid: RAIDLevel, now: UInt64,
+                 _ configure: (inout DiskRecord) -> Void = { _ in }) -> Disk {
+        var record = DiskRecord(id: nextDiskID, name: name, parent: parent, predecessor: nil, successor: nil,
+                                sizeBytes: size, raid: raid, hasImage: true, hasWritten: false, reserveSnapshots: false,
+                                reserved: false, createdAt: now, reservedSegments: 0)
+        configure(&record)
+        apply(.putDisk(record))
+        let d = disks[record.id]!
+        // Nobody else knows the disk yet: its family is set before any lock is taken through it.
+        d.family = family
         return d
     }
 
@@ -272,7 +207,7 @@ final class PoolState: @unchecked Sendable {
             guard let p = psegs.take(drive: d) else { preconditionFailure("free count of drive \(d) is wrong") }
             members.append(StoreMember(drive: d, pseg: p))
         }
-        applyDefineStore(id, level: level, members: members)
+        apply(.defineStore(store: id, level: level, members: members))
         rsds.markUsed(id, rseg: 0)
         usedRSEGs += 1
         partialStores[level.rawValue, default: []].append(id)
@@ -284,7 +219,7 @@ final class PoolState: @unchecked Sendable {
         rsds.release(store, rseg: rseg)
         usedRSEGs -= 1
         if rsds.usedMask(store) == 0 {
-            applyFreeStore(store)
+            apply(.freeStore(store: store))
         } else if let level = rsds.level(store) {
             partialStores[level.rawValue, default: []].append(store)
         }
@@ -321,7 +256,7 @@ final class PoolState: @unchecked Sendable {
             if let bad { throw .corrupt(bad) }
         }
         for id in 0..<rsds.highWater where rsds.isLive(id) {
-            if rsds.usedMask(id) == 0 { applyFreeStore(id) } else if let level = rsds.level(id) {
+            if rsds.usedMask(id) == 0 { apply(.freeStore(store: id)) } else if let level = rsds.level(id) {
                 partialStores[level.rawValue, default: []].append(id)
             }
         }
@@ -333,151 +268,15 @@ final class PoolState: @unchecked Sendable {
         }
     }
 
-    // MARK: Checkpoint coding
-
-    func encodeCheckpoint() -> [UInt8] {
-        var w = ByteWriter(capacity: 1 << 16)
-        w.u32(nextDiskID)
-        let live = (0..<rsds.highWater).filter { rsds.isLive($0) }
-        w.varint(UInt64(live.count))
-        for id in live {
-            w.varint(UInt64(id))
-            w.u8(rsds.level(id)!.rawValue)
-            for m in rsds.memberList(id) { w.u32(m.packed) }
-        }
-        let ids = disks.keys.sorted()
-        w.varint(UInt64(ids.count))
-        for id in ids {
-            let d = disks[id]!
-            DiskRecordCoding.encode(d, into: &w)
-            w.varint(UInt64(d.map.mappedCount))
-            var last = 0
-            d.map.forEachMapped { k, e in
-                w.varint(UInt64(k - last)); w.u32(e.raw); last = k
-            }
-        }
-        let intentStores = intent.sorted()
-        w.varint(UInt64(intentStores.count))
-        for s in intentStores { w.varint(UInt64(s)) }
-        return w.bytes
-    }
-
-    /// Loads a checkpoint payload; returns how many bytes of it the state took.
-    @discardableResult
-    func loadCheckpoint(_ bytes: [UInt8]) throws(LunError) -> Int {
-        var r = ByteReader(bytes)
-        nextDiskID = try r.u32()
-        let storeCount = try r.varint()
-        for _ in 0..<storeCount {
-            let id = Int(try r.varint())
-            guard id < rsds.capacity, let level = RAIDLevel(rawValue: try r.u8()) else { throw .corrupt("checkpoint store \(id)") }
-            var members: [StoreMember] = []
-            for _ in 0..<level.memberCount { members.append(StoreMember(packed: try r.u32())) }
-            rsds.define(id, level: level, members: members)
-        }
-        let diskCount = try r.varint()
-        var records: [DiskRecordCoding.Record] = []
-        for _ in 0..<diskCount {
-            let rec = try DiskRecordCoding.decode(&r)
-            let d = upsert(rec)
-            let n = try r.varint()
-            var k = 0
-            for _ in 0..<n {
-                k += Int(try r.varint())
-                let e = LMapEntry(raw: try r.u32())
-                guard e.isWellFormed, e.isMapped else { throw .corrupt("checkpoint disk \(rec.id) segment \(k) entry \(e.raw)") }
-                d.map.set(k, e)
-            }
-            records.append(rec)
-        }
-        for rec in records { try link(rec) }
-        let intentCount = try r.varint()
-        for _ in 0..<intentCount { intent.insert(Int(try r.varint())) }
-        return r.position
-    }
-
-    /// Creates or updates a disk from a record (links are resolved by `link`).
-    @discardableResult
-    private func upsert(_ rec: DiskRecordCoding.Record) -> Disk {
-        let d = disks[rec.id] ?? {
-            let n = Disk(id: rec.id, name: rec.name, parent: rec.parent, family: SharingFamily(), sizeBytes: rec.sizeBytes,
-                         raid: rec.raid, createdAt: rec.createdAt, entriesPerLMap: geometry.rsegsPerLMAP)
-            disks[rec.id] = n
-            return n
-        }()
-        d.name = rec.name
-        d.parent = rec.parent
-        d.sizeBytes = rec.sizeBytes
-        d.raid = rec.raid
-        d.hasImage = rec.hasImage
-        d.hasWritten = rec.hasWritten
-        d.reserveSnapshots = rec.reserveSnapshots
-        d.reserved = rec.reserved
-        d.createdAt = rec.createdAt
-        d.reservedSegments = rec.reservedSegments
-        nextDiskID = max(nextDiskID, rec.id + 1)
-        return d
-    }
-
-    private func link(_ rec: DiskRecordCoding.Record) throws(LunError) {
-        let d = disks[rec.id]!
-        func find(_ id: DiskID?) throws(LunError) -> Disk? {
-            guard let id else { return nil }
-            guard let x = disks[id] else { throw .corrupt("disk \(rec.id) links to missing disk \(id)") }
-            return x
-        }
-        d.predecessor = try find(rec.predecessor)
-        d.successor = try find(rec.successor)
-    }
-
     // MARK: Replay
 
+    /// Applies one journal record's ops, as they were applied when they ran.
     func replay(_ payload: [UInt8]) throws(LunError) {
         replaying = true
         defer { replaying = false }
         var r = ByteReader(payload)
-        func disk(_ id: UInt64) throws(LunError) -> Disk {
-            guard let d = disks[DiskID(truncatingIfNeeded: id)] else { throw .corrupt("journal names missing disk \(id)") }
-            return d
-        }
-        while r.remaining > 0 {
-            guard let op = MetadataOpCode(rawValue: try r.u8()) else { throw .corrupt("unknown journal op") }
-            switch op {
-            case .setEntry:
-                let d = try disk(try r.varint())
-                let k = Int(try r.varint())
-                let e = LMapEntry(raw: try r.u32())
-                guard e.isWellFormed else { throw .corrupt("journal entry \(e.raw)") }
-                d.map.set(k, e)
-            case .defineStore:
-                let id = Int(try r.varint())
-                guard id < rsds.capacity, let level = RAIDLevel(rawValue: try r.u8()) else { throw .corrupt("journal store \(id)") }
-                var members: [StoreMember] = []
-                for _ in 0..<level.memberCount { members.append(StoreMember(packed: try r.u32())) }
-                rsds.define(id, level: level, members: members)
-            case .freeStore:
-                let id = Int(try r.varint())
-                guard rsds.isLive(id) else { throw .corrupt("journal frees undefined store \(id)") }
-                rsds.undefine(id)
-                forgetIntent(id)
-            case .putDisk:
-                let rec = try DiskRecordCoding.decode(&r)
-                upsert(rec)
-                try link(rec)
-            case .dropDisk:
-                let d = try disk(try r.varint())
-                disks[d.id] = nil
-            case .split:
-                let x = try disk(try r.varint()), p = try disk(try r.varint())
-                applySplit(x, p)
-            case .unlink:
-                applyUnlink(try disk(try r.varint()))
-            case .intentAdd:
-                intent.insert(Int(try r.varint()))
-            case .intentClear:
-                intent.remove(Int(try r.varint()))
-            }
-        }
+        while r.remaining > 0 { try MetadataOp.decode(from: &r).apply(to: self) }
         pendingUnshared.removeAll()
+        intentJoinsPending.removeAll()
     }
 }

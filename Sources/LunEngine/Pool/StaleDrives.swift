@@ -72,7 +72,7 @@ extension Pool {
         var names: [String] = []
         for d in state.disks.values.sorted(by: { $0.id < $1.id }) where d.hasImage {
             var hit = false
-            d.map.forEachMapped { _, e in if !hit && e.holdsData && locations.contains(PoolState.location(e)) { hit = true } }
+            d.map.forEachMapped { _, e in if !hit && e.holdsData && locations.contains(SharingChain.location(e)) { hit = true } }
             if hit { names.append(diskPath(d)) }
         }
         let missing = missingInvolved.isEmpty ? "" : "; their other copies were on missing drives \(missingInvolved.sorted())"

@@ -1,0 +1,121 @@
+// The persistent fields of a disk, as journal records (`MetadataOp.putDisk`) and checkpoints
+// store them, and the one way the in-memory state takes a record: `PoolState.install`. A
+// disk's persistent fields change only through it, at run time and in replay alike.
+
+struct DiskRecord: Equatable {
+    var id: DiskID
+    var name: String
+    var parent: DiskID?
+    var predecessor: DiskID?
+    var successor: DiskID?
+    var sizeBytes: UInt64
+    var raid: RAIDLevel
+    var hasImage: Bool
+    var hasWritten: Bool
+    var reserveSnapshots: Bool
+    var reserved: Bool
+    var createdAt: UInt64
+    var reservedSegments: Int
+    var clone: CloneState = .none
+
+    /// A missing link or parent in the encoding.
+    private static let none: UInt32 = 0xFFFF_FFFF
+
+    func encode(into w: inout ByteWriter) {
+        w.u32(id)
+        w.string(name)
+        w.u32(parent ?? Self.none)
+        w.u32(predecessor ?? Self.none)
+        w.u32(successor ?? Self.none)
+        w.u64(sizeBytes)
+        w.u8(raid.rawValue)
+        w.u8((hasImage ? 1 : 0) | (hasWritten ? 2 : 0) | (reserveSnapshots ? 4 : 0) | (reserved ? 8 : 0)
+             | (clone == .copying ? 16 : 0) | (clone == .independent ? 32 : 0))
+        w.u64(createdAt)
+        w.varint(UInt64(reservedSegments))
+    }
+
+    static func decode(from r: inout ByteReader) throws(LunError) -> DiskRecord {
+        func link(_ v: UInt32) -> DiskID? { v == none ? nil : v }
+        let id = try r.u32()
+        let name = try r.string()
+        let parent = link(try r.u32()), predecessor = link(try r.u32()), successor = link(try r.u32())
+        let size = try r.u64()
+        guard id != none, size <= PoolGeometry.maxDiskSizeBytes, let raid = RAIDLevel(rawValue: try r.u8()) else {
+            throw .corrupt("disk record \(id): bad id, size or RAID level")
+        }
+        let flags = try r.u8()
+        guard flags & 0xC0 == 0, flags & 48 != 48 else { throw .corrupt("disk record \(id): flags \(flags)") }
+        let createdAt = try r.u64()
+        let reservedSegments = try r.varint()
+        guard reservedSegments <= UInt64(Int32.max) else { throw .corrupt("disk record \(id): \(reservedSegments) reserved segments") }
+        return DiskRecord(id: id, name: name, parent: parent, predecessor: predecessor, successor: successor,
+                          sizeBytes: size, raid: raid, hasImage: flags & 1 != 0, hasWritten: flags & 2 != 0,
+                          reserveSnapshots: flags & 4 != 0, reserved: flags & 8 != 0, createdAt: createdAt,
+                          reservedSegments: Int(reservedSegments),
+                          clone: flags & 16 != 0 ? .copying : flags & 32 != 0 ? .independent : .none)
+    }
+}
+
+extension Disk {
+    /// The disk's persistent fields as they stand.
+    var record: DiskRecord {
+        DiskRecord(id: id, name: name, parent: parent, predecessor: predecessor?.id, successor: successor?.id,
+                   sizeBytes: sizeBytes, raid: raid, hasImage: hasImage, hasWritten: hasWritten,
+                   reserveSnapshots: reserveSnapshots, reserved: reserved, createdAt: createdAt,
+                   reservedSegments: reservedSegments, clone: clone)
+    }
+}
+
+extension PoolState {
+    /// Brings disk `record.id` to `record`, creating it if it is new, and links it to its
+    /// neighbours. `.corrupt` (nothing changed) if a neighbour does not exist.
+    func install(_ record: DiskRecord) throws(LunError) {
+        let predecessor = try neighbour(record.predecessor, of: record)
+        let successor = try neighbour(record.successor, of: record)
+        let d = createOrUpdate(record)
+        if d.predecessor !== predecessor { d.predecessor = predecessor }
+        if d.successor !== successor { d.successor = successor }
+    }
+
+    /// The record's fields without its links (a checkpoint loads every disk before linking).
+    /// Only fields that change are written: other threads may be reading the disk.
+    @discardableResult
+    func createOrUpdate(_ record: DiskRecord) -> Disk {
+        guard let d = disks[record.id] else {
+            let d = Disk(id: record.id, name: record.name, parent: record.parent, family: SharingFamily(),
+                         sizeBytes: record.sizeBytes, raid: record.raid, createdAt: record.createdAt,
+                         entriesPerLMap: geometry.rsegsPerLMAP)
+            d.hasImage = record.hasImage
+            d.hasWritten = record.hasWritten
+            d.reserveSnapshots = record.reserveSnapshots
+            d.reserved = record.reserved
+            d.reservedSegments = record.reservedSegments
+            d.clone = record.clone
+            disks[record.id] = d
+            nextDiskID = max(nextDiskID, record.id + 1)
+            return d
+        }
+        func set<T: Equatable>(_ field: ReferenceWritableKeyPath<Disk, T>, _ value: T) {
+            if d[keyPath: field] != value { d[keyPath: field] = value }
+        }
+        set(\.name, record.name)
+        set(\.parent, record.parent)
+        set(\.sizeBytes, record.sizeBytes)
+        set(\.raid, record.raid)
+        set(\.hasImage, record.hasImage)
+        set(\.hasWritten, record.hasWritten)
+        set(\.reserveSnapshots, record.reserveSnapshots)
+        set(\.reserved, record.reserved)
+        set(\.createdAt, record.createdAt)
+        set(\.reservedSegments, record.reservedSegments)
+        set(\.clone, record.clone)
+        return d
+    }
+
+    func neighbour(_ id: DiskID?, of record: DiskRecord) throws(LunError) -> Disk? {
+        guard let id else { return nil }
+        guard let d = disks[id], id != record.id else { throw .corrupt("disk \(record.id) links to missing disk \(id)") }
+        return d
+    }
+}
