@@ -1,5 +1,6 @@
 // swift-tools-version:6.0
-// lunfs: a storage virtualization engine (LunEngine) with a FUSE face (LunMount) and a CLI.
+// lunfs: a storage virtualization engine (LunEngine) with a FUSE face (LunMount), an NBD
+// server (LunNBD) and a CLI.
 // No package dependencies: libfuse3 comes in through the CFuse3 system-library module map.
 import PackageDescription
 
@@ -14,7 +15,8 @@ let package = Package(
         .target(name: "LunEngine", dependencies: ["CLunSys"]),
         .target(name: "LunEngineTesting", dependencies: ["LunEngine"]),
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
-        .target(name: "LunMount", dependencies: ["LunEngine", "CFuse3"]),
+        .target(name: "LunNBD", dependencies: ["LunEngine"]),
+        .target(name: "LunMount", dependencies: ["LunEngine", "LunNBD", "CFuse3"]),
         .executableTarget(name: "lunfs", dependencies: ["CLunSys", "LunEngine", "LunMount"]),
         .executableTarget(name: "lunfs-engine-figures", dependencies: ["LunEngine", "LunEngineTesting"],
                           path: "Benchmarks/EngineFigures"),

@@ -10,10 +10,13 @@ import Glibc
 final class StartupChannel {
     /// -1 in the foreground: messages go straight to stdout/stderr.
     private var pipeToParent: Int32
+    /// The verb messages in the foreground start with ("lunfs mount: ...").
+    private let verb: String
 
-    init(foreground: Bool, pipeToParent: Int32 = -1) {
+    init(foreground: Bool, pipeToParent: Int32 = -1, verb: String = "mount") {
         assert(foreground == (pipeToParent < 0))
         self.pipeToParent = pipeToParent
+        self.verb = verb
     }
 
     var isDaemon: Bool { pipeToParent >= 0 }
@@ -33,7 +36,7 @@ final class StartupChannel {
     }
 
     func fail(_ failure: MountFailure) {
-        if isDaemon { send("fail \(failure.exitStatus) \(failure.message)") } else { printLine("lunfs mount: \(failure.message)", to: STDERR_FILENO) }
+        if isDaemon { send("fail \(failure.exitStatus) \(failure.message)") } else { printLine("lunfs \(verb): \(failure.message)", to: STDERR_FILENO) }
     }
 
     private func send(_ line: String) {
@@ -71,8 +74,9 @@ func forkDaemon() throws(MountFailure) -> ForkOutcome {
     }
 }
 
-/// The parent's side: relays the child's report and checks that `mountpoint` changed device.
-func awaitDaemon(child: pid_t, pipeFromChild: Int32, mountpoint: String, deviceBefore: dev_t, poolDirectory: String) -> Int32 {
+/// The parent's side: relays the child's report and, at "ready", asks `readyCheck` whether
+/// the service really answers (nil: it does; otherwise what is wrong).
+func awaitDaemon(child: pid_t, pipeFromChild: Int32, verb: String, poolDirectory: String, readyCheck: () -> String?) -> Int32 {
     defer { close(pipeFromChild) }
     var pending: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 4096)
@@ -89,20 +93,15 @@ func awaitDaemon(child: pid_t, pipeFromChild: Int32, mountpoint: String, deviceB
             case "say":
                 printLine(rest, to: STDOUT_FILENO)
             case "ready":
-                var after = stat()
-                guard stat(mountpoint, &after) == 0 else {
-                    printLine("lunfs mount: the mount at \(mountpoint) does not answer (\(String(cString: strerror(errno)))); see \(poolDirectory)/lunfs.log", to: STDERR_FILENO)
-                    return 1
-                }
-                guard after.st_dev != deviceBefore else {
-                    printLine("lunfs mount: \(mountpoint) did not change into a mount; see \(poolDirectory)/lunfs.log", to: STDERR_FILENO)
+                if let problem = readyCheck() {
+                    printLine("lunfs \(verb): \(problem); see \(poolDirectory)/lunfs.log", to: STDERR_FILENO)
                     return 1
                 }
                 printLine(rest, to: STDOUT_FILENO)
                 return 0
             case "fail":
                 let (code, message) = splitWord(rest)
-                printLine("lunfs mount: \(message)", to: STDERR_FILENO)
+                printLine("lunfs \(verb): \(message)", to: STDERR_FILENO)
                 var status: Int32 = 0
                 waitpid(child, &status, 0)
                 return Int32(code) ?? 1
@@ -113,8 +112,18 @@ func awaitDaemon(child: pid_t, pipeFromChild: Int32, mountpoint: String, deviceB
     }
     var status: Int32 = 0
     waitpid(child, &status, 0)
-    printLine("lunfs mount: the daemon exited before the mount was ready; see \(poolDirectory)/lunfs.log", to: STDERR_FILENO)
+    printLine("lunfs \(verb): the daemon exited before it was ready; see \(poolDirectory)/lunfs.log", to: STDERR_FILENO)
     return 1
+}
+
+/// The mount's readiness: the mount point answers and is on another device than before.
+func mountReadyCheck(mountpoint: String, deviceBefore: dev_t) -> String? {
+    var after = stat()
+    guard stat(mountpoint, &after) == 0 else {
+        return "the mount at \(mountpoint) does not answer (\(String(cString: strerror(errno))))"
+    }
+    guard after.st_dev != deviceBefore else { return "\(mountpoint) did not change into a mount" }
+    return nil
 }
 
 private func splitWord(_ line: String) -> (String, String) {

@@ -76,23 +76,11 @@ extension FileSystem {
         case .unique: return String(info.uniqueBytes)
         case .shared: return String(info.sharedBytes)
         case .created: return String(info.createdAt)
-        case .predecessor: return info.predecessor.flatMap(path(of:))
-        case .successor: return info.successor.flatMap(path(of:))
+        case .predecessor: return info.predecessor.flatMap(pool.treePath(of:))
+        case .successor: return info.successor.flatMap(pool.treePath(of:))
         case .kind: return info.kind.rawValue
         case .copyProgress: return pool.copyProgress(info.id).map { "\($0.copied)/\($0.total)" }
         }
-    }
-
-    /// "vm/monday" for snapshot monday of disk vm; nil if the node is gone.
-    func path(of id: DiskID) -> String? {
-        var names: [String] = []
-        var next: DiskID? = id
-        while let current = next {
-            guard let info = pool.info(current), names.count <= 1 << 16 else { return nil }
-            names.append(info.name)
-            next = info.parent
-        }
-        return names.reversed().joined(separator: "/")
     }
 
     func getAttribute(_ ino: fuse_ino_t, name: String, capacity: Int) throws(FuseFailure) -> AttributeReply {

@@ -101,7 +101,7 @@ final class FileSystem: Sendable {
             except = 1
         }
         guard let holders = openImages.holdersAfterGrace(of: id, generation: current, except: except) else { return }
-        let name = path(of: id) ?? "disk \(id)"
+        let name = pool.treePath(of: id) ?? "disk \(id)"
         switch action {
         case .delete:
             throw FuseFailure(EBUSY, "cannot delete \(name)/disk.img: it has \(holders.description); close it first (losetup -d, stop the VM), or delete it anyway with setfattr -n \(ExtendedAttribute.forceDeleteName) -v 1 on its directory")

@@ -5,6 +5,8 @@
 import Glibc
 #endif
 import CFuse3
+import LunEngine
+import LunNBD
 
 struct SessionOptions {
     /// Options handed to libfuse's -o (ours first, then the user's).
@@ -83,9 +85,36 @@ final class FuseSession {
         return RequestLoop(session: session, workers: max(1, maximumThreads)).run()
     }
 
+    /// What the NBD server calls after a client changed a disk: the kernel drops its cached
+    /// pages of that range of the image (keep_cache would otherwise serve old bytes) and the
+    /// image's modification time moves. Valid while this session exists.
+    func imageChangeObserver() -> ChangeObserver {
+        let target = InvalidationTarget(session: session, fileSystem: fileSystem)
+        return { disk, offset, length in target.imageChanged(disk, offset: offset, length: length) }
+    }
+
     deinit {
         if isMounted { fuse_session_unmount(session) }
         if hasSignalHandlers { fuse_remove_signal_handlers(session) }
         fuse_session_destroy(session)
+    }
+}
+
+/// The session pointer and the file system, carried to NBD threads. libfuse's notify calls
+/// are safe from any thread while the session exists.
+private final class InvalidationTarget: @unchecked Sendable {
+    let session: OpaquePointer
+    let fileSystem: FileSystem
+
+    init(session: OpaquePointer, fileSystem: FileSystem) {
+        self.session = session
+        self.fileSystem = fileSystem
+    }
+
+    func imageChanged(_ disk: DiskID, offset: UInt64, length: UInt64) {
+        fileSystem.touch(disk)
+        // -ENOENT only says the kernel holds nothing of this image; nothing to drop then.
+        _ = fuse_lowlevel_notify_inval_inode(session, MountedNode.image(disk).inodeNumber,
+                                             off_t(offset), off_t(length))
     }
 }

@@ -1,9 +1,11 @@
 // The command lines of `lunfs mount` and `lunfs unmount`, parsed into values; the usage text
 // lives here too, next to the parser it describes.
 import LunEngine
+import LunNBD
 
 let mountUsage = """
     usage: lunfs mount POOL MOUNTPOINT [--foreground] [-o OPTION[,OPTION...]]
+                       [--nbd ADDRESS [--nbd-writable]]
                        [--create [--drives N] [--drive-size SIZE] [--raid 0|1|5]]
            lunfs unmount [--lazy] MOUNTPOINT
 
@@ -13,6 +15,10 @@ let mountUsage = """
     drives); without it, mount only opens an existing pool.
     Without --foreground the file system runs as a daemon logging to POOL/lunfs.log, and
     mount returns once the mount is ready.
+
+    --nbd ADDRESS also serves every disk and snapshot over NBD from the same daemon (a Unix
+    socket path, or HOST:PORT); exports are named by tree path (vm, vm/monday), snapshots are
+    read-only unless --nbd-writable.
 
     -o options: direct_io (images bypass the page cache), max_threads=N (threads serving
     requests, default 16), and any libfuse mount option (allow_other, ro, ...).
@@ -33,9 +39,13 @@ struct MountArguments {
     var fuseOptions: [String] = []
     /// Used only when the pool has to be created.
     var poolOptions = PoolOptions()
+    /// --nbd: where the same daemon serves NBD as well; nil for FUSE alone.
+    var nbd: NBDArguments?
 
     /// -o ro: the kernel refuses writes, and the pool is opened read-only too.
     var isReadOnly: Bool { fuseOptions.contains("ro") }
+
+    static let positionalMistake = "mount takes POOL and MOUNTPOINT"
 
     static func parse(_ words: [String]) throws(MountFailure) -> MountArguments {
         var positional: [String] = []
@@ -44,6 +54,7 @@ struct MountArguments {
         var createOnlyFlags: [String] = []
         var options: [String] = []
         var poolOptions = PoolOptions()
+        var nbd = NBDArguments.Parser()
         var index = 0
         func value(after flag: String) throws(MountFailure) -> String {
             index += 1
@@ -69,6 +80,10 @@ struct MountArguments {
                 let text = try value(after: word)
                 guard let bytes = parseByteSize(text), bytes > 0 else { throw .usage("--drive-size takes a size such as 256M or 16G, not \(text)") }
                 poolOptions.driveSizeBytes = bytes
+            case "--nbd":
+                try nbd.address(try value(after: word))
+            case "--nbd-writable":
+                nbd.writableSnapshots = true
             case "--raid":
                 createOnlyFlags.append(word)
                 let text = try value(after: word)
@@ -80,12 +95,12 @@ struct MountArguments {
             }
             index += 1
         }
-        guard positional.count == 2 else { throw .usage("mount takes POOL and MOUNTPOINT") }
+        guard positional.count == 2 else { throw .usage(positionalMistake) }
         if let flag = createOnlyFlags.first, !createPool {
             throw .usage("\(flag) shapes a new pool and needs --create")
         }
         var arguments = MountArguments(poolPath: positional[0], mountpoint: positional[1], foreground: foreground,
-                                       createPool: createPool, poolOptions: poolOptions)
+                                       createPool: createPool, poolOptions: poolOptions, nbd: try nbd.finish())
         for option in options where !option.isEmpty {
             if option == "direct_io" {
                 arguments.directIO = true
@@ -117,4 +132,33 @@ func parseByteSize(_ text: String) -> UInt64? {
     guard let number = UInt64(digits) else { return nil }
     let (bytes, overflow) = number.multipliedReportingOverflow(by: 1 << shift)
     return overflow ? nil : bytes
+}
+
+/// What --nbd and --nbd-writable ask for; `lunfs mount` and `lunfs serve` share it.
+struct NBDArguments {
+    var address: NBDAddress
+    var writableSnapshots: Bool
+
+    var serverOptions: NBDServerOptions { NBDServerOptions(writableSnapshots: writableSnapshots) }
+
+    /// Collects the two flags in any order.
+    struct Parser {
+        var addressText: String?
+        var writableSnapshots = false
+
+        mutating func address(_ text: String) throws(MountFailure) {
+            guard NBDAddress(text) != nil else {
+                throw .usage("--nbd takes a Unix socket path or HOST:PORT, not \(text)")
+            }
+            addressText = text
+        }
+
+        func finish() throws(MountFailure) -> NBDArguments? {
+            guard let addressText, let address = NBDAddress(addressText) else {
+                if writableSnapshots { throw .usage("--nbd-writable needs --nbd ADDRESS") }
+                return nil
+            }
+            return NBDArguments(address: address, writableSnapshots: writableSnapshots)
+        }
+    }
 }

@@ -1,10 +1,12 @@
-// `lunfs mount POOL MOUNTPOINT`: checks the paths, creates a pool if asked to (--create), forks into
-// the background (unless --foreground), opens the pool, mounts it and serves requests until
-// unmounted or signalled, then closes the pool (which commits) and exits 0.
+// `lunfs mount POOL MOUNTPOINT`: checks the paths, creates a pool if asked to (--create), forks
+// into the background (unless --foreground), opens the pool, mounts it (and with --nbd serves
+// the same pool object over NBD) until unmounted or signalled, then closes the pool (which
+// commits) and exits 0.
 #if canImport(Glibc)
 import Glibc
 #endif
 import LunEngine
+import LunNBD
 
 /// Runs `lunfs mount`; `arguments` are the words after "mount". Returns the exit status.
 public func runMountCommand(_ arguments: [String]) -> Int32 {
@@ -35,18 +37,24 @@ struct MountCommand {
     init(_ arguments: MountArguments) {
         self.arguments = arguments
         self.poolDirectory = absolutePath(arguments.poolPath)
+        // The daemon runs in /; a relative socket path must not move with it.
+        if case .unixSocket(let path)? = arguments.nbd?.address {
+            self.arguments.nbd?.address = .unixSocket(path: absolutePath(path))
+        }
         self.mountpoint = absolutePath(arguments.mountpoint)
+    }
+
+    var opener: PoolOpener {
+        PoolOpener(poolDirectory: poolDirectory, readOnly: arguments.isReadOnly, createPool: arguments.createPool,
+                   poolOptions: arguments.poolOptions)
     }
 
     var sessionOptions: SessionOptions {
         SessionOptions(fuseOptions: arguments.fuseOptions, maximumThreads: arguments.maximumThreads)
     }
 
-    /// Whether the pool has to be made first.
-    enum PoolPlan { case open, create }
-
     func run() throws(MountFailure) -> Int32 {
-        let plan = try checkPool()
+        let plan = try opener.plan()
         let deviceBefore = try checkMountpoint()
         try FuseSession.validate(poolDirectory: poolDirectory, options: sessionOptions)
         if arguments.foreground {
@@ -54,44 +62,11 @@ struct MountCommand {
         }
         switch try forkDaemon() {
         case .parent(let child, let pipeFromChild):
-            return awaitDaemon(child: child, pipeFromChild: pipeFromChild, mountpoint: mountpoint,
-                               deviceBefore: deviceBefore, poolDirectory: poolDirectory)
+            return awaitDaemon(child: child, pipeFromChild: pipeFromChild, verb: "mount", poolDirectory: poolDirectory) {
+                mountReadyCheck(mountpoint: mountpoint, deviceBefore: deviceBefore)
+            }
         case .child(let pipeToParent):
             return serve(plan, channel: StartupChannel(foreground: false, pipeToParent: pipeToParent))
-        }
-    }
-
-    private func checkPool() throws(MountFailure) -> PoolPlan {
-        let howToCreate = "give --create to make a new pool there, or run 'lunfs init \(poolDirectory)'"
-        switch pathKind(poolDirectory) {
-        case .missing:
-            guard arguments.createPool else {
-                throw MountFailure(2, "no pool at \(poolDirectory): the directory does not exist; \(howToCreate)")
-            }
-            // poolDirectory is absolute with its existing part resolved (absolutePath).
-            let slash = poolDirectory.lastIndex(of: "/") ?? poolDirectory.startIndex
-            let parent = slash == poolDirectory.startIndex ? "/" : String(poolDirectory[..<slash])
-            guard case .directory = pathKind(parent) else {
-                throw MountFailure(2, "cannot create a pool in \(poolDirectory): its parent \(parent) does not exist (mount never creates parent directories)")
-            }
-            return .create
-        case .other:
-            throw MountFailure(2, "\(poolDirectory) is a file, not a pool directory")
-        case .unreadable(let code):
-            throw MountFailure(2, "cannot examine \(poolDirectory): \(errorText(code))")
-        case .directory:
-            if Pool.exists(directory: poolDirectory) { return .open }
-            guard let names = directoryNames(poolDirectory) else {
-                throw MountFailure(2, "cannot read \(poolDirectory)")
-            }
-            let leftovers = names.filter { $0 != daemonLogName && $0 != daemonPIDName }
-            guard leftovers.isEmpty else {
-                throw MountFailure(2, "\(poolDirectory) holds no pool and is not empty; give an empty or missing directory to create one")
-            }
-            guard arguments.createPool else {
-                throw MountFailure(2, "no pool in \(poolDirectory): the directory is empty; \(howToCreate)")
-            }
-            return .create
         }
     }
 
@@ -122,11 +97,11 @@ struct MountCommand {
 
     /// Everything that happens in the process that will serve the mount. Failures before the
     /// mount is ready go to the user through `channel`; later ones only to the log.
-    private func serve(_ plan: PoolPlan, channel: StartupChannel) -> Int32 {
+    private func serve(_ plan: PoolOpener.Plan, channel: StartupChannel) -> Int32 {
         let log = DaemonLog(copyToStandardError: !channel.isDaemon)
         let pool: Pool
         do {
-            pool = try openPool(plan, log: log, channel: channel)
+            pool = try opener.open(plan, log: log, channel: channel)
         } catch {
             channel.fail(error)
             return error.exitStatus
@@ -148,50 +123,22 @@ struct MountCommand {
         return status
     }
 
-    private func openPool(_ plan: PoolPlan, log: DaemonLog, channel: StartupChannel) throws(MountFailure) -> Pool {
-        // Open runs on this thread; progress of the long steps it may take (resync after a
-        // crash, rebuilding a drive that came back) goes to the user's terminal as well.
-        let terminal = TerminalBox(channel)
-        let engineLog: @Sendable (String) -> Void = { line in
-            log.write("engine: \(line)")
-            if line.hasPrefix("resync") || line.hasPrefix("rebuil") { terminal.channel.say("lunfs: \(line)") }
-        }
-        do {
-            switch plan {
-            case .open:
-                let pool = try Pool.open(directory: poolDirectory, readOnly: arguments.isReadOnly, log: engineLog)
-                for note in pool.openNotes { channel.say("lunfs: note: \(note)") }
-                return pool
-            case .create:
-                let options = arguments.poolOptions
-                let pool = try Pool.create(directory: poolDirectory, options: options, log: engineLog)
-                let raid = options.raid ?? PoolOptions.defaultRAID(drives: options.driveCount)
-                channel.say("lunfs: created a new pool in \(poolDirectory): \(options.driveCount) drive\(options.driveCount == 1 ? "" : "s") of \(byteSizeText(options.driveSizeBytes)), \(raid)")
-                return pool
-            }
-        } catch {
-            switch error {
-            case .busy(let reason):
-                // The engine's reason names the pool and the process holding it; once is enough.
-                throw MountFailure(1, reason)
-            case _ where plan == .open:
-                // The pool is there but cannot be served as it is (damaged, drives missing
-                // beyond what redundancy covers): the input is the problem, as README says.
-                throw MountFailure(2, "cannot open the pool \(poolDirectory): \(error)")
-            case .invalid, .exists:
-                throw MountFailure(2, "cannot create the pool \(poolDirectory): \(error)")
-            default:
-                throw MountFailure(1, "cannot \(plan == .open ? "open" : "create") the pool \(poolDirectory): \(error)")
-            }
-        }
-    }
-
     private func mountAndServe(_ pool: Pool, log: DaemonLog, channel: StartupChannel) -> Int32 {
         let options = FileSystemOptions(directIO: arguments.directIO)
         let fileSystem = FileSystem(pool: pool, log: log, options: options)
         let session: FuseSession
-        do {
+        var nbdServer: NBDServer?
+        do throws(MountFailure) {
             session = try FuseSession(fileSystem: fileSystem, poolDirectory: poolDirectory, options: sessionOptions)
+            if let nbd = arguments.nbd {
+                // Bound before the mount, so a taken address refuses the whole command.
+                do throws(NBDServerError) {
+                    nbdServer = try NBDServer(address: nbd.address, pool: pool, options: nbd.serverOptions,
+                                              onChange: session.imageChangeObserver(), log: { log.write($0) })
+                } catch {
+                    throw MountFailure(1, "cannot serve NBD: \(error.message)")
+                }
+            }
             try session.mount(at: mountpoint)
         } catch {
             log.write("mount: \(error.message)")
@@ -203,20 +150,25 @@ struct MountCommand {
             pool.startBackgroundCommits()
             pool.startBackgroundCopies()
         }
-        channel.ready("lunfs: mounted \(poolDirectory) on \(mountpoint)")
+        nbdServer?.start()
+        channel.ready("lunfs: mounted \(poolDirectory) on \(mountpoint)" + (nbdServer.map { ", NBD on \($0.address)" } ?? ""))
         raiseReadahead(of: mountpoint, log: log)
         let status = session.run()
         // libfuse returns 0, -errno, or the number of the signal that ended the loop.
         log.write("mount: session ended (\(status > 0 ? "signal \(status)" : "status \(status)"))")
+        // NBD clients go before the session does: the observer needs the session alive.
+        nbdServer?.stop()
         return status >= 0 ? 0 : 1
     }
 
-    private func writePIDFile(_ path: String) {
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { return }
-        writeAll(fd, "\(getpid())\n")
-        close(fd)
-    }
+}
+
+/// POOL/lunfs.pid while a daemon serves the pool.
+func writePIDFile(_ path: String) {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { return }
+    writeAll(fd, "\(getpid())\n")
+    close(fd)
 }
 
 /// 268435456 -> "256 MiB".
@@ -229,11 +181,4 @@ func byteSizeText(_ bytes: UInt64) -> String {
         unit += 1
     }
     return "\(value) \(units[unit])"
-}
-
-/// Lets the engine's log closure, which must be Sendable, reach the startup channel. It is
-/// only used while the pool opens, on the thread that owns the channel.
-private final class TerminalBox: @unchecked Sendable {
-    let channel: StartupChannel
-    init(_ channel: StartupChannel) { self.channel = channel }
 }

@@ -10,6 +10,7 @@ protocol MountablePool: AnyObject, Sendable {
     func info(_ id: DiskID) -> DiskInfo?
     func child(named name: String, of parent: DiskID?) -> DiskID?
     func children(of parent: DiskID?) -> [DiskID]
+    func treePath(of id: DiskID) -> String?
 
     func createDisk(named name: String, raid: RAIDLevel?) throws(LunError) -> DiskID
     func createSnapshot(of id: DiskID, named name: String, reserved: Bool?, quiesceTimeoutSeconds: Double) throws(LunError) -> DiskID

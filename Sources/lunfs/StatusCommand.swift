@@ -43,12 +43,7 @@ struct StatusReport: Codable {
 func buildStatus(_ pool: Pool, mounted: Bool) -> StatusReport {
     let infos = pool.disks()
     let byID = Dictionary(uniqueKeysWithValues: infos.map { ($0.id, $0) })
-    func path(_ id: DiskID) -> String {
-        var parts: [String] = []
-        var cur: DiskID? = id
-        while let c = cur, let i = byID[c] { parts.append(i.name); cur = i.parent }
-        return parts.reversed().joined(separator: "/")
-    }
+    func path(_ id: DiskID) -> String { pool.treePath(of: id) ?? "?" }
     let usage = pool.usage()
     let memory = pool.mapMemory()
     var chains: [[String]] = []

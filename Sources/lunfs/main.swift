@@ -7,6 +7,8 @@ import LunMount
 let usage = """
 usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive PATH ...] [--force]
        lunfs mount POOL MOUNTPOINT [--foreground] [-o OPTIONS] [--create [--drives N] [--drive-size SIZE] [--raid 0|1|5]]
+                   [--nbd ADDRESS [--nbd-writable]]
+       lunfs serve POOL --nbd ADDRESS [--nbd-writable] [--foreground] [-o ro] [--create ...]
        lunfs unmount [--lazy] MOUNTPOINT
        lunfs status POOL [--json]
        lunfs check POOL [--scrub] [--repair]
@@ -19,6 +21,7 @@ let rest = Array(arguments.dropFirst(2))
 switch arguments.count > 1 ? arguments[1] : "" {
 case "init": exit(runInit(rest))
 case "mount": exit(runMountCommand(rest))
+case "serve": exit(runServeCommand(rest))
 case "unmount", "umount": exit(runUnmountCommand(rest))
 case "status": exit(runStatus(rest))
 case "check": exit(runCheck(rest))

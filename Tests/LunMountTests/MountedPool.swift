@@ -123,7 +123,8 @@ final class MountedPool {
     var checksAfterTest = true
 
     /// Creates a temporary directory and mounts a new pool of small drives there.
-    init(drives: Int = 5, driveSize: String = "256M", raid: String? = nil) throws {
+    /// `mountArguments` go to this first mount only (for instance `--nbd ADDRESS`).
+    init(drives: Int = 5, driveSize: String = "256M", raid: String? = nil, mountArguments: [String] = []) throws {
         try requireFUSE()
         binary = try lunfsBinaryPath()
         root = FileManager.default.temporaryDirectory.appendingPathComponent("lunfs-test-\(UUID().uuidString.prefix(8))")
@@ -133,7 +134,7 @@ final class MountedPool {
         hangGuard = HangGuard(poolPath: poolPath)
         var extra = ["--create", "--drives", String(drives), "--drive-size", driveSize]
         if let raid { extra += ["--raid", raid] }
-        try mount(extra)
+        try mount(extra + mountArguments)
     }
 
     /// `lunfs mount` of this pool; returns once the mount answers.
