@@ -81,6 +81,14 @@ struct ChainChange {
         if SharingChain.isShadowed(d, k) { release(d.successor!, k) }
     }
 
+    /// `s`'s Sp on segment k is a shadow and this change ends it: the snapclone below now holds
+    /// its copy alone, but the committed maps still say it equals s's bytes. An in-place write
+    /// to the copy must commit first, or a crash keeps those bytes under a committed shadow
+    /// (and a revert would then drop them).
+    fileprivate mutating func endShadow(below s: Disk, _ k: Int) {
+        if SharingChain.isShadow(s, k) { unshared.append(SharingChain.location(s.predecessor!.map.entry(k))) }
+    }
+
     /// Successor `s` of a disk that stops reading s's segment k: s's copy loses its Sp.
     fileprivate mutating func release(_ s: Disk, _ k: Int) {
         unshared.append(SharingChain.location(SharingChain.lookup(s, k).holder))
@@ -164,10 +172,12 @@ enum SharingChain {
         case .replace(let e):
             c.freed.append((Int(e.store), e.rseg))
             c.endShadow(above: d, k)
+            c.endShadow(below: d, k)
         case .handOff(let e):
             c.handOff(e, to: d.predecessor!, k)
             c.endShadow(above: d, k)
         case .copyIn:
+            c.endShadow(below: d, k)
             c.release(d.successor!, k)
         case .copyInAndOut:
             let p = d.predecessor!, theirs = theirs!
@@ -193,6 +203,7 @@ enum SharingChain {
         var c = ChainChange()
         let e = d.map.entry(k)
         guard e.isMapped else { return c }
+        c.endShadow(below: d, k)
         if e.holdsData {
             if e.sp, !isShadow(d, k), let p = d.predecessor { c.handOff(e, to: p, k) } else { c.freed.append((Int(e.store), e.rseg)) }
             c.endShadow(above: d, k)
@@ -224,6 +235,7 @@ enum SharingChain {
                 } else if e.sp, !isShadow(x, k), let p {
                     c.handOff(e, to: p, k)
                 } else {
+                    c.endShadow(below: x, k)
                     c.freed.append((Int(e.store), e.rseg))
                 }
             } else if !e.sp, let s {
