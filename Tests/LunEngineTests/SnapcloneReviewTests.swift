@@ -54,4 +54,80 @@ final class SnapcloneReviewTests: XCTestCase {
         assertSameBytes(after, before, "turning the clone back changed the bytes it reads")
         try reopened.close()
     }
+
+    /// The copy runs from two threads at once (the background copier and direct calls) while
+    /// one thread writes each disk of p <- c <- vm, another takes and deletes snapshots of vm
+    /// (the clone's successor changes under the copy) and turns the clone back and makes it a
+    /// snapclone again, and a committer commits every 20 ms. Every disk ends as its writer left
+    /// it, nothing leaks, and so after a reopen.
+    func testCopyRacesChainChangesAndWriters() throws {
+        let drives = MemoryDrives(count: 5, sizeBytes: 256 << 20)
+        try drives.format(raid: .raid5)
+        let pool = try drives.open()
+        let seg = Int(pool.geometry.rsegSizeBytes)
+        let segments = 8
+        var rng0 = TestRandom(seed: 91)
+        let vm = try pool.createDisk(named: "vm")
+        let original = rng0.bytes(segments * seg)
+        try pool.write(vm, at: 0, original)
+        let p = try pool.createSnapshot(of: vm, named: "p")
+        let c = try pool.createSnapshot(of: vm, named: "c")
+        try pool.makeSnapclone(c)
+        pool.quiescedCopySegments = 2
+        pool.startBackgroundCommits(intervalSeconds: 0.02)
+        pool.startBackgroundCopies()
+        final class Box: @unchecked Sendable { var image: [UInt8] = []; var error: (any Error)?; var note = "" }
+        let ids = [p, c, vm]
+        let boxes = (0..<5).map { _ in Box() }
+        let deadline = Date(timeIntervalSinceNow: 8)
+        DispatchQueue.concurrentPerform(iterations: 5) { i in
+            var rng = TestRandom(seed: 2000 + UInt64(i))
+            do {
+                switch i {
+                case 0, 1, 2:
+                    boxes[i].image = original
+                    while Date() < deadline {
+                        let len = [4096, seg / 3, seg][Int(rng.below(3))]
+                        let off = Int(rng.below(UInt64(segments * seg - len)))
+                        let bytes = rng.bytes(len)
+                        try pool.write(ids[i], at: UInt64(off), bytes)
+                        boxes[i].image.replaceSubrange(off..<off + len, with: bytes)
+                    }
+                case 3:
+                    var n = 0
+                    while Date() < deadline {
+                        n += 1
+                        do {
+                            let r = try pool.createSnapshot(of: vm, named: "r\(n)", quiesceTimeoutSeconds: 1)
+                            usleep(UInt32(rng.below(20_000)))
+                            try pool.removeNode(r)
+                        } catch let e as LunError where e.errno == EBUSY {}
+                        if pool.kind(c) == .snapclone && rng.chance(0.3) {
+                            try pool.revertSnapclone(c)
+                            usleep(UInt32(rng.below(10_000)))
+                            try pool.makeSnapclone(c)
+                        }
+                    }
+                default:
+                    while Date() < deadline && pool.kind(c) == .snapclone {
+                        do { try pool.copySnapclone(c, segments: 1) } catch let e as LunError where e.errno == EBUSY {}
+                    }
+                }
+            } catch { boxes[i].error = error }
+        }
+        for (i, b) in boxes.enumerated() { XCTAssertNil(b.error, "thread \(i)") }
+        if pool.kind(c) == .snapclone {
+            pool.quiescedCopySegments = segments
+            while try !pool.copySnapclone(c, segments: segments).independent {}
+        }
+        XCTAssertEqual(pool.kind(c), .independent)
+        for (i, id) in ids.enumerated() { assertSameBytes(try pool.image(id), boxes[i].image, "disk \(id)") }
+        try pool.commit()
+        XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [])
+        try pool.close()
+        let reopened = try drives.open()
+        for (i, id) in ids.enumerated() { assertSameBytes(try reopened.image(id), boxes[i].image, "disk \(id) after reopen") }
+        XCTAssertEqual(try PoolChecker(pool: reopened, scrub: true).run().problems, [])
+        try reopened.close()
+    }
 }
