@@ -130,4 +130,52 @@ final class SnapcloneReviewTests: XCTestCase {
         XCTAssertEqual(try PoolChecker(pool: reopened, scrub: true).run().problems, [])
         try reopened.close()
     }
+
+    /// p <- c <- vm with c copying.
+    private func copyingChain(segments: Int = 4) throws -> (MemoryDrives, Pool, p: DiskID, c: DiskID, vm: DiskID, [UInt8]) {
+        let drives = MemoryDrives(count: 5, sizeBytes: 256 << 20)
+        try drives.format(raid: .raid5)
+        let pool = try drives.open()
+        var rng = TestRandom(seed: 8)
+        let vm = try pool.createDisk(named: "vm")
+        let original = rng.bytes(segments * Int(pool.geometry.rsegSizeBytes))
+        try pool.write(vm, at: 0, original)
+        let p = try pool.createSnapshot(of: vm, named: "p")
+        let c = try pool.createSnapshot(of: vm, named: "c")
+        try pool.makeSnapclone(c)
+        pool.quiescedCopySegments = -1
+        return (drives, pool, p, c, vm, original)
+    }
+
+    /// The clone's successor leaves the chain (its image deleted, its directory stays for the
+    /// snapshots below it): the clone is the newest disk of its chain and finishes its copy
+    /// with every byte.
+    func testCloneWhoseSuccessorImageIsDeletedFinishes() throws {
+        let (_, pool, p, c, vm, original) = try copyingChain()
+        try pool.copySnapclone(c, segments: 1)
+        try pool.write(vm, at: 10, [1, 2, 3])
+        try pool.deleteImage(vm)
+        XCTAssertNil(pool.info(c)!.successor)
+        XCTAssertEqual(try PoolChecker(pool: pool).run().problems, [])
+        pool.quiescedCopySegments = 0
+        while try !pool.copySnapclone(c, segments: 1).independent {}
+        for id in [p, c] { assertSameBytes(try pool.image(id), original, "disk \(id)") }
+        XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [])
+    }
+
+    /// A copying snapclone whose image is deleted (unlink of c/disk.img) leaves its chain; its
+    /// hollow directory must not go on as a snapclone (listed as copying, kind "snapclone",
+    /// and later "independent", so that it could move to the root without an image).
+    func testDeletedCloneImageIsNoLongerASnapclone() throws {
+        let (_, pool, p, c, vm, original) = try copyingChain()
+        try pool.copySnapclone(c, segments: 2)
+        try pool.deleteImage(c)
+        for id in [p, vm] { assertSameBytes(try pool.image(id), original, "disk \(id)") }
+        XCTAssertEqual(pool.copyingSnapclones(), [], "a hollow node is no snapclone")
+        XCTAssertNotEqual(pool.kind(c), .snapclone)
+        _ = try? pool.copySnapclone(c, segments: 1)
+        XCTAssertNotEqual(pool.kind(c), .independent, "a hollow node did not copy anything")
+        XCTAssertThrowsError(try pool.moveToRoot(c, as: "hollow"), "a node without an image moved to the root")
+        XCTAssertEqual(try PoolChecker(pool: pool).run().problems, [])
+    }
 }
