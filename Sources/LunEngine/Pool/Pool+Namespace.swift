@@ -143,7 +143,8 @@ extension Pool {
     private func dropImageLocked(_ x: Disk) {
         state.pendingFree += state.apply(.unlink(x.id))
         state.reservedTotal -= x.reservedSegments
-        state.update(x) { $0.reservedSegments = 0; $0.hasImage = false; $0.sizeBytes = 0 }
+        // A hollow node is no snapclone: nothing is left to copy or to move.
+        state.update(x) { $0.reservedSegments = 0; $0.hasImage = false; $0.sizeBytes = 0; $0.clone = .none }
     }
 
     /// rmdir: removes a node with no children, and its image. `.notEmpty` if it has children.
