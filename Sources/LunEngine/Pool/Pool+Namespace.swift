@@ -84,14 +84,15 @@ extension Pool {
         try Self.validate(name: name)
         let x = try liveDisk(id)
         guard x.hasImage else { throw .notPermitted("\(x.name) has no image to snapshot") }
-        guard x.clone != .copying else {
-            throw .busy("\(x.name) is a snapclone still copying; snapshot it once it is independent")
-        }
         guard x.family.lockForChange(timeoutSeconds: quiesceTimeoutSeconds) else {
             throw .busy("writes to \(x.name) did not drain within \(quiesceTimeoutSeconds) s")
         }
         defer { x.family.lock.unlock() }
         guard !x.removed, x.hasImage else { throw .stale("disk \(id) was removed") }
+        // Checked with the lock held: makeSnapclone changes it under the same lock.
+        guard x.clone != .copying else {
+            throw .busy("\(x.name) is a snapclone still copying; snapshot it once it is independent")
+        }
         let p = try stateLock.withLock { () throws(LunError) -> Disk in
             guard !state.disks.values.contains(where: { $0.parent == id && $0.name == name }) else { throw .exists(name) }
             let reserve = (reserved ?? x.reserveSnapshots) ? x.map.mappedCount : 0
