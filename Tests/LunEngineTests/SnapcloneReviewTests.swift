@@ -178,4 +178,29 @@ final class SnapcloneReviewTests: XCTestCase {
         XCTAssertThrowsError(try pool.moveToRoot(c, as: "hollow"), "a node without an image moved to the root")
         XCTAssertEqual(try PoolChecker(pool: pool).run().problems, [])
     }
+
+    /// Reserved snapshots (section 11: one segment set aside per shared segment, for copies
+    /// that writes in the sharing run need). The clone's copies are charged to a reservation
+    /// like a write's copy: here to p's, the first sharer. Once c is independent, p still
+    /// shares all four segments with vm and has nothing left to cover them, while c keeps a
+    /// reservation for segments it no longer shares with anyone.
+    func testSnapcloneCopiesDoNotEatThePredecessorsReservation() throws {
+        let drives = MemoryDrives(count: 5, sizeBytes: 256 << 20)
+        try drives.format(raid: .raid5)
+        let pool = try drives.open()
+        let seg = UInt64(pool.geometry.rsegSizeBytes)
+        var rng = TestRandom(seed: 4)
+        let vm = try pool.createDisk(named: "vm")
+        try pool.write(vm, at: 0, rng.bytes(4 * Int(seg)))
+        let p = try pool.createSnapshot(of: vm, named: "p", reserved: true)
+        let c = try pool.createSnapshot(of: vm, named: "c", reserved: true)
+        XCTAssertEqual(pool.info(p)!.reservedBytes, 4 * seg)
+        XCTAssertEqual(pool.info(c)!.reservedBytes, 4 * seg)
+        try pool.makeSnapclone(c)
+        pool.quiescedCopySegments = 0
+        while try !pool.copySnapclone(c, segments: 1).independent {}
+        XCTAssertEqual(pool.info(p)!.sharedBytes, 4 * seg, "p reads vm's four segments")
+        XCTAssertEqual(pool.info(p)!.reservedBytes, 4 * seg, "p's reservation still covers what it shares")
+        XCTAssertEqual(pool.info(c)!.reservedBytes, 0, "independent c shares nothing: no reservation to keep")
+    }
 }
