@@ -203,4 +203,70 @@ final class SnapcloneReviewTests: XCTestCase {
         XCTAssertEqual(pool.info(p)!.reservedBytes, 4 * seg, "p's reservation still covers what it shares")
         XCTAssertEqual(pool.info(c)!.reservedBytes, 0, "independent c shares nothing: no reservation to keep")
     }
+
+    /// MetadataOpTests' replay check with snapclones in the mix: `unlink` and the shadow rules
+    /// read the clone state, so replay must rebuild exactly the running maps (shadows included)
+    /// from records that hold make, copy, revert and detach steps.
+    func testReplayWithSnapclonesRebuildsTheRunningState() throws {
+        for seed in [UInt64(3), 17, 29] {
+            var rng = TestRandom(seed: seed)
+            let drives = MemoryDrives(count: 6, sizeBytes: 256 << 20)
+            try drives.format(raid: .raid5)
+            let pool = try drives.open()
+            let segment = Int(pool.geometry.rsegSizeBytes)
+            var names = 0, copies = 0, independents = 0
+            for step in 0..<400 {
+                let disks = pool.disks()
+                let images = disks.filter(\.hasImage)
+                func pick(_ from: [DiskInfo]) -> DiskInfo? { from.isEmpty ? nil : from[Int(rng.below(UInt64(from.count)))] }
+                names += 1
+                do {
+                    switch rng.below(18) {
+                    case 0:
+                        _ = try pool.createDisk(named: "d\(names)")
+                    case 1, 2, 3:
+                        guard let d = pick(images) else { continue }
+                        let at = Int(rng.below(8)) * segment + Int(rng.below(UInt64(segment)))
+                        try pool.write(d.id, at: UInt64(at), rng.bytes(Int(rng.below(2 * UInt64(segment))) + 1))
+                    case 4, 5:
+                        guard let d = pick(images) else { continue }
+                        _ = try pool.createSnapshot(of: d.id, named: "s\(names)")
+                    case 6:
+                        guard let d = pick(images) else { continue }
+                        try pool.resize(d.id, to: rng.below(UInt64(9 * segment)))
+                    case 7:
+                        guard let d = pick(images) else { continue }
+                        try pool.deleteImage(d.id)
+                    case 8:
+                        guard let d = pick(disks.filter { x in !disks.contains { $0.parent == x.id } }) else { continue }
+                        try pool.removeNode(d.id)
+                    case 9, 10:
+                        guard let d = pick(images.filter { $0.successor != nil }) else { continue }
+                        try pool.makeSnapclone(d.id)
+                    case 11, 12, 13, 14, 15, 16:
+                        guard let c = pool.copyingSnapclones().first else { continue }
+                        pool.quiescedCopySegments = Int(rng.below(3))
+                        copies += 1
+                        if try pool.copySnapclone(c, segments: Int(rng.below(3)) + 1).independent { independents += 1 }
+                    default:
+                        guard let c = pool.copyingSnapclones().first else { continue }
+                        try pool.revertSnapclone(c)
+                    }
+                } catch LunError.noSpace, LunError.exists, LunError.busy, LunError.notFound, LunError.stale {
+                    continue
+                }
+                if step % 9 == 0 { try pool.commit() }
+            }
+            try pool.commit()
+            XCTAssertGreaterThan(copies, 5, "seed \(seed): copy steps ran")
+            print("replay with snapclones, seed \(seed): \(copies) copy steps, \(independents) clones left their chain")
+            let running = pool.stateLock.withLock { pool.state.encodeCheckpoint() }
+            let images = try pool.disks().filter(\.hasImage).map { ($0.id, try pool.image($0.id)) }
+            XCTAssertEqual(try PoolChecker(pool: pool).run().problems, [], "seed \(seed) running")
+            let replayed = try drives.open(readOnly: true)
+            assertSameBytes(replayed.state.encodeCheckpoint(), running, "state after replay, seed \(seed)")
+            for (id, bytes) in images { assertSameBytes(try replayed.image(id), bytes, "seed \(seed) disk \(id)") }
+            XCTAssertEqual(try PoolChecker(pool: replayed).run().problems, [], "seed \(seed)")
+        }
+    }
 }
