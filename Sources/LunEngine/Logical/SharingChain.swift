@@ -26,9 +26,10 @@ struct SegmentLookup {
 enum SegmentPlan: Equatable {
     /// Held alone: write in place.
     case inPlace(LMapEntry)
-    /// Held alone, but its committed bytes must stay as they are until the switch commits
-    /// (a truncate zeroing the tail): a fresh segment, old bytes copied in, new ones on
-    /// top; the old segment is freed by the switch.
+    /// Held, but its bytes must not change in place: a truncate zeroing its kept tail (the
+    /// committed maps still point at the old bytes), or a segment a shadow says is equal to a
+    /// snapclone's copy. A fresh segment, old bytes copied in, new ones on top; the old
+    /// segment is freed by the switch.
     case replace(LMapEntry)
     /// Unmapped: a fresh segment, zeros around the new bytes.
     case fresh
@@ -124,6 +125,18 @@ enum SharingChain {
         x = d
         while x.map.entry(k).ss, let s = x.successor { run.append(s); x = s }
         return run
+    }
+
+    /// The copying snapclone of x's chain, if any (there is at most one).
+    static func copyingSnapclone(inChainOf x: Disk) -> Disk? {
+        var head = x
+        while let p = head.predecessor { head = p }
+        var d: Disk? = head
+        while let c = d {
+            if c.clone == .copying { return c }
+            d = c.successor
+        }
+        return nil
     }
 
     /// d's Sp on segment k is a shadow: its predecessor, a copying snapclone, holds its own copy.
@@ -285,7 +298,7 @@ enum SharingChain {
     /// The map edits of a finished snapclone leaving its chain (003 [0105], Fig. 14): where a
     /// shadow keeps its copy, the predecessor reads the successor directly (its Ss stays, the
     /// successor's Sp stays, the clone's Sp goes); a shadow nobody below needs is cleared.
-    /// Links change with `remove`, the clone keeping its map.
+    /// The links change with the disk records (`Pool.detachLocked`); the clone keeps its map.
     static func afterDetach(_ clone: Disk) -> ChainChange {
         var c = ChainChange()
         precondition(clone.clone == .copying && segmentsToCopy(clone) == 0)
@@ -329,12 +342,13 @@ enum SharingChain {
     }
 
     /// Takes `x` out of its chain after its `afterRemoval` edits were applied: its map
-    /// empties and its neighbours become each other's. x keeps its family: other threads may
-    /// hold that lock through x, and a disk out of a chain has no image, so sharing a lock
-    /// with its old chain costs nothing.
-    static func remove(_ x: Disk, entriesPerLMap: Int, keepingMap: Bool = false) {
+    /// empties and its neighbours become each other's. x keeps its family (a disk's family
+    /// never changes while other threads may lock through it): a deleted disk has no image,
+    /// and an independent snapclone shares the old chain's lock until the next open gives
+    /// it one of its own, which costs waits, never bytes.
+    static func remove(_ x: Disk, entriesPerLMap: Int) {
         let p = x.predecessor, s = x.successor
-        if !keepingMap { x.map = DiskMap(entriesPerLMap: entriesPerLMap) }
+        x.map = DiskMap(entriesPerLMap: entriesPerLMap)
         p?.successor = s
         s?.predecessor = p
         x.predecessor = nil

@@ -33,6 +33,19 @@ extension Pool {
         stateLock.withLock { state.disk(id).map(info(of:)) }
     }
 
+    /// What disk `id` is (`DiskInfo.kind`), nil if it does not exist.
+    public func kind(_ id: DiskID) -> DiskKind? {
+        stateLock.withLock { state.disk(id).map(kind(of:)) }
+    }
+
+    func kind(of d: Disk) -> DiskKind {
+        switch d.clone {
+        case .copying: return .snapclone
+        case .independent: return .independent
+        case .none: return d.parent == nil ? .disk : .snapshot
+        }
+    }
+
     public func child(named name: String, of parent: DiskID?) -> DiskID? {
         stateLock.withLock { state.disks.values.first { $0.parent == parent && $0.name == name }?.id }
     }
