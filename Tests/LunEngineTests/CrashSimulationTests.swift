@@ -104,12 +104,12 @@ final class CrashSimulationTests: XCTestCase {
             }
             if totals.failures > 0 { XCTFail("stopping at seed \(seed) (replay with LUNFS_SEED=\(seed) LUNFS_CRASH_POINTS=1)"); break }
         }
-        print("CrashSimulationTests: \(totals.points) crash points, \(totals.operations) operations, \(totals.unacknowledgedCommits) commits cut before their syncs, \(totals.tornWrites) torn and \(totals.lostWrites) lost unsynced writes, \(totals.bytesVerified) bytes verified, \(totals.snapcloneCopySteps) snapclone copy steps, \(totals.snapclonesFinishedAfterCrash) snapclones finished copying after a crash, fsync'd bytes lost 0, wrong bytes 0")
+        print("CrashSimulationTests: \(totals.points) crash points, \(totals.operations) operations, \(totals.unacknowledgedCommits) commits cut before their syncs, \(totals.tornWrites) torn and \(totals.lostWrites) lost unsynced writes, \(totals.bytesVerified) bytes verified, \(totals.snapcloneCopySteps) snapclone copy steps, \(totals.snapclonesFinishedAfterCrash) snapclones finished copying and \(totals.snapclonesRevertedAfterCrash) turned back after a crash, fsync'd bytes lost 0, wrong bytes 0")
     }
 
     struct CrashTotals {
         var points = 0, operations = 0, unacknowledgedCommits = 0, tornWrites = 0, lostWrites = 0, bytesVerified = 0, failures = 0
-        var snapcloneCopySteps = 0, snapclonesFinishedAfterCrash = 0
+        var snapcloneCopySteps = 0, snapclonesFinishedAfterCrash = 0, snapclonesRevertedAfterCrash = 0
     }
 
     /// Half the time, a snapclone step instead of a snapshot: make one, copy a few segments,
@@ -258,14 +258,21 @@ final class CrashSimulationTests: XCTestCase {
             totals.bytesVerified += image.count
         }
         // The recovered pool keeps working: write, commit, reopen.
-        // A snapclone cut mid-copy goes on from its last commit and ends with the same bytes.
+        // A snapclone cut mid-copy goes on from its last commit, or is turned back into a
+        // snapshot, and every disk reads the same bytes either way.
         for c in reopened.copyingSnapclones() {
-            reopened.quiescedCopySegments = 0
-            while try !reopened.copySnapclone(c, segments: 8).independent {}
-            totals.snapclonesFinishedAfterCrash += 1
+            let revert = (seed >> 8) % 3 == 0
+            if revert {
+                try reopened.revertSnapclone(c)
+                totals.snapclonesRevertedAfterCrash += 1
+            } else {
+                reopened.quiescedCopySegments = 0
+                while try !reopened.copySnapclone(c, segments: 8).independent {}
+                totals.snapclonesFinishedAfterCrash += 1
+            }
             for id in ids.sorted() {
                 if let p = model.problem(id, actual: try reopened.image(id), commitInDoubt: commitInDoubt) {
-                    XCTFail("seed \(seed) \(level): disk \(id) after the snapclone \(c) finished copying: \(p)")
+                    XCTFail("seed \(seed) \(level): disk \(id) after the snapclone \(c) \(revert ? "turned back" : "finished copying"): \(p)")
                     totals.failures += 1
                     return
                 }

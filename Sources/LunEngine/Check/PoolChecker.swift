@@ -77,7 +77,7 @@ public struct PoolChecker {
             if !d.hasImage && (d.map.mappedCount > 0 || d.predecessor != nil || d.successor != nil) {
                 report.problems.append("disk \(d.id): hollow node still maps segments or sits in a chain")
             }
-            if d.clone == .copying && Pool.copyingSnapclone(inChainOf: d) !== d {
+            if d.clone == .copying && SharingChain.copyingSnapclone(inChainOf: d) !== d {
                 report.problems.append("disk \(d.id): a second snapclone copying in its chain")
             }
             if let parent = d.parent, state.disks[parent] == nil {
@@ -107,9 +107,9 @@ public struct PoolChecker {
                 }
                 if e.sp {
                     if let p = d.predecessor {
-                        // A shadow: the predecessor, a copying snapclone, holds its own copy.
-                        let pe = p.map.entry(k)
-                        if !pe.ss && !(p.clone == .copying && pe.holdsData) {
+                        // A shadow (the predecessor, a copying snapclone, holds its own copy) is
+                        // the one Sp without an Ss below it.
+                        if !p.map.entry(k).ss && !SharingChain.isShadow(d, k) {
                             report.problems.append("\(at): Sp set but predecessor \(p.id) has no Ss")
                         }
                     } else { report.problems.append("\(at): Sp set without a predecessor") }

@@ -26,9 +26,10 @@ struct SegmentLookup {
 enum SegmentPlan: Equatable {
     /// Held alone: write in place.
     case inPlace(LMapEntry)
-    /// Held alone, but its committed bytes must stay as they are until the switch commits
-    /// (a truncate zeroing the tail): a fresh segment, old bytes copied in, new ones on
-    /// top; the old segment is freed by the switch.
+    /// Held, but its bytes must not change in place: a truncate zeroing its kept tail (the
+    /// committed maps still point at the old bytes), or a segment a shadow says is equal to a
+    /// snapclone's copy. A fresh segment, old bytes copied in, new ones on top; the old
+    /// segment is freed by the switch.
     case replace(LMapEntry)
     /// Unmapped: a fresh segment, zeros around the new bytes.
     case fresh
@@ -81,6 +82,14 @@ struct ChainChange {
         if SharingChain.isShadowed(d, k) { release(d.successor!, k) }
     }
 
+    /// `s`'s Sp on segment k is a shadow and this change ends it: the snapclone below now holds
+    /// its copy alone, but the committed maps still say it equals s's bytes. An in-place write
+    /// to the copy must commit first, or a crash keeps those bytes under a committed shadow
+    /// (and a revert would then drop them).
+    fileprivate mutating func endShadow(below s: Disk, _ k: Int) {
+        if SharingChain.isShadow(s, k) { unshared.append(SharingChain.location(s.predecessor!.map.entry(k))) }
+    }
+
     /// Successor `s` of a disk that stops reading s's segment k: s's copy loses its Sp.
     fileprivate mutating func release(_ s: Disk, _ k: Int) {
         unshared.append(SharingChain.location(SharingChain.lookup(s, k).holder))
@@ -116,6 +125,18 @@ enum SharingChain {
         x = d
         while x.map.entry(k).ss, let s = x.successor { run.append(s); x = s }
         return run
+    }
+
+    /// The copying snapclone of x's chain, if any (there is at most one).
+    static func copyingSnapclone(inChainOf x: Disk) -> Disk? {
+        var head = x
+        while let p = head.predecessor { head = p }
+        var d: Disk? = head
+        while let c = d {
+            if c.clone == .copying { return c }
+            d = c.successor
+        }
+        return nil
     }
 
     /// d's Sp on segment k is a shadow: its predecessor, a copying snapclone, holds its own copy.
@@ -164,10 +185,12 @@ enum SharingChain {
         case .replace(let e):
             c.freed.append((Int(e.store), e.rseg))
             c.endShadow(above: d, k)
+            c.endShadow(below: d, k)
         case .handOff(let e):
             c.handOff(e, to: d.predecessor!, k)
             c.endShadow(above: d, k)
         case .copyIn:
+            c.endShadow(below: d, k)
             c.release(d.successor!, k)
         case .copyInAndOut:
             let p = d.predecessor!, theirs = theirs!
@@ -193,6 +216,7 @@ enum SharingChain {
         var c = ChainChange()
         let e = d.map.entry(k)
         guard e.isMapped else { return c }
+        c.endShadow(below: d, k)
         if e.holdsData {
             if e.sp, !isShadow(d, k), let p = d.predecessor { c.handOff(e, to: p, k) } else { c.freed.append((Int(e.store), e.rseg)) }
             c.endShadow(above: d, k)
@@ -224,6 +248,7 @@ enum SharingChain {
                 } else if e.sp, !isShadow(x, k), let p {
                     c.handOff(e, to: p, k)
                 } else {
+                    c.endShadow(below: x, k)
                     c.freed.append((Int(e.store), e.rseg))
                 }
             } else if !e.sp, let s {
@@ -273,7 +298,7 @@ enum SharingChain {
     /// The map edits of a finished snapclone leaving its chain (003 [0105], Fig. 14): where a
     /// shadow keeps its copy, the predecessor reads the successor directly (its Ss stays, the
     /// successor's Sp stays, the clone's Sp goes); a shadow nobody below needs is cleared.
-    /// Links change with `remove`, the clone keeping its map.
+    /// The links change with the disk records (`Pool.detachLocked`); the clone keeps its map.
     static func afterDetach(_ clone: Disk) -> ChainChange {
         var c = ChainChange()
         precondition(clone.clone == .copying && segmentsToCopy(clone) == 0)
@@ -317,12 +342,13 @@ enum SharingChain {
     }
 
     /// Takes `x` out of its chain after its `afterRemoval` edits were applied: its map
-    /// empties and its neighbours become each other's. x keeps its family: other threads may
-    /// hold that lock through x, and a disk out of a chain has no image, so sharing a lock
-    /// with its old chain costs nothing.
-    static func remove(_ x: Disk, entriesPerLMap: Int, keepingMap: Bool = false) {
+    /// empties and its neighbours become each other's. x keeps its family (a disk's family
+    /// never changes while other threads may lock through it): a deleted disk has no image,
+    /// and an independent snapclone shares the old chain's lock until the next open gives
+    /// it one of its own, which costs waits, never bytes.
+    static func remove(_ x: Disk, entriesPerLMap: Int) {
         let p = x.predecessor, s = x.successor
-        if !keepingMap { x.map = DiskMap(entriesPerLMap: entriesPerLMap) }
+        x.map = DiskMap(entriesPerLMap: entriesPerLMap)
         p?.successor = s
         s?.predecessor = p
         x.predecessor = nil

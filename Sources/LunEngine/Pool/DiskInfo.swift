@@ -3,6 +3,12 @@
 
 public typealias DiskID = UInt32
 
+/// What a disk is, as `user.lunfs.kind` names it: a disk at the root, a snapshot, a snapclone
+/// copying into a disk of its own, or an independent disk (a snapclone that left its chain).
+public enum DiskKind: String, Sendable {
+    case disk, snapshot, snapclone, independent
+}
+
 public struct DiskInfo: Sendable, Equatable {
     public var id: DiskID
     public var name: String

@@ -255,13 +255,29 @@ extension Pool {
     /// are charged first to a fully reserved snapshot of the same sharing run, if there is one;
     /// the rest must leave every reservation intact.
     func allocate(_ count: Int, for d: Disk, sharedSegments: [Int]) throws(LunError) -> [(store: Int, rseg: Int)] {
+        try allocate(count, for: d) {
+            var charged: [Disk] = []
+            for k in sharedSegments {
+                if let r = reservedDisk(sharingWith: d, segment: k, excluding: charged) { charged.append(r) }
+            }
+            return charged
+        }
+    }
+
+    /// One RSEG for a snapclone's copy of a segment it (or its predecessor) shares: charged to
+    /// the reservation of the disk that gets the copy, and to no other disk's.
+    func allocateCopy(for owner: Disk) throws(LunError) -> [(store: Int, rseg: Int)] {
+        try allocate(1, for: owner) { owner.reservedSegments > 0 ? [owner] : [] }
+    }
+
+    /// The common part: `charging` (called under `stateLock`) names the reserved disks that pay
+    /// for one segment each; the rest must leave every reservation intact.
+    private func allocate(_ count: Int, for d: Disk, charging: () -> [Disk]) throws(LunError) -> [(store: Int, rseg: Int)] {
         if count == 0 { return [] }
         return try stateLock.withLock { () throws(LunError) -> [(store: Int, rseg: Int)] in
             var charged: [Disk] = []
             if state.reservedTotal > 0 {
-                for k in sharedSegments {
-                    if let r = reservedDisk(sharingWith: d, segment: k, excluding: charged) { charged.append(r) }
-                }
+                charged = charging()
                 let general = count - charged.count
                 let free = state.freeSegments(level: d.raid) - (state.reservedTotal - charged.count)
                 guard free >= general else {

@@ -33,6 +33,19 @@ extension Pool {
         stateLock.withLock { state.disk(id).map(info(of:)) }
     }
 
+    /// What disk `id` is (`DiskInfo.kind`), nil if it does not exist.
+    public func kind(_ id: DiskID) -> DiskKind? {
+        stateLock.withLock { state.disk(id).map(kind(of:)) }
+    }
+
+    func kind(of d: Disk) -> DiskKind {
+        switch d.clone {
+        case .copying: return .snapclone
+        case .independent: return .independent
+        case .none: return d.parent == nil ? .disk : .snapshot
+        }
+    }
+
     public func child(named name: String, of parent: DiskID?) -> DiskID? {
         stateLock.withLock { state.disks.values.first { $0.parent == parent && $0.name == name }?.id }
     }
@@ -84,14 +97,15 @@ extension Pool {
         try Self.validate(name: name)
         let x = try liveDisk(id)
         guard x.hasImage else { throw .notPermitted("\(x.name) has no image to snapshot") }
-        guard x.clone != .copying else {
-            throw .busy("\(x.name) is a snapclone still copying; snapshot it once it is independent")
-        }
         guard x.family.lockForChange(timeoutSeconds: quiesceTimeoutSeconds) else {
             throw .busy("writes to \(x.name) did not drain within \(quiesceTimeoutSeconds) s")
         }
         defer { x.family.lock.unlock() }
         guard !x.removed, x.hasImage else { throw .stale("disk \(id) was removed") }
+        // Checked with the lock held: makeSnapclone changes it under the same lock.
+        guard x.clone != .copying else {
+            throw .busy("\(x.name) is a snapclone still copying; snapshot it once it is independent")
+        }
         let p = try stateLock.withLock { () throws(LunError) -> Disk in
             guard !state.disks.values.contains(where: { $0.parent == id && $0.name == name }) else { throw .exists(name) }
             let reserve = (reserved ?? x.reserveSnapshots) ? x.map.mappedCount : 0
@@ -143,7 +157,8 @@ extension Pool {
     private func dropImageLocked(_ x: Disk) {
         state.pendingFree += state.apply(.unlink(x.id))
         state.reservedTotal -= x.reservedSegments
-        state.update(x) { $0.reservedSegments = 0; $0.hasImage = false; $0.sizeBytes = 0 }
+        // A hollow node is no snapclone: nothing is left to copy or to move.
+        state.update(x) { $0.reservedSegments = 0; $0.hasImage = false; $0.sizeBytes = 0; $0.clone = .none }
     }
 
     /// rmdir: removes a node with no children, and its image. `.notEmpty` if it has children.

@@ -5,17 +5,13 @@
 
 /// How far a snapclone's copy has come, in segments.
 public struct CopyProgress: Sendable, Equatable {
-    /// Segments the clone holds itself that no predecessor still needs from it.
+    /// Segments the background copy has nothing more to do for: the clone holds them, and
+    /// its predecessor either does not read them or can read them from the successor later.
     public var copied: Int
     /// Segments the clone maps (its own and those it still reads from its successor).
     public var total: Int
     /// The clone has left its chain.
     public var independent: Bool
-}
-
-/// What a disk is, as `user.lunfs.kind` names it.
-public enum DiskKind: String, Sendable {
-    case disk, snapshot, snapclone, independent
 }
 
 extension Pool {
@@ -32,7 +28,7 @@ extension Pool {
             }
             guard x.hasImage else { throw .notFound("\(x.name) has no image") }
             guard x.successor != nil else { throw .invalid("\(x.name) shares nothing it could copy: it is not a snapshot in a chain") }
-            if let other = Self.copyingSnapclone(inChainOf: x) {
+            if let other = SharingChain.copyingSnapclone(inChainOf: x) {
                 throw .busy("\(other.name) in the same chain is still copying; one snapclone copies at a time")
             }
             state.update(x) { $0.clone = .copying }
@@ -57,18 +53,6 @@ extension Pool {
         }
     }
 
-    public func kind(_ id: DiskID) -> DiskKind? {
-        stateLock.withLock { state.disk(id).map(kind(of:)) }
-    }
-
-    func kind(of d: Disk) -> DiskKind {
-        switch d.clone {
-        case .copying: return .snapclone
-        case .independent: return .independent
-        case .none: return d.parent == nil ? .disk : .snapshot
-        }
-    }
-
     /// The copy's progress, nil for a disk that is not and was not a snapclone.
     public func copyProgress(_ id: DiskID) -> CopyProgress? {
         guard let d = try? liveDisk(id) else { return nil }
@@ -86,17 +70,6 @@ extension Pool {
     /// Disks copying as snapclones now.
     public func copyingSnapclones() -> [DiskID] {
         stateLock.withLock { state.disks.values.filter { $0.clone == .copying && !$0.removed }.map(\.id).sorted() }
-    }
-
-    static func copyingSnapclone(inChainOf x: Disk) -> Disk? {
-        var head = x
-        while let p = head.predecessor { head = p }
-        var d: Disk? = head
-        while let c = d {
-            if c.clone == .copying { return c }
-            d = c.successor
-        }
-        return nil
     }
 
     /// One step of the background copy: copies up to `segments` segments of snapclone `id`
@@ -117,10 +90,10 @@ extension Pool {
             if try copyOneSegment(c, k) { copied += 1 }
             cursor = k + 1
         }
-        let left = try withShared(c) { () -> Int in c.clone == .copying ? SharingChain.segmentsToCopy(c) : 0 }
+        let left = try withShared(c) { () -> Int? in c.clone == .copying ? SharingChain.segmentsToCopy(c) : nil }
         if copied < budget { cursor = 0 }     // the pass reached the end: the next one starts over
         copyCursors.withLock { $0[id] = cursor }
-        if c.clone == .copying && left <= quiescedCopySegments { try finishSnapclone(c) }
+        if let left, left <= quiescedCopySegments { try finishSnapclone(c) }
         return copyProgress(id) ?? CopyProgress(copied: 0, total: 0, independent: false)
     }
 
@@ -129,8 +102,8 @@ extension Pool {
     /// lock exclusive for the switch. False if the maps changed meanwhile (a later pass sees it).
     private func copyOneSegment(_ c: Disk, _ k: Int) throws(LunError) -> Bool {
         c.family.lock.lockShared()
-        var shared = true
-        defer { if shared { c.family.lock.unlock() } }
+        // Released either way: the lock is taken exclusive below for the switch.
+        defer { c.family.lock.unlock() }
         guard !c.removed, c.clone == .copying else { return false }
         let entry = c.map.entry(k)
         let forClone = entry.ss
@@ -138,7 +111,7 @@ extension Pool {
         guard c.family.claim([k]) else { return false }
         defer { c.family.release([k]) }
         let epoch = c.family.changeEpoch
-        var fresh = try allocate(1, for: forClone ? c : c.predecessor!, sharedSegments: [k])
+        var fresh = try allocateCopy(for: forClone ? c : c.predecessor!)
         defer { releaseUnmapped(fresh) }
         try copySegment(from: SharingChain.lookup(c, k).holder, to: fresh[0])
         c.family.lock.unlock()
@@ -180,7 +153,7 @@ extension Pool {
             var work: [Int] = []
             c.map.forEachMapped { k, e in if pass == 0 ? e.ss : SharingChain.predecessorNeedsCopy(c, k) { work.append(k) } }
             for k in work {
-                var fresh = try allocate(1, for: pass == 0 ? c : c.predecessor!, sharedSegments: [k])
+                var fresh = try allocateCopy(for: pass == 0 ? c : c.predecessor!)
                 defer { releaseUnmapped(fresh) }
                 try copySegment(from: SharingChain.lookup(c, k).holder, to: fresh[0])
                 stateLock.withLock {
@@ -193,7 +166,9 @@ extension Pool {
         stateLock.withLock {
             let p = c.predecessor, s = c.successor
             state.apply(SharingChain.afterDetach(c))
-            state.update(c) { $0.predecessor = nil; $0.successor = nil; $0.clone = .independent }
+            // It shares nothing now: what it had set aside for copies goes back to the pool.
+            state.reservedTotal -= c.reservedSegments
+            state.update(c) { $0.predecessor = nil; $0.successor = nil; $0.clone = .independent; $0.reservedSegments = 0 }
             if let p { state.update(p) { $0.successor = s?.id } }
             if let s { state.update(s) { $0.predecessor = p?.id } }
         }
