@@ -38,6 +38,8 @@ public final class Pool: @unchecked Sendable {
     private(set) var slotOrigins: [Int] = []
     /// Drives present but stale (they missed writes) and out of service until rebuilt.
     public private(set) var staleDriveIndexes: Set<Int> = []
+    /// Drives this open found stale and rebuilt completely, so back in service.
+    public private(set) var rebuiltStaleDriveIndexes: Set<Int> = []
     /// Drive files flock()ed while the pool is open read-write.
     private var lockedDrives: [FileDevice] = []
 
@@ -340,6 +342,7 @@ public final class Pool: @unchecked Sendable {
             pool.openNotes.append(note)
             pool.repairs.append(note)
             pool.staleDriveIndexes = Set(result.failed.keys)
+            pool.rebuiltStaleDriveIndexes = Set(stale).subtracting(result.failed.keys)
             try pool.refuseDataOnlyOnStaleDrives(Set(stale).subtracting(replacements))
         }
         // Everything written before this open is settled: the write-intent set starts empty.
