@@ -165,6 +165,7 @@ final class ThreadedCrashSimulationTests: XCTestCase {
             // Long runs say how far they got, so a run stopped early still has its figures.
             if points >= 1000 && (point + 1) % 250 == 0 && point + 1 < points {
                 print("ThreadedCrashSimulationTests so far: \(totals.summary)")
+                fflush(nil)  // a long run piped into grep shows each line as it comes
             }
         }
         print("ThreadedCrashSimulationTests: \(totals.summary)")
