@@ -212,6 +212,47 @@ final class DriveIdentityTests: XCTestCase {
         assertSameBytes(try degraded.image(id), new, "drive 5 rebuilt, its partner missing")
     }
 
+    /// A crash in the middle of the checkpoint that records a drive leaving service: the first
+    /// mirror has the new superblock, the other two still the one before. Those two were in
+    /// service all along (the new stale mask does not name them) and missed only their own
+    /// superblock write: they are current, and only the drive that left is rebuilt. (Before,
+    /// the generation rule took them for stale: a rebuild of good drives, and a pool refused
+    /// read-write when one of them held the only copy of the gone drive's chunks.)
+    func testMirrorsACrashCutFromADegradedCheckpointStayCurrent() throws {
+        var set = SimulatedDriveSet(count: 8, sizeBytes: 64 << 20, seed: 51)
+        try Pool.format(devices: set.devices, raid: .raid1)
+        let pool = try Pool.open(devices: set.devices)
+        XCTAssertEqual(pool.metadata.mirrors, [0, 1, 2])
+        let id = try pool.createDisk(named: "vm")
+        var rng = TestRandom(seed: 52)
+        let data = rng.bytes(8 << 20)
+        try pool.write(id, at: 0, data)
+        try pool.commit()
+        let generationBefore = pool.metadata.superblock.generation
+
+        // Drive 5 goes; the next checkpoint records it, and lands only on mirror 0.
+        set[5].disappear()
+        let more = rng.bytes(1 << 20)
+        try pool.write(id, at: 0, more)
+        for m in [1, 2] { set[m].failWrites(in: 0..<(Superblock.slotOffsets.last! + UInt64(Superblock.blockSize))) }
+        var committed = false
+        for _ in 0..<3 where !committed { committed = (try? pool.commit()) != nil }
+        XCTAssertTrue(committed, "a checkpoint lands on mirror 0")
+        let degraded = pool.metadata.superblock
+        XCTAssertEqual(degraded.generation, generationBefore + 1)
+        XCTAssertEqual(degraded.staleDrives, 1 << 5)
+        XCTAssertEqual(degraded.lastDegradedGeneration, degraded.generation)
+
+        set.crash(seed: 53, tearing: .dropUnsynced)
+        set.stopInjecting()
+        let reopened = try Pool.open(devices: set.devices)
+        XCTAssertEqual(reopened.rebuiltStaleDriveIndexes, [5], "\(reopened.openNotes)")
+        XCTAssertEqual(reopened.staleDriveIndexes, [])
+        assertSameBytes(try reopened.image(id), more + data[(1 << 20)...], "the fsync'd bytes")
+        XCTAssertEqual(try PoolChecker(pool: reopened, scrub: true).run().problems, [])
+        try reopened.close()
+    }
+
     // MARK: init and read-only opens
 
     func testCreateRefusesADriveOfAnotherPoolAndCleansUpAfterFailure() throws {
