@@ -132,13 +132,14 @@ final class ThreadedCrashSimulationTests: XCTestCase {
         var points = 0, cutsDuringWork = 0, commitsWithWritesInFlight = 0, writes = 0, coveredWrites = 0
         var tornWrites = 0, lostWrites = 0, misdirectedWrites = 0
         var corruptedReadsHealed = 0, corruptedReadsOnRAID0 = 0, readsRefusedOnRAID0 = 0
-        var drivesGone = 0, commitsRefusedAfterDriveLoss = 0, drivesRebuilt = 0
+        var drivesGone = 0, commitsRefusedAfterDriveLoss = 0, drivesRebuilt = 0, latentBlocksRepairedByScrub = 0
         var bytesVerifiedAfterCrashes = 0, bytesReadVerified = 0, fsyncedBytesLost = 0, wrongBytes = 0
 
         var summary: String {
             "\(points) crash points (\(cutsDuringWork) cut while the threads ran), "
                 + "\(commitsWithWritesInFlight) commits ran with writes in flight, \(writes) writes of which \(coveredWrites) fsync'd, "
-                + "\(misdirectedWrites) misdirected, \(tornWrites) torn and \(lostWrites) lost unsynced writes, "
+                + "\(misdirectedWrites) misdirected (\(latentBlocksRepairedByScrub) blocks they hit outside in-flight stores repaired by scrub), "
+                + "\(tornWrites) torn and \(lostWrites) lost unsynced writes, "
                 + "\(corruptedReadsHealed) corrupted reads served on RAID 1/5 (healed), "
                 + "\(corruptedReadsOnRAID0) on RAID 0 (\(readsRefusedOnRAID0) reads refused, never wrong bytes), "
                 + "\(drivesGone) drives gone (\(commitsRefusedAfterDriveLoss) commits refused until recorded), "
@@ -309,8 +310,23 @@ final class ThreadedCrashSimulationTests: XCTestCase {
         if !reopened.staleDriveIndexes.isEmpty {
             failures.append("\(what): drives \(reopened.staleDriveIndexes.sorted()) stay stale after the reopen")
         }
+        // A misdirected write can land on blocks of a store no write had in flight: recovery
+        // reads only those, so such a block waits, damaged on the faulty drive with a good copy
+        // elsewhere, for a read or a scrub to repair it. Anything else the check finds is wrong.
+        let misdirected = after.crashMisdirected - before.crashMisdirected
         let problems = try PoolChecker(pool: reopened, scrub: true).run().problems
-        if !problems.isEmpty { return failures + ["\(what): check after crash: \(problems)"] }
+        let latent = problems.filter { p in
+            misdirected > 0 && p.hasPrefix("drive \(plan.faultyDrive) (")
+                && (p.contains("the mirror copy is good") || p.contains("the other members can rebuild it"))
+        }
+        if latent.count != problems.count {
+            return failures + ["\(what): check after crash: \(problems.filter { !latent.contains($0) })"]
+        }
+        if !latent.isEmpty {
+            let left = try PoolChecker(pool: reopened, scrub: true, repair: true).run().problems
+            if !left.isEmpty { return failures + ["\(what): scrub could not repair what misdirected writes damaged: \(left)"] }
+            totals.latentBlocksRepairedByScrub += latent.count
+        }
         let covered = shared.covered.load(ordering: .sequentiallyConsistent)
         totals.commitsWithWritesInFlight += shared.commitsWithWritesInFlight.load(ordering: .relaxed)
         for w in 0..<Self.writers {
