@@ -10,9 +10,9 @@
 //   write between data and parity while a member is gone leaves that row's missing block with
 //   no source (the RAID 5 write hole; recovery then reports the row and keeps the drive out
 //   rather than make bytes up);
-// - a misdirected write lands bytes on blocks of the faulty drive that no cut write protects
-//   (recovery takes a block that fails on every copy of an in-flight store as a cut write, as
-//   it is), so the other drives must hold every block whole: the power goes out after the
+// - a misdirected write damages blocks of the faulty drive, and recovery takes a block that
+//   fails on every copy of an in-flight store for a cut write (as it is), so the other
+//   drives must hold every block whole: the power goes out after the
 //   threads finished (no write is between its data and its checksum) and every other drive
 //   keeps all it was sent. On RAID 5 the faulty drive's other unsynced writes land too and it
 //   misdirects at most one write: a block hit by a misdirected write whose own new checksum
