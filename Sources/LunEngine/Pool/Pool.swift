@@ -382,12 +382,23 @@ public final class Pool: @unchecked Sendable {
         state.intentJoinsInFlight = state.intentJoinsPending
         state.intentJoinsPending = []
         stateLock.unlock()
+        var checkpointInstead = false
         do {
             // Data first: every op in the record was logged after its data writes completed.
             try drives.syncDirty()
             stateLock.withLock { state.intentClock += 1 }
-            if !payload.isEmpty { try metadata.append(payload) }
+            // A drive that left service may lack writes this record's ops point at (a write
+            // that failed on it returned degraded), and the pool does not yet say it is stale.
+            // Made durable first, the record would let a crash bring that drive back as current
+            // with segments it never got; a checkpoint maps them and names it stale at once.
+            checkpointInstead = drives.serviceChanged.value.exchange(false, ordering: .acquiringAndReleasing)
+            if checkpointInstead {
+                try checkpointLocked()
+            } else if !payload.isEmpty {
+                try metadata.append(payload)
+            }
         } catch {
+            if checkpointInstead { drives.serviceChanged.value.store(true, ordering: .releasing) }
             stateLock.withLock {
                 var w = ByteWriter(capacity: payload.count + state.journal.bytes.count)
                 w.raw(payload); w.raw(state.journal.bytes)
