@@ -17,6 +17,7 @@ public struct FaultCounters: Sendable, Equatable, CustomStringConvertible {
     public var crashTornPrefix = 0
     public var crashTornSubset = 0
     public var crashLost = 0
+    public var crashMisdirected = 0
 
     public init() {}
 
@@ -32,6 +33,7 @@ public struct FaultCounters: Sendable, Equatable, CustomStringConvertible {
         case .tornPrefix: crashTornPrefix += 1
         case .tornSubset: crashTornSubset += 1
         case .lost: crashLost += 1
+        case .misdirected: crashMisdirected += 1
         }
     }
 
@@ -49,6 +51,7 @@ public struct FaultCounters: Sendable, Equatable, CustomStringConvertible {
         sum.crashTornPrefix = a.crashTornPrefix + b.crashTornPrefix
         sum.crashTornSubset = a.crashTornSubset + b.crashTornSubset
         sum.crashLost = a.crashLost + b.crashLost
+        sum.crashMisdirected = a.crashMisdirected + b.crashMisdirected
         return sum
     }
 
@@ -57,6 +60,6 @@ public struct FaultCounters: Sendable, Equatable, CustomStringConvertible {
             + "write errors \(writeErrors), misdirected writes \(misdirectedWrites), sync errors \(syncErrors), "
             + "disappearances \(disappearances)); refused calls \(refusedCalls); crashes \(crashes) "
             + "(unsynced writes landed \(crashLanded), torn prefix \(crashTornPrefix), "
-            + "torn subset \(crashTornSubset), lost \(crashLost))"
+            + "torn subset \(crashTornSubset), lost \(crashLost), misdirected \(crashMisdirected))"
     }
 }

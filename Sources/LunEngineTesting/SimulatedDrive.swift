@@ -145,8 +145,8 @@ public final class SimulatedDrive: BlockDevice {
     // MARK: Crash
 
     /// Cuts the power: the synced image survives exactly, and each unsynced write or zero, in
-    /// order, lands whole, torn (a sector prefix or subset) or not at all, as `tearing` weighs
-    /// them and `seed` draws. Returns a new drive over the surviving bytes, as found after a
+    /// order, lands whole, torn (a sector prefix or subset), misdirected (whole, some sectors
+    /// away) or not at all, as `tearing` weighs them and `seed` draws. Returns a new drive over the surviving bytes, as found after a
     /// reboot (fully synced, present, with this drive's probabilities, byte-range faults,
     /// injecting switch and counters, but no pending one-shots). This drive is dead from then
     /// on: every call throws `.io`, so a stale engine cannot write into the new world.
@@ -162,8 +162,14 @@ public final class SimulatedDrive: BlockDevice {
             var image = s.durable
             var counters = s.counters
             counters.crashes += 1
+            var misdirections = 0
             for operation in s.unsynced {
-                counters.count(operation.land(on: &image, random: &random, tearing: tearing))
+                let room = MisdirectionRoom(allowed: misdirections < tearing.misdirectedWritesMax,
+                                            distanceSectorsMax: s.probabilities.misdirectionDistanceSectorsMax,
+                                            driveSizeBytes: sizeBytes)
+                let outcome = operation.land(on: &image, random: &random, tearing: tearing, misdirection: room)
+                if outcome == .misdirected { misdirections += 1 }
+                counters.count(outcome)
             }
             var next = State(image: image, probabilities: s.probabilities, random: random.split())
             next.injecting = s.injecting
@@ -319,15 +325,9 @@ public final class SimulatedDrive: BlockDevice {
 
     /// A random non-zero sector shift that keeps the write inside the drive, or 0 if none does.
     private func randomShiftBytes(offset: UInt64, count: Int, state s: inout State) -> Int64 {
-        let distance = Int64((1 + s.random.below(s.probabilities.misdirectionDistanceSectorsMax)) * Self.sectorSizeBytes)
-        let fits = { (shift: Int64) in
-            let target = Int64(offset) + shift
-            return target >= 0 && UInt64(target) + UInt64(count) <= self.sizeBytes
-        }
-        let first = s.random.chance(0.5) ? distance : -distance
-        if fits(first) { return first }
-        if fits(-first) { return -first }
-        return 0
+        let room = MisdirectionRoom(allowed: true, distanceSectorsMax: s.probabilities.misdirectionDistanceSectorsMax,
+                                    driveSizeBytes: sizeBytes)
+        return room.shiftBytes(offset: offset, lengthBytes: UInt64(count), random: &s.random) ?? 0
     }
 
     private static func flipBit(in buffer: UnsafeMutableRawBufferPointer, at index: Int, random: inout SeededRandom) {

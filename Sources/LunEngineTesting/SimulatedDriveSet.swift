@@ -32,6 +32,15 @@ public struct SimulatedDriveSet: Sendable {
         drives = drives.map { $0.crash(using: &random, tearing: tearing) }
     }
 
+    /// As `crash(seed:tearing:)`, with each drive's unsynced writes meeting the fates of its
+    /// own entry of `tearings` (one per drive, in order): e.g. one drive that misdirects while
+    /// the others keep what they were sent.
+    public mutating func crash(seed: UInt64, tearings: [CrashTearing]) {
+        precondition(tearings.count == drives.count, "one crash tearing per drive")
+        var random = SeededRandom(seed: seed)
+        drives = zip(drives, tearings).map { $0.crash(using: &random, tearing: $1) }
+    }
+
     /// Independent copies of the drives' durable images (see `SimulatedDrive.durableCopy`),
     /// their chance faults drawn from generators split off `seed`; this set goes on as it was.
     public func durableCopies(seed: UInt64) -> SimulatedDriveSet {

@@ -25,11 +25,22 @@ enum UnsyncedOperation: Sendable {
     }
 
     /// Applies what survives a power loss, by a fate rolled from `random`, and returns the fate.
-    func land(on image: inout SparseImage, random: inout SeededRandom, tearing: CrashTearing) -> CrashOutcome {
+    /// A misdirected roll lands the whole operation shifted inside `misdirection`'s drive, or
+    /// where it was sent when misdirection is not allowed or no shift fits.
+    func land(on image: inout SparseImage, random: inout SeededRandom, tearing: CrashTearing,
+              misdirection: MisdirectionRoom) -> CrashOutcome {
         let sectors = SectorPieces(offset: offset, lengthBytes: lengthBytes)
         var outcome = tearing.roll(&random)
         if sectors.count < 2 && (outcome == .tornPrefix || outcome == .tornSubset) {
             outcome = random.chance(0.5) ? .landed : .lost
+        }
+        if outcome == .misdirected {
+            guard misdirection.allowed, let shift = misdirection.shiftBytes(offset: offset, lengthBytes: lengthBytes, random: &random) else {
+                apply(to: &image)
+                return .landed
+            }
+            shifted(by: shift).apply(to: &image)
+            return .misdirected
         }
         if case .zero = self, outcome == .tornSubset {
             // A zero may span GiBs of sectors; its subset is drawn as a prefix.
@@ -42,6 +53,8 @@ enum UnsyncedOperation: Sendable {
             apply(to: &image)
         case .lost:
             break
+        case .misdirected:
+            preconditionFailure("a misdirected fate is settled above")
         case .tornPrefix:
             let prefixSectors = 1 + random.below(sectors.count - 1)
             applyBytes(offset..<sectors.end(ofPiece: prefixSectors - 1), to: &image)
@@ -56,6 +69,15 @@ enum UnsyncedOperation: Sendable {
         return outcome
     }
 
+    /// The same bytes sent `shiftBytes` further (a misdirection).
+    private func shifted(by shiftBytes: Int64) -> UnsyncedOperation {
+        let target = UInt64(Int64(offset) + shiftBytes)
+        switch self {
+        case .write(_, let bytes): return .write(offset: target, bytes: bytes)
+        case .zero(_, let length): return .zero(offset: target, length: length)
+        }
+    }
+
     /// Applies the part of the operation that covers `range` (a sub-range of it).
     private func applyBytes(_ range: Range<UInt64>, to image: inout SparseImage) {
         assert(range.lowerBound >= offset && range.upperBound <= offset + lengthBytes)
@@ -68,6 +90,28 @@ enum UnsyncedOperation: Sendable {
         case .zero:
             image.zero(at: range.lowerBound, length: UInt64(range.count))
         }
+    }
+}
+
+/// Where a crash may move a misdirected operation: whole sectors, up to a distance, inside the
+/// drive, and only while the crash's cap on misdirections is not reached.
+struct MisdirectionRoom {
+    let allowed: Bool
+    let distanceSectorsMax: UInt64
+    let driveSizeBytes: UInt64
+
+    /// A non-zero shift that keeps `offset..<offset+lengthBytes` inside the drive, nil if none does.
+    func shiftBytes(offset: UInt64, lengthBytes: UInt64, random: inout SeededRandom) -> Int64? {
+        let sector = Int64(SimulatedDrive.sectorSizeBytes)
+        let distance = Int64(1 + random.below(distanceSectorsMax)) * sector
+        let fits = { (shift: Int64) in
+            let target = Int64(offset) + shift
+            return target >= 0 && UInt64(target) + lengthBytes <= driveSizeBytes
+        }
+        let first = random.chance(0.5) ? distance : -distance
+        if fits(first) { return first }
+        if fits(-first) { return -first }
+        return nil
     }
 }
 

@@ -212,6 +212,56 @@ final class DriveIdentityTests: XCTestCase {
         assertSameBytes(try degraded.image(id), new, "drive 5 rebuilt, its partner missing")
     }
 
+    /// A crash in the middle of the checkpoint that records a drive leaving service: the first
+    /// mirror has the new superblock, the other two still the one before. Those two were in
+    /// service all along (the new stale mask does not name them) and missed only their own
+    /// superblock write: they are current, and only the drive that left is rebuilt. (Before,
+    /// the generation rule took them for stale: a rebuild of good drives, and a pool refused
+    /// read-write when one of them held the only copy of the gone drive's chunks.)
+    func testMirrorsACrashCutFromADegradedCheckpointStayCurrent() throws {
+        var set = SimulatedDriveSet(count: 8, sizeBytes: 64 << 20, seed: 51)
+        try Pool.format(devices: set.devices, raid: .raid1)
+        let pool = try Pool.open(devices: set.devices)
+        XCTAssertEqual(pool.metadata.mirrors, [0, 1, 2])
+        let id = try pool.createDisk(named: "vm")
+        var rng = TestRandom(seed: 52)
+        let data = rng.bytes(8 << 20)
+        try pool.write(id, at: 0, data)
+        try pool.commit()
+        let generationBefore = pool.metadata.superblock.generation
+
+        // Drive 5 goes; the checkpoint that records it reaches mirror 0's superblock, and the
+        // power goes out there: mirror 0 vanishes just after that write (the crash keeps it),
+        // mirrors 1 and 2 never get theirs.
+        set[5].disappear()
+        let more = rng.bytes(1 << 20)
+        try pool.write(id, at: 0, more)
+        let superblockSlots = 0..<(Superblock.slotOffsets.last! + UInt64(Superblock.blockSize))
+        for m in [1, 2] { set[m].failWrites(in: superblockSlots) }
+        set[0].disappear(afterWrites: 2)   // the checkpoint copy, then the superblock
+        XCTAssertThrowsError(try pool.commit())
+        set.crash(seed: 53, tearing: .keepUnsynced)
+        set.stopInjecting()
+        set.drives.forEach { $0.clearRangeFaults() }
+        func newest(_ drive: Int) throws -> Superblock {
+            try XCTUnwrap(Superblock.slotOffsets.compactMap { try? Superblock.decode(set[drive].contents(at: $0, count: Superblock.blockSize)) }
+                .max { $0.generation < $1.generation })
+        }
+        let cut = try newest(0)
+        XCTAssertEqual(cut.generation, generationBefore + 1)
+        XCTAssertEqual(cut.staleDrives, 1 << 5)
+        XCTAssertEqual(cut.lastDegradedGeneration, cut.generation)
+        XCTAssertEqual(try newest(1).generation, generationBefore)
+        XCTAssertEqual(try newest(2).generation, generationBefore)
+
+        let reopened = try Pool.open(devices: set.devices)
+        XCTAssertEqual(reopened.rebuiltStaleDriveIndexes, [5], "\(reopened.openNotes)")
+        XCTAssertEqual(reopened.staleDriveIndexes, [])
+        assertSameBytes(try reopened.image(id), more + data[(1 << 20)...], "the checkpoint holds the last write")
+        XCTAssertEqual(try PoolChecker(pool: reopened, scrub: true).run().problems, [])
+        try reopened.close()
+    }
+
     // MARK: init and read-only opens
 
     func testCreateRefusesADriveOfAnotherPoolAndCleansUpAfterFailure() throws {

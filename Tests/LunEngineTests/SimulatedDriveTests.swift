@@ -334,6 +334,39 @@ final class SimulatedDriveTests: XCTestCase {
         XCTAssertEqual(try read(after, at: 8192, count: 4096), Array(old[8192..<12288]))
     }
 
+    func testCrashMisdirectsUnsyncedWritesUpToItsCap() throws {
+        // 40 writes of 2 KiB, 64 KiB apart, over a synced pattern; every one rolls "misdirected".
+        let background = pattern(40 * 65536, seed: 40)
+        let sent: [(offset: UInt64, bytes: [UInt8])] = (0..<40).map { i in
+            (UInt64(i) * 65536 + 16384, pattern(2048, seed: UInt64(i) + 41))
+        }
+        func crashed(cap: Int) throws -> SimulatedDrive {
+            let drive = SimulatedDrive(name: "m", sizeBytes: gib, seed: 30)
+            try write(drive, background, at: 0)
+            try drive.sync()
+            for w in sent { try write(drive, w.bytes, at: w.offset) }
+            let everyOneMisdirected = CrashTearing(landedWeight: 0, tornPrefixWeight: 0, tornSubsetWeight: 0, lostWeight: 0,
+                                                   misdirectedWeight: 1, misdirectedWritesMax: cap)
+            return drive.crash(seed: 31, tearing: everyOneMisdirected)
+        }
+        let capped = try crashed(cap: 3)
+        XCTAssertEqual(capped.counters.crashMisdirected, 3)
+        XCTAssertEqual(capped.counters.crashLanded, sent.count - 3)
+        var misdirected = 0
+        for w in sent {
+            let window = try read(capped, at: w.offset - 8192, count: 8192 + 2048 + 8192)
+            if Array(window[8192..<10240]) == w.bytes { continue }
+            // The intended place kept the synced bytes; the write is whole, a few sectors away.
+            XCTAssertEqual(Array(window[8192..<10240]), Array(background[Int(w.offset)..<Int(w.offset) + 2048]))
+            let landedAt = try XCTUnwrap((0...16384).first { Array(window[$0..<($0 + 2048)]) == w.bytes })
+            let shift = landedAt - 8192
+            XCTAssertTrue(shift != 0 && shift % 512 == 0 && abs(shift) <= 8192, "shift \(shift)")
+            misdirected += 1
+        }
+        XCTAssertEqual(misdirected, 3)
+        XCTAssertEqual(try crashed(cap: .max).counters.crashMisdirected, sent.count)
+    }
+
     func testChanceFaultsAreReproducibleFromSeed() throws {
         let faults = FaultProbabilities(readErrorProbability: 0.1, readCorruptionProbability: 0.1,
                                         writeErrorProbability: 0.1, misdirectedWriteProbability: 0.1)

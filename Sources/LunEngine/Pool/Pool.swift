@@ -45,6 +45,8 @@ public final class Pool: @unchecked Sendable {
     private(set) var slotOrigins: [Int] = []
     /// Drives present but stale (they missed writes) and out of service until rebuilt.
     public private(set) var staleDriveIndexes: Set<Int> = []
+    /// Drives this open found stale and rebuilt completely, so back in service.
+    public private(set) var rebuiltStaleDriveIndexes: Set<Int> = []
     /// Drive files flock()ed while the pool is open read-write.
     private var lockedDrives: [FileDevice] = []
 
@@ -348,6 +350,7 @@ public final class Pool: @unchecked Sendable {
             pool.openNotes.append(note)
             pool.repairs.append(note)
             pool.staleDriveIndexes = Set(result.failed.keys)
+            pool.rebuiltStaleDriveIndexes = Set(stale).subtracting(result.failed.keys)
             try pool.refuseDataOnlyOnStaleDrives(Set(stale).subtracting(replacements))
         }
         // Everything written before this open is settled: the write-intent set starts empty.
@@ -386,12 +389,23 @@ public final class Pool: @unchecked Sendable {
         state.intentJoinsInFlight = state.intentJoinsPending
         state.intentJoinsPending = []
         stateLock.unlock()
+        var checkpointInstead = false
         do {
             // Data first: every op in the record was logged after its data writes completed.
             try drives.syncDirty()
             stateLock.withLock { state.intentClock += 1 }
-            if !payload.isEmpty { try metadata.append(payload) }
+            // A drive that left service may lack writes this record's ops point at (a write
+            // that failed on it returned degraded), and the pool does not yet say it is stale.
+            // Made durable first, the record would let a crash bring that drive back as current
+            // with segments it never got; a checkpoint maps them and names it stale at once.
+            checkpointInstead = drives.serviceChanged.value.exchange(false, ordering: .acquiringAndReleasing)
+            if checkpointInstead {
+                try checkpointLocked()
+            } else if !payload.isEmpty {
+                try metadata.append(payload)
+            }
         } catch {
+            if checkpointInstead { drives.serviceChanged.value.store(true, ordering: .releasing) }
             stateLock.withLock {
                 var w = ByteWriter(capacity: payload.count + state.journal.bytes.count)
                 w.raw(payload); w.raw(state.journal.bytes)

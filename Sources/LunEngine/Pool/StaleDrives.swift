@@ -18,12 +18,25 @@ extension Pool {
             } else if let identity = resolution.identities[d], identity.identityFlags & Superblock.replacementFlag != 0 {
                 stale.append(d)
                 notes.append("drive \(d) is a replacement not yet fully rebuilt")
-            } else if let identity = resolution.identities[d], identity.currentThrough < sb.lastDegradedGeneration {
+            } else if let identity = resolution.identities[d], identity.currentThrough < sb.lastDegradedGeneration,
+                      !missedOnlyItsSuperblockWrite(drive: d, identity: identity, superblock: sb) {
                 stale.append(d)
                 notes.append("drive \(d) is current through generation \(identity.currentThrough), older than generation \(sb.lastDegradedGeneration) when a drive last left service: stale")
             }
         }
         return (stale, notes)
+    }
+
+    /// True for a metadata mirror that holds the generation before `sb`'s and that `sb`'s stale
+    /// mask does not name: it was in service when that checkpoint computed its mask, and the
+    /// checkpoint writes the mirrors' superblocks last, one after another, so all it missed is
+    /// its own superblock write, cut by a crash. It missed no data: it is not stale, even when
+    /// that checkpoint was the one that recorded another drive leaving service (and so raised
+    /// `lastDegradedGeneration` to its own generation). Drives past the 64 the mask can name
+    /// get no such benefit of the doubt.
+    static func missedOnlyItsSuperblockWrite(drive d: Int, identity: Superblock, superblock sb: Superblock) -> Bool {
+        d < 64 && sb.staleDrives & (1 << UInt64(d)) == 0 && sb.mirrors.contains(UInt32(d))
+            && identity.currentThrough + 1 == sb.generation
     }
 
     /// Replacements: slots whose drive holds nothing of the pool's yet.
