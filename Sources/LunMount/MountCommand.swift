@@ -10,16 +10,24 @@ import LunNBD
 
 /// Runs `lunfs mount`; `arguments` are the words after "mount". Returns the exit status.
 public func runMountCommand(_ arguments: [String]) -> Int32 {
+    runDaemonVerb("mount", usage: mountUsage, arguments) { () throws(MountFailure) in
+        try MountCommand(MountArguments.parse(arguments)).run()
+    }
+}
+
+/// The frame `mount` and `serve` share: --help, and a failure printed with its exit status
+/// (and a pointer to --help when it is a usage error).
+func runDaemonVerb(_ verb: String, usage: String, _ arguments: [String], _ body: () throws(MountFailure) -> Int32) -> Int32 {
     if arguments.contains("-h") || arguments.contains("--help") {
-        printLine(mountUsage, to: STDOUT_FILENO)
+        printLine(usage, to: STDOUT_FILENO)
         return 0
     }
     do {
-        return try MountCommand(MountArguments.parse(arguments)).run()
+        return try body()
     } catch {
-        printLine("lunfs mount: \(error.message)", to: STDERR_FILENO)
+        printLine("lunfs \(verb): \(error.message)", to: STDERR_FILENO)
         if error.exitStatus == 2 && !error.message.contains("/") {
-            printLine("run 'lunfs mount --help' for usage", to: STDERR_FILENO)
+            printLine("run 'lunfs \(verb) --help' for usage", to: STDERR_FILENO)
         }
         return error.exitStatus
     }

@@ -23,18 +23,8 @@ let serveUsage = """
 
 /// Runs `lunfs serve`; `arguments` are the words after "serve". Returns the exit status.
 public func runServeCommand(_ arguments: [String]) -> Int32 {
-    if arguments.contains("-h") || arguments.contains("--help") {
-        printLine(serveUsage, to: STDOUT_FILENO)
-        return 0
-    }
-    do {
-        return try ServeCommand(ServeArguments.parse(arguments)).run()
-    } catch {
-        printLine("lunfs serve: \(error.message)", to: STDERR_FILENO)
-        if error.exitStatus == 2 && !error.message.contains("/") {
-            printLine("run 'lunfs serve --help' for usage", to: STDERR_FILENO)
-        }
-        return error.exitStatus
+    runDaemonVerb("serve", usage: serveUsage, arguments) { () throws(MountFailure) in
+        try ServeCommand(ServeArguments.parse(arguments)).run()
     }
 }
 
