@@ -48,4 +48,31 @@ final class PoolTests: XCTestCase {
         try pool.commit()
         XCTAssertEqual(pool.usage().usedBytes, 1 << 20)
     }
+
+    /// Zeros written where nothing is mapped allocate nothing (a thin disk filled with zeros by
+    /// rsync --inplace or dd stays a hole); zeros over mapped data still overwrite it; a write
+    /// mixing zeros and data allocates only the segments with data.
+    func testZerosIntoUnmappedSpaceAllocateNothing() throws {
+        let drives = MemoryDrives(count: 5, sizeBytes: 128 << 20)
+        try drives.format(raid: .raid5)
+        let pool = try drives.open()
+        let seg = Int(pool.geometry.rsegSizeBytes)
+        let id = try pool.createDisk(named: "d")
+        try pool.write(id, at: 0, [UInt8](repeating: 0, count: 8 * seg + 100))
+        XCTAssertEqual(pool.info(id)!.sizeBytes, UInt64(8 * seg + 100), "the disk grew")
+        XCTAssertEqual(pool.info(id)!.allocatedBytes, 0, "nothing allocated for zeros")
+        var expected = [UInt8](repeating: 0, count: 8 * seg + 100)
+        var mixed = [UInt8](repeating: 0, count: 3 * seg)
+        mixed[seg + 17] = 5                                       // only segment 3 of the disk has data
+        try pool.write(id, at: UInt64(2 * seg), mixed)
+        expected[3 * seg + 17] = 5
+        XCTAssertEqual(pool.info(id)!.allocatedBytes, UInt64(seg))
+        try pool.write(id, at: UInt64(3 * seg), [UInt8](repeating: 0, count: seg))   // mapped: overwritten
+        expected[3 * seg + 17] = 0
+        assertSameBytes(try pool.image(id), expected, "image")
+        try pool.close()
+        let again = try drives.open()
+        assertSameBytes(try again.image(id), expected, "after reopen")
+        XCTAssertEqual(try PoolChecker(pool: again).run().problems, [])
+    }
 }

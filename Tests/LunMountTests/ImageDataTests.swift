@@ -131,6 +131,29 @@ final class ImageDataTests: MountTestCase {
         XCTAssertEqual(Array(back.bytes[100..<100 + fromMap.count]), fromMap, "pread (O_DIRECT) sees bytes written through mmap")
     }
 
+    /// Zeros written into a thin image stay holes (`dd if=/dev/zero`, `rsync --inplace` of a
+    /// mostly empty image): st_blocks counts only the segments that got data.
+    func testWrittenZerosStayHoles() throws {
+        try makeDirectory(pool.path("vm"))
+        let image = pool.path("vm/disk.img")
+        let segment = 1 << 20
+        let dd = try runProgram("dd", ["if=/dev/zero", "of=\(image)", "bs=1M", "count=64", "conv=fsync", "status=none"])
+        XCTAssertEqual(dd.status, 0, dd.errorOutput)
+        var st = stat()
+        try check(stat(image, &st))
+        XCTAssertEqual(Int(st.st_size), 64 * segment)
+        XCTAssertEqual(st.st_blocks, 0, "64 MiB of zeros allocated nothing")
+        let fd = try openFile(image, O_RDWR)
+        defer { close(fd) }
+        var piece = [UInt8](repeating: 0, count: 4 * segment)
+        piece[2 * segment + 9] = 1
+        try writeAll(fd, piece, at: 8 * segment)
+        try check(fstat(fd, &st))
+        XCTAssertEqual(Int(st.st_blocks) * 512, segment, "only the segment with a byte of data")
+        XCTAssertEqual(try readBytes(fd, count: 4 * segment, at: 8 * segment), piece)
+        XCTAssertEqual(lseek(fd, 0, SEEK_DATA_WHENCE), off_t(10 * segment))
+    }
+
     func testPunchHoleAndSeekData() throws {
         try makeDirectory(pool.path("vm"))
         let image = pool.path("vm/disk.img")

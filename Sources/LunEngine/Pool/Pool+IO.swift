@@ -71,18 +71,35 @@ extension Pool {
     /// The steps of a write as the maps stand. Caller holds the family lock (either way).
     /// `mustCommitFirst`: an in-place piece lands on a segment that the committed maps still
     /// show shared; a crash must not show its new bytes to the other disk, so a commit goes first.
-    private func planSteps(_ d: Disk, at offset: UInt64, count: Int) -> (steps: [WriteStep], mustCommitFirst: Bool) {
+    /// A piece of zeros for a segment that is unmapped (and so reads zeros already) needs no
+    /// step at all: it allocates nothing, so zeros written into a thin disk stay holes.
+    private func planSteps(_ d: Disk, at offset: UInt64, _ buffer: UnsafeRawBufferPointer) -> (steps: [WriteStep], mustCommitFirst: Bool) {
         var steps: [WriteStep] = []
         var mustCommitFirst = false
-        forEachSegmentPiece(offset: offset, count: count) { k, within, at, len in
+        forEachSegmentPiece(offset: offset, count: buffer.count) { k, within, at, len in
             let e = d.map.entry(k)
             let p = SharingChain.plan(d, k)
+            if case .fresh = p, Self.isAllZero(UnsafeRawBufferPointer(rebasing: buffer[at..<at + len])) { return }
             if case .inPlace = p, !mustCommitFirst, state.unsharedCount.load(ordering: .acquiring) > 0 {
                 mustCommitFirst = stateLock.withLock { state.isUnsharedUncommitted(SharingChain.location(e)) }
             }
             steps.append(WriteStep(k: k, within: within, at: at, len: len, entry: e, plan: p))
         }
         return (steps, mustCommitFirst)
+    }
+
+    /// Whether every byte is zero (word by word; it stops at the first other byte).
+    static func isAllZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        var i = 0
+        while i + 8 <= bytes.count {
+            if bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self) != 0 { return false }
+            i += 8
+        }
+        while i < bytes.count {
+            if bytes[i] != 0 { return false }
+            i += 1
+        }
+        return true
     }
 
     /// The usual write path, with the family lock taken shared so that reads and other writes
@@ -99,7 +116,7 @@ extension Pool {
             guard !d.removed, d.hasImage else { throw .stale("disk \(d.id) was deleted") }
             if end > d.sizeBytes || !d.hasWritten { return false }
             let epoch = d.family.changeEpoch
-            var (steps, mustCommitFirst) = planSteps(d, at: offset, count: buffer.count)
+            var (steps, mustCommitFirst) = planSteps(d, at: offset, buffer)
             if mustCommitFirst {
                 try commit()
                 continue
@@ -142,7 +159,7 @@ extension Pool {
             var locked = true
             defer { if locked { d.family.lock.unlock() } }
             guard !d.removed, d.hasImage else { throw .stale("disk \(d.id) was deleted") }
-            var (steps, mustCommitFirst) = planSteps(d, at: offset, count: buffer.count)
+            var (steps, mustCommitFirst) = planSteps(d, at: offset, buffer)
             // A write with the lock shared may be between filling its segments and switching
             // the maps: let it finish first.
             let unsharing = steps.filter { $0.plan.segmentsNeeded > 0 }.map(\.k)
