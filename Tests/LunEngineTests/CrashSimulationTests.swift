@@ -164,7 +164,8 @@ final class CrashSimulationTests: XCTestCase {
                 let id = live.randomElement(using: &rng)!
                 let len = [1, 700, 4096, 65536, 1 << 20][Int.random(in: 0..<5, using: &rng)]
                 let off = Int.random(in: 0..<(maxSize - len), using: &rng)
-                let bytes = rng.bytes(len)
+                // Some writes are zeros: on unmapped segments they allocate nothing.
+                let bytes = rng.chance(0.2) ? [UInt8](repeating: 0, count: len) : rng.bytes(len)
                 let commitsBefore = pool.commitCount
                 try pool.write(id, at: UInt64(off), bytes)
                 // A write into a segment unshared since the last commit commits first.

@@ -237,7 +237,8 @@ final class ThreadedCrashSimulationTests: XCTestCase {
                     }
                     let len = [1, 700, 4096, 65536, 300_000, 1 << 20][Int(r.below(6))]
                     let off = Int(r.below(UInt64(Self.diskBytes - len)))
-                    let bytes = r.bytes(len)
+                    // Some writes are zeros: on unmapped segments they allocate nothing.
+                    let bytes = r.chance(0.15) ? [UInt8](repeating: 0, count: len) : r.bytes(len)
                     shared.writesStarted.add(1, ordering: .sequentiallyConsistent)
                     shared.inFlight.add(1, ordering: .sequentiallyConsistent)
                     var ok = true

@@ -14,6 +14,15 @@ final class SnapcloneMountTests: MountTestCase {
         }
     }
 
+    /// Disk vm holding `bytes`, and its snapshot vm/monday.
+    private func makeDiskWithSnapshot(_ bytes: [UInt8]) throws {
+        try makeDirectory(pool.path("vm"))
+        let fd = try openFile(pool.path("vm/disk.img"), O_RDWR)
+        defer { close(fd) }
+        try writeAll(fd, bytes, at: 0)
+        try makeDirectory(pool.path("vm/monday"))
+    }
+
     func testSnapcloneCopiesWhileItsDiskIsWrittenThenMovesToTheRoot() throws {
         var random = SeededGenerator(seed: newSeed(#function))
         try makeDirectory(pool.path("vm"))
@@ -68,12 +77,8 @@ final class SnapcloneMountTests: MountTestCase {
 
     func testSnapcloneTurnsBackIntoASnapshot() throws {
         var random = SeededGenerator(seed: newSeed(#function))
-        try makeDirectory(pool.path("vm"))
         let original = random.bytes(8 << 20)
-        let fd = try openFile(pool.path("vm/disk.img"), O_RDWR)
-        try writeAll(fd, original, at: 0)
-        close(fd)
-        try makeDirectory(pool.path("vm/monday"))
+        try makeDiskWithSnapshot(original)
         try setAttribute(pool.path("vm/monday"), "user.lunfs.kind", "snapclone")
         try setAttribute(pool.path("vm/monday"), "user.lunfs.kind", "snapshot")
         let kind = try getAttribute(pool.path("vm/monday"), "user.lunfs.kind")
@@ -102,12 +107,8 @@ final class SnapcloneMountTests: MountTestCase {
 
     func testCloneCommandWaitsUntilIndependent() throws {
         var random = SeededGenerator(seed: newSeed(#function))
-        try makeDirectory(pool.path("vm"))
         let original = random.bytes(24 << 20)
-        let fd = try openFile(pool.path("vm/disk.img"), O_RDWR)
-        try writeAll(fd, original, at: 0)
-        close(fd)
-        try makeDirectory(pool.path("vm/monday"))
+        try makeDiskWithSnapshot(original)
         let result = try pool.lunfs(["clone", pool.path("vm/monday"), "--wait"])
         XCTAssertEqual(result.status, 0, result.output)
         XCTAssertTrue(result.output.contains("independent"), result.output)
