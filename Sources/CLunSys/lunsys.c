@@ -23,12 +23,48 @@ int lunsys_rwlock_init_writer_preferring(pthread_rwlock_t *lock) {
     return rc;
 }
 
-// CRC-32C: eight bytes per instruction on x86-64 with SSE 4.2 (data checksums run over every
-// byte a disk reads or writes, so the byte-wise table would cost more than the copy), and a
-// byte-wise table elsewhere.
+// CRC-32C: on x86-64 with SSE 4.2, eight bytes per instruction in three independent streams
+// (the instruction's latency is three cycles and its throughput one per cycle, so one stream
+// leaves two thirds of the unit idle); a byte-wise table elsewhere. Data checksums run over
+// every byte a disk reads or writes, twice for a mirror, so their speed shows in every large
+// transfer (docs/PERFORMANCE.md section 7).
+//
+// The streams: a run of 3L bytes is cut into three lanes of L bytes. Lane 1 continues the
+// running register, lanes 2 and 3 start from zero, and the CRC register update is linear, so
+//     crc(r, a b c) = shift_2L(crc(r, a)) ^ shift_L(crc(0, b)) ^ crc(0, c)
+// where shift_n(x) is the register after n zero bytes from x (a fixed linear map, applied
+// through four 256-entry tables built once).
 static uint32_t crc32c_table[256];
 static int crc32c_hardware = 0;
 static pthread_once_t crc32c_once = PTHREAD_ONCE_INIT;
+
+enum { crc32c_lane = 1360 };    /* 3 lanes = 4080 bytes: one 4 KiB block is one run + 16 */
+static uint32_t crc32c_shift_lane[4][256];
+static uint32_t crc32c_shift_2lanes[4][256];
+
+/* The register after `n` zero bytes starting from `x`, bit by bit (only to build tables). */
+static uint32_t crc32c_zeros_slow(uint32_t x, uint64_t n) {
+    while (n--) {
+        for (int k = 0; k < 8; k++) x = (x & 1) ? (x >> 1) ^ 0x82F63B78u : x >> 1;
+    }
+    return x;
+}
+
+static void crc32c_build_shift(uint32_t table[4][256], uint64_t n) {
+    uint32_t bit[32];
+    for (int i = 0; i < 32; i++) bit[i] = crc32c_zeros_slow(1u << i, n);
+    for (int k = 0; k < 4; k++) {
+        for (int b = 0; b < 256; b++) {
+            uint32_t v = 0;
+            for (int i = 0; i < 8; i++) if (b & (1 << i)) v ^= bit[8 * k + i];
+            table[k][b] = v;
+        }
+    }
+}
+
+static inline uint32_t crc32c_shift(uint32_t table[4][256], uint32_t x) {
+    return table[0][x & 0xFF] ^ table[1][(x >> 8) & 0xFF] ^ table[2][(x >> 16) & 0xFF] ^ table[3][x >> 24];
+}
 
 static void crc32c_init(void) {
     for (uint32_t i = 0; i < 256; i++) {
@@ -36,6 +72,8 @@ static void crc32c_init(void) {
         for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
         crc32c_table[i] = c;
     }
+    crc32c_build_shift(crc32c_shift_lane, crc32c_lane);
+    crc32c_build_shift(crc32c_shift_2lanes, 2 * crc32c_lane);
 #if defined(__x86_64__)
     __builtin_cpu_init();
     crc32c_hardware = __builtin_cpu_supports("sse4.2") ? 1 : 0;
@@ -48,6 +86,21 @@ static void crc32c_init(void) {
 __attribute__((target("sse4.2")))
 static uint32_t crc32c_sse42(uint32_t crc, const unsigned char *p, uint64_t n) {
     uint64_t c = crc;
+    while (n >= 3 * crc32c_lane) {
+        uint64_t c1 = 0, c2 = 0;
+        const unsigned char *p1 = p + crc32c_lane, *p2 = p + 2 * crc32c_lane;
+        for (int i = 0; i < crc32c_lane; i += 8) {
+            uint64_t v0, v1, v2;
+            __builtin_memcpy(&v0, p + i, 8);
+            __builtin_memcpy(&v1, p1 + i, 8);
+            __builtin_memcpy(&v2, p2 + i, 8);
+            c = __builtin_ia32_crc32di(c, v0);
+            c1 = __builtin_ia32_crc32di(c1, v1);
+            c2 = __builtin_ia32_crc32di(c2, v2);
+        }
+        c = crc32c_shift(crc32c_shift_2lanes, (uint32_t)c) ^ crc32c_shift(crc32c_shift_lane, (uint32_t)c1) ^ (uint32_t)c2;
+        p += 3 * crc32c_lane; n -= 3 * crc32c_lane;
+    }
     while (n >= 8) {
         uint64_t v;
         __builtin_memcpy(&v, p, 8);

@@ -3,6 +3,9 @@
 // every read checks them and says which blocks failed. Choosing a good copy and repairing a
 // bad one is the store's business (StoreIO); this type only moves blocks and verdicts.
 //
+// Reads take the stored checksums from ChecksumPages, which keeps the pages in use in memory;
+// writes put them on the drive and then into those pages.
+//
 // Data and checksum are two writes. Between commits a crash can leave a block whose data and
 // checksum disagree; such a block is in a store of the write-intent set (PoolState.intent),
 // which recovery visits (Physical/RedundancyCheck.swift). Everywhere else a mismatch is damage.
@@ -12,6 +15,8 @@ final class BlockChecksums: @unchecked Sendable {
     let drives: DriveSet
     /// Byte offset of each drive's checksum area.
     private let areaStart: [UInt64]
+    /// The pages of the checksum areas in memory.
+    let pages: ChecksumPages
     /// Blocks a read rewrote from a good copy.
     let repairs = Atomic<Int>(0)
 
@@ -21,12 +26,16 @@ final class BlockChecksums: @unchecked Sendable {
         precondition(driveSizes.count == drives.count)
         self.drives = drives
         areaStart = driveSizes.map { ChecksumArea.start(driveSizeBytes: $0, psegSizeBytes: psegSizeBytes) }
+        pages = ChecksumPages(drives: drives, areaStart: areaStart)
     }
 
     @inline(__always)
     private func checksumOffset(_ drive: Int, _ offset: UInt64) -> UInt64 {
         areaStart[drive] + offset / UInt64(Self.blockBytes) * UInt64(ChecksumArea.checksumBytes)
     }
+
+    @inline(__always)
+    private static func firstBlock(_ offset: UInt64) -> UInt64 { offset / UInt64(blockBytes) }
 
     @inline(__always)
     private static func assertBlocks(_ offset: UInt64, _ count: Int) {
@@ -57,23 +66,25 @@ final class BlockChecksums: @unchecked Sendable {
         Self.assertBlocks(offset, data.count)
         guard let device = drives.devices(drive) else { throw .io("drive \(drive) is missing") }
         try device.write(data, at: offset)
-        try withChecksums(drive, of: data, at: offset) { (sums, at) throws(LunError) in try device.write(sums, at: at) }
+        try storeChecksums(drive, of: data, at: offset) { (sums, at) throws(LunError) in try device.write(sums, at: at) }
     }
 
     /// Rewrites only the checksums, for blocks whose bytes are to be taken as they are (blocks
     /// a crash cut in flight, see RedundancyCheck).
     func writeChecksums(_ drive: Int, of data: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
         Self.assertBlocks(offset, data.count)
-        try withChecksums(drive, of: data, at: offset) { (sums, at) throws(LunError) in try drives.write(drive, sums, at: at) }
+        try storeChecksums(drive, of: data, at: offset) { (sums, at) throws(LunError) in try drives.write(drive, sums, at: at) }
     }
 
-    /// Computes the checksums of `data` and hands them, with where they go, to `store`.
-    private func withChecksums(_ drive: Int, of data: UnsafeRawBufferPointer, at offset: UInt64,
-                               _ store: (UnsafeRawBufferPointer, UInt64) throws(LunError) -> Void) throws(LunError) {
+    /// Computes the checksums of `data`, writes them with `write(bytes, offset on the drive)`
+    /// and, once that returned, puts them in the pages in memory.
+    private func storeChecksums(_ drive: Int, of data: UnsafeRawBufferPointer, at offset: UInt64,
+                                _ write: (UnsafeRawBufferPointer, UInt64) throws(LunError) -> Void) throws(LunError) {
         let n = data.count / Self.blockBytes
         try withUnsafeTemporaryAllocation(of: UInt32.self, capacity: n) { (sums) throws(LunError) in
             compute(drive, data, at: offset, into: sums)
-            try store(UnsafeRawBufferPointer(sums), checksumOffset(drive, offset))
+            try write(UnsafeRawBufferPointer(sums), checksumOffset(drive, offset))
+            pages.noteWritten(drive, first: Self.firstBlock(offset), UnsafeBufferPointer(sums))
         }
     }
 
@@ -91,7 +102,7 @@ final class BlockChecksums: @unchecked Sendable {
         return try withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 2 * n) { (both) throws(LunError) -> [Int] in
             let stored = UnsafeMutableBufferPointer(rebasing: both[0..<n])
             let actual = UnsafeMutableBufferPointer(rebasing: both[n..<2 * n])
-            try drives.read(drive, into: UnsafeMutableRawBufferPointer(stored), at: checksumOffset(drive, offset))
+            try pages.read(drive, first: Self.firstBlock(offset), into: stored)
             compute(drive, data, at: offset, into: actual)
             var bad: [Int] = []
             for b in 0..<n where stored[b] != actual[b] { bad.append(b) }
