@@ -156,6 +156,7 @@ extension Pool {
             guard d.family.changeEpoch == epoch,
                   steps.allSatisfy({ d.map.entry($0.k).raw == $0.entry.raw && SharingChain.plan(d, $0.k) == $0.plan
                                      && copiesBelowClone(d, $0.k, $0.plan) == $0.copiesBelowClone }) else { continue }
+            d.family.invalidate(unsharing)
             switchMaps(d, steps)
             fresh = []
             return true

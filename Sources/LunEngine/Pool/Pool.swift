@@ -31,6 +31,8 @@ public final class Pool: @unchecked Sendable {
     /// A snapclone's copy holds the chain's I/O for its last pass once at most this many
     /// segments are left (the M of 003 Fig. 15d).
     public var quiescedCopySegments = 16
+    /// How long a snapclone's last pass waits for the chain's I/O to drain (the blocking flag).
+    public var lastPassQuiesceSeconds = 5.0
     /// Where a snapclone's predecessor gets its copies: on the write path or in a second pass.
     public var snapcloneVariant = SnapcloneVariant.secondPass
     /// The background copier of the mounted pool, if started.
