@@ -50,6 +50,8 @@ final class SnapcloneFrozenStateTests: XCTestCase {
         XCTAssertTrue(gate.waitUntilReached(), "the copy never reached drive 1")
         XCTAssertEqual(s.pool.frozenState(s.vm), FrozenState(noWriteSegments: [0], invalidSegments: [], blockedFor: nil))
         XCTAssertEqual(s.pool.frozenState(s.c)?.noWriteSegments, [0], "the whole chain sees it")
+        let notes = try PoolChecker(pool: s.pool).run().notes
+        XCTAssertTrue(notes.contains("chain of vm: 1 segments in Nw [0], 0 invalid []"), "check's view: \(notes)")
 
         // Reads of the frozen segment go on, from both disks.
         var head = [UInt8](repeating: 0, count: 4096)

@@ -50,6 +50,9 @@ final class SnapcloneRuleTests: XCTestCase {
         XCTAssertTrue(ch.disk(ch.vm).map.entry(0).sp, "the successor keeps Sp")
         XCTAssertTrue(SharingChain.isShadow(ch.disk(ch.vm), 0))
         XCTAssertEqual(ch.pool.copyProgress(ch.c), CopyProgress(copied: 1, total: 4, independent: false))
+        XCTAssertEqual(ch.pool.copyEstimate(ch.c), CopyEstimate(bytesDone: UInt64(ch.seg), bytesLeft: 3 * UInt64(ch.seg),
+                                                               bytesPerSecond: nil, secondsLeft: nil),
+                       "no background copy here: no rate")
         XCTAssertEqual(ch.pool.usage().usedBytes, used + UInt64(ch.seg))
         try ch.pool.revertSnapclone(ch.c)
         try ch.pool.commit()
