@@ -6,6 +6,7 @@ import Glibc
 #endif
 import Foundation
 import LunEngine
+import LunMount
 
 struct StatusReport: Codable {
     struct Drive: Codable {
@@ -147,11 +148,6 @@ private func printStatus(_ r: StatusReport) {
         print("sharing chains (oldest first; reads of a shared segment follow the arrows):")
         for chain in r.chains { print("  " + chain.joined(separator: " -> ")) }
     }
-}
-
-/// A disk's snapclone copy estimate and its chain's frozen states (seed 002), for status.
-func snapcloneStatus(_ pool: Pool, _ i: DiskInfo) -> (copy: CopyEstimate?, frozen: FrozenState?) {
-    (i.kind == .snapclone ? pool.copyEstimate(i.id) : nil, i.hasImage ? pool.frozenState(i.id) : nil)
 }
 
 /// "  1.2 GiB done, 3.0 GiB left, 140 MB/s, 22 s left" (rate and time only when measured).
