@@ -187,4 +187,22 @@ final class SnapcloneMountTests: MountTestCase {
         }
         XCTAssertNil(pool.unmountAndCheck())
     }
+
+    /// Item 6 of issue 12: cp of an image to an empty disk of the same mount arrives as
+    /// copy_file_range and is copied inside the daemon; the result is a plain disk with the
+    /// source's bytes (DESIGN 8b says why it is no snapclone).
+    func testCpWithinTheMountCopiesToAPlainDisk() throws {
+        var random = SeededGenerator(seed: newSeed(#function))
+        let original = random.bytes(20 << 20)
+        try makeDiskWithSnapshot(original)
+        try makeDirectory(pool.path("new"))
+        let cp = try runProgram("cp", [pool.path("vm/disk.img"), pool.path("new/disk.img")])
+        XCTAssertEqual(cp.status, 0, cp.errorOutput)
+        XCTAssertEqual(try readWholeFile(pool.path("new/disk.img")), original)
+        XCTAssertEqual(try getAttribute(pool.path("new"), "user.lunfs.kind"), "disk")
+        XCTAssertEqual(errnoOf { _ = try getAttribute(pool.path("new"), "user.lunfs.copy_progress") }, ENODATA)
+        try pool.remount()
+        XCTAssertEqual(try readWholeFile(pool.path("new/disk.img")), original, "after a remount")
+        XCTAssertNil(pool.unmountAndCheck())
+    }
 }
