@@ -205,4 +205,19 @@ final class SnapcloneMountTests: MountTestCase {
         XCTAssertEqual(try readWholeFile(pool.path("new/disk.img")), original, "after a remount")
         XCTAssertNil(pool.unmountAndCheck())
     }
+
+    /// `-o snapclone=` names one of the two variants; anything else is a usage error that
+    /// creates nothing, and a named variant mounts.
+    func testSnapcloneVariantMountOption() throws {
+        let otherPool = pool.root.appendingPathComponent("pool2").path
+        let other = pool.root.appendingPathComponent("mnt2").path
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        let refused = try pool.lunfs(["mount", otherPool, other, "--create", "-o", "snapclone=fourth-copy"])
+        XCTAssertEqual(refused.status, 2)
+        XCTAssertTrue(refused.errorOutput.contains("second-pass or third-copy"), refused.errorOutput)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: otherPool))
+        let mounted = try pool.lunfs(["mount", otherPool, other, "--create", "-o", "snapclone=third-copy"])
+        XCTAssertEqual(mounted.status, 0, mounted.errorOutput)
+        XCTAssertEqual(try pool.lunfs(["unmount", other]).status, 0)
+    }
 }
