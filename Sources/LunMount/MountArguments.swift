@@ -37,7 +37,7 @@ struct MountArguments {
     var maximumThreads = 16
     /// -o options passed through to libfuse.
     var fuseOptions: [String] = []
-    /// Used only when the pool has to be created.
+    /// Used when the pool has to be created; the snapclone variant at every open.
     var poolOptions = PoolOptions()
     /// --nbd: where the same daemon serves NBD as well; nil for FUSE alone.
     var nbd: NBDArguments?
@@ -109,6 +109,12 @@ struct MountArguments {
                     throw .usage("max_threads takes a number from 1 to 1024")
                 }
                 arguments.maximumThreads = count
+            } else if option.hasPrefix("snapclone=") {
+                let name = String(option.dropFirst("snapclone=".count))
+                guard let variant = SnapcloneVariant(rawValue: name) else {
+                    throw .usage("snapclone takes \(SnapcloneVariant.allCases.map(\.rawValue).joined(separator: " or ")), not \(name)")
+                }
+                arguments.poolOptions.snapcloneVariant = variant
             } else if option.hasPrefix("max_read=") || option.hasPrefix("fsname=") || option.hasPrefix("subtype=") {
                 throw .usage("-o \(option) is set by lunfs itself")
             } else {

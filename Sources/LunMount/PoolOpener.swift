@@ -14,7 +14,7 @@ struct PoolOpener {
     var readOnly: Bool
     /// --create: a missing (parent present) or empty directory gets a new pool.
     var createPool: Bool
-    /// Used only when the pool has to be created.
+    /// Used when the pool has to be created; the snapclone variant at every open.
     var poolOptions: PoolOptions
 
     /// Whether there is a pool to open or one to create (only with --create); refuses anything else.
@@ -65,6 +65,7 @@ struct PoolOpener {
             switch plan {
             case .open:
                 let pool = try Pool.open(directory: poolDirectory, readOnly: readOnly, log: engineLog)
+                pool.snapcloneVariant = poolOptions.snapcloneVariant
                 for note in pool.openNotes { channel.say("lunfs: note: \(note)") }
                 return pool
             case .create:

@@ -6,6 +6,7 @@ import Glibc
 #endif
 import Foundation
 import LunEngine
+import LunMount
 
 struct StatusReport: Codable {
     struct Drive: Codable {
@@ -23,6 +24,8 @@ struct StatusReport: Codable {
         var parent: String?
         /// A snapclone's background copy, in segments.
         var copiedSegments: Int?, copyTotalSegments: Int?
+        /// Its copy in bytes with rate and time left; its chain's frozen segments and blocking flag.
+        var copy: CopyEstimate?, frozen: FrozenState?
     }
     var pool: String
     var mounted: Bool
@@ -70,7 +73,8 @@ func buildStatus(_ pool: Pool, mounted: Bool) -> StatusReport {
                   predecessor: i.predecessor.map(path), successor: i.successor.map(path),
                   kind: i.kind.rawValue, parent: i.parent.map(path),
                   copiedSegments: i.kind == .snapclone ? pool.copyProgress(i.id)?.copied : nil,
-                  copyTotalSegments: i.kind == .snapclone ? pool.copyProgress(i.id)?.total : nil)
+                  copyTotalSegments: i.kind == .snapclone ? pool.copyProgress(i.id)?.total : nil,
+                  copy: snapcloneStatus(pool, i).copy, frozen: snapcloneStatus(pool, i).frozen)
         },
         chains: chains, notes: pool.openNotes)
 }
@@ -135,11 +139,34 @@ private func printStatus(_ r: StatusReport) {
         print("snapclone copies (as of the last commit):")
         for d in copies {
             let done = d.copiedSegments!, total = max(d.copyTotalSegments!, 1)
-            print("  " + pad(d.path, width) + "  " + progressBar(done: done, total: total) + "  \(done)/\(total) segments")
+            print("  " + pad(d.path, width) + "  " + progressBar(done: done, total: total) + "  \(done)/\(total) segments"
+                  + (d.copy.map(copyEstimateText) ?? ""))
         }
     }
+    for d in r.disks { if let f = d.frozen, !f.isQuiet { print("frozen: \(d.path): " + frozenText(f)) } }
     if !r.chains.isEmpty {
         print("sharing chains (oldest first; reads of a shared segment follow the arrows):")
         for chain in r.chains { print("  " + chain.joined(separator: " -> ")) }
     }
+}
+
+/// "  1.2 GiB done, 3.0 GiB left, 140 MB/s, 22 s left" (rate and time only when measured).
+func copyEstimateText(_ e: CopyEstimate) -> String {
+    var text = "  \(formatSize(e.bytesDone)) done, \(formatSize(e.bytesLeft)) left"
+    if let rate = e.bytesPerSecond {
+        text += String(format: ", %.0f MB/s", rate / 1e6)
+        text += e.secondsLeft.map { String(format: ", %.0f s left", $0) } ?? ", time left unknown"
+    } else {
+        text += ", rate unknown (measured by the daemon)"
+    }
+    return text
+}
+
+/// "2 segments in Nw (writes wait), 1 invalid (map switch), I/O blocked for a snapshot of vm".
+func frozenText(_ f: FrozenState) -> String {
+    var parts: [String] = []
+    if !f.noWriteSegments.isEmpty { parts.append("\(f.noWriteSegments.count) segments in Nw (writes wait, reads go on)") }
+    if !f.invalidSegments.isEmpty { parts.append("\(f.invalidSegments.count) invalid (map switch)") }
+    if let reason = f.blockedFor { parts.append("I/O blocked for \(reason)") }
+    return parts.joined(separator: ", ")
 }

@@ -10,28 +10,38 @@ import LunEngineTesting
 
 final class SnapcloneModelTests: XCTestCase {
     func testSnapcloneCopyUnderChainActivityMatchesModel() throws {
-        for level in [RAIDLevel.raid1, .raid5] {
-            let fallback = UInt64(Date().timeIntervalSince1970) ^ (UInt64(level.rawValue) << 32)
-            let seed = ProcessInfo.processInfo.environment["LUNFS_SEED"].flatMap(UInt64.init) ?? fallback
-            print("SnapcloneModelTests seed \(seed) level \(level)")
-            try run(seed: seed, level: level, steps: 300)
+        for variant in SnapcloneVariant.allCases {
+            for level in [RAIDLevel.raid1, .raid5] {
+                let fallback = UInt64(Date().timeIntervalSince1970) ^ (UInt64(level.rawValue) << 32)
+                let seed = ProcessInfo.processInfo.environment["LUNFS_SEED"].flatMap(UInt64.init) ?? fallback
+                print("SnapcloneModelTests seed \(seed) level \(level) variant \(variant.rawValue)")
+                try run(seed: seed, level: level, variant: variant, steps: 300)
+            }
         }
     }
 
-    private func run(seed: UInt64, level: RAIDLevel, steps: Int) throws {
+    private func run(seed: UInt64, level: RAIDLevel, variant: SnapcloneVariant, steps: Int) throws {
         var rng = TestRandom(seed: seed)
         let drives = MemoryDrives(count: 6, sizeBytes: 256 << 20)
         try drives.format(raid: level)
         var pool = try drives.open()
+        pool.snapcloneVariant = variant
         let seg = Int(pool.geometry.rsegSizeBytes)
         let size = 12 * seg
         var model: [DiskID: [UInt8]] = [:]
         var counter = 0
-        var stats = (copies: 0, independent: 0, reverts: 0, shadowsSeen: 0, clonesMade: 0)
+        var stats = (copies: 0, independent: 0, reverts: 0, shadowsSeen: 0, clonesMade: 0, leftToSecondPass: 0)
         let base = try pool.createDisk(named: "vm")
         try pool.write(base, at: 0, rng.bytes(size))
         model[base] = try pool.image(base)
 
+        /// Segments of the copying snapclone that only it keeps for its predecessor.
+        func secondPassWork() -> Int {
+            guard let c = pool.copyingSnapclones().first, let d = pool.state.disks[c] else { return 0 }
+            var n = 0
+            d.map.forEachMapped { k, _ in if SharingChain.predecessorNeedsCopy(d, k) { n += 1 } }
+            return n
+        }
         func chainDisks() -> [DiskID] { model.keys.filter { pool.info($0)?.hasImage == true }.sorted() }
         func write(_ id: DiskID) throws {
             let len = [512, 4096, seg / 2, seg, 2 * seg + 7][Int(rng.below(5))]
@@ -45,7 +55,7 @@ final class SnapcloneModelTests: XCTestCase {
         }
 
         for step in 0..<steps {
-            let context = "seed \(seed) step \(step) level \(level)"
+            let context = "seed \(seed) step \(step) level \(level) variant \(variant.rawValue)"
             let disks = chainDisks()
             let clones = pool.copyingSnapclones()
             pool.quiescedCopySegments = rng.chance(0.8) ? 0 : Int(rng.below(3))
@@ -73,7 +83,11 @@ final class SnapcloneModelTests: XCTestCase {
                     targets += [c, c] + [info.successor, info.predecessor].compactMap { $0 }.flatMap { [$0, $0] }
                 }
                 guard let id = targets.randomElement(using: &rng), model[id] != nil else { continue }
+                let before = secondPassWork()
                 try write(id)
+                // The first variant's point: a write leaves the second pass nothing new.
+                if variant == .thirdCopy { XCTAssertLessThanOrEqual(secondPassWork(), before, "\(context): write to \(id)") }
+                if secondPassWork() > before { stats.leftToSecondPass += 1 }
             case 70..<80:
                 // A snapshot of any disk but a copying snapclone (refused: checked).
                 guard disks.count < 10, let id = disks.randomElement(using: &rng) else { continue }
@@ -111,6 +125,7 @@ final class SnapcloneModelTests: XCTestCase {
             default:
                 try pool.close()
                 pool = try drives.open()
+                pool.snapcloneVariant = variant
             }
             if let c = pool.copyingSnapclones().first, let d = pool.state.disks[c], let s = d.successor {
                 var shadows = 0
@@ -130,7 +145,7 @@ final class SnapcloneModelTests: XCTestCase {
         XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [])
         print("SnapcloneModelTests seed \(seed) level \(level): \(steps) steps, \(stats.clonesMade) snapclones made, "
               + "\(stats.copies) copy steps, \(stats.independent) became independent, \(stats.reverts) reverted, "
-              + "shadows present after \(stats.shadowsSeen) steps")
+              + "shadows present after \(stats.shadowsSeen) steps, \(stats.leftToSecondPass) writes left the second pass work")
         XCTAssertGreaterThan(stats.shadowsSeen, 0, "the test reaches the shadow states it is for")
         try pool.close()
     }

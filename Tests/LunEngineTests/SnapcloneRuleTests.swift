@@ -1,6 +1,8 @@
 // One test per snapclone rule (003 [0103]-[0105], Figs. 13-15), on the chain p <- c <- vm with c
 // the snapclone, each checked on the maps and on the bytes every disk reads; and the copy
 // running in the background while threads write every disk of the chain and a committer runs.
+// Every test runs under both variants (`SnapcloneVariant`): the predecessor's copies made by
+// a second pass, or on the write path.
 import XCTest
 import Foundation
 @testable import LunEngine
@@ -17,10 +19,11 @@ final class SnapcloneRuleTests: XCTestCase {
     }
 
     /// vm with four segments written, snapshot p, then snapshot c (between p and vm).
-    private func makeChain(predecessor: Bool = true) throws -> Chain {
+    private func makeChain(predecessor: Bool = true, variant: SnapcloneVariant) throws -> Chain {
         let drives = MemoryDrives(count: 5, sizeBytes: 256 << 20)
         try drives.format(raid: .raid5)
         let pool = try drives.open()
+        pool.snapcloneVariant = variant
         let seg = Int(pool.geometry.rsegSizeBytes)
         var rng = TestRandom(seed: 77)
         let vm = try pool.createDisk(named: "vm")
@@ -36,13 +39,20 @@ final class SnapcloneRuleTests: XCTestCase {
     /// 003 [0103]: after a copy the clone holds its own segment and the successor keeps Sp
     /// (a shadow); turning the clone back into a snapshot shares it again and frees the copy.
     func testCopyKeepsTheSuccessorsSpAndRevertSharesAgain() throws {
-        let ch = try makeChain()
+        for variant in SnapcloneVariant.allCases { try checkCopyKeepsTheSuccessorsSpAndRevertSharesAgain(variant) }
+    }
+
+    private func checkCopyKeepsTheSuccessorsSpAndRevertSharesAgain(_ variant: SnapcloneVariant) throws {
+        let ch = try makeChain(variant: variant)
         let used = ch.pool.usage().usedBytes
         try ch.pool.copySnapclone(ch.c, segments: 1)
         XCTAssertTrue(ch.disk(ch.c).map.entry(0).holdsData)
         XCTAssertTrue(ch.disk(ch.vm).map.entry(0).sp, "the successor keeps Sp")
         XCTAssertTrue(SharingChain.isShadow(ch.disk(ch.vm), 0))
         XCTAssertEqual(ch.pool.copyProgress(ch.c), CopyProgress(copied: 1, total: 4, independent: false))
+        XCTAssertEqual(ch.pool.copyEstimate(ch.c), CopyEstimate(bytesDone: UInt64(ch.seg), bytesLeft: 3 * UInt64(ch.seg),
+                                                               bytesPerSecond: nil, secondsLeft: nil),
+                       "no background copy here: no rate")
         XCTAssertEqual(ch.pool.usage().usedBytes, used + UInt64(ch.seg))
         try ch.pool.revertSnapclone(ch.c)
         try ch.pool.commit()
@@ -56,12 +66,22 @@ final class SnapcloneRuleTests: XCTestCase {
     /// predecessor, kept only in the clone. Unless the predecessor gets its own copy before
     /// the clone leaves, it would then read the successor's new bytes.
     func testPredecessorKeepsOldBytesChangedAfterTheCopy() throws {
-        let ch = try makeChain()
+        for variant in SnapcloneVariant.allCases { try checkPredecessorKeepsOldBytesChangedAfterTheCopy(variant) }
+    }
+
+    private func checkPredecessorKeepsOldBytesChangedAfterTheCopy(_ variant: SnapcloneVariant) throws {
+        let ch = try makeChain(variant: variant)
         try ch.pool.copySnapclone(ch.c, segments: 1)             // segment 0 copied, shadowed
         let fresh = [UInt8](repeating: 0x5A, count: ch.seg)
         try ch.pool.write(ch.vm, at: 0, fresh)                   // the shadow ends
         XCTAssertFalse(ch.disk(ch.vm).map.entry(0).sp)
-        XCTAssertTrue(SharingChain.predecessorNeedsCopy(ch.disk(ch.c), 0))
+        switch variant {
+        case .secondPass:
+            XCTAssertTrue(SharingChain.predecessorNeedsCopy(ch.disk(ch.c), 0), "left to the second pass")
+        case .thirdCopy:
+            XCTAssertTrue(ch.disk(ch.p).map.entry(0).holdsData, "the write gave p its copy")
+            XCTAssertFalse(SharingChain.predecessorNeedsCopy(ch.disk(ch.c), 0))
+        }
         while try !ch.pool.copySnapclone(ch.c, segments: 1).independent {}
         XCTAssertTrue(ch.disk(ch.p).map.entry(0).holdsData, "p has its own copy of segment 0")
         assertSameBytes(try ch.pool.image(ch.p), ch.original, "p")
@@ -70,10 +90,65 @@ final class SnapcloneRuleTests: XCTestCase {
         XCTAssertEqual(try PoolChecker(pool: ch.pool, scrub: true).run().problems, [])
     }
 
+    /// 003 [0104] against Fig. 15: the four writes whose old bytes the clone keeps for its
+    /// predecessor p (a hand-off to the clone, a copy out to it, and the two that end a
+    /// shadow). Under the first variant each gives p its copy on the write path, so nothing
+    /// is left for a second pass; under the scaling variant all four are left to it. Partial
+    /// writes, so the old bytes around them must come along.
+    func testWritesTheCloneKeepsForItsPredecessor() throws {
+        for variant in SnapcloneVariant.allCases { try checkWritesTheCloneKeepsForItsPredecessor(variant) }
+    }
+
+    private func checkWritesTheCloneKeepsForItsPredecessor(_ variant: SnapcloneVariant) throws {
+        let ch = try makeChain(variant: variant)
+        let seg = ch.seg
+        try ch.pool.copySnapclone(ch.c, segments: 2)              // segments 0 and 1 copied, shadowed
+        var vmImage = ch.original
+        func write(_ id: DiskID, _ k: Int, _ image: inout [UInt8]) throws {
+            let bytes = [UInt8](repeating: UInt8(0x40 + k), count: 100), at = k * seg + 1000
+            try ch.pool.write(id, at: UInt64(at), bytes)
+            image.replaceSubrange(at..<at + 100, with: bytes)
+        }
+        try write(ch.vm, 0, &vmImage)                             // vm holds 0 under a shadow: replaced
+        try write(ch.vm, 2, &vmImage)                             // c reads vm's 2: hand-off to c
+        let s = try ch.pool.createSnapshot(of: ch.vm, named: "s") // p <- c <- s <- vm; s inherits the shadow on 1
+        var sImage = vmImage
+        XCTAssertTrue(SharingChain.isShadow(ch.disk(s), 1))
+        try write(s, 1, &sImage)                                  // s reads vm's 1 under a shadow: copy in
+        try write(s, 3, &sImage)                                  // c reads 3 through s: copy in and out
+        let clone = ch.disk(ch.c)
+        for k in 0..<4 {
+            switch variant {
+            case .secondPass:
+                XCTAssertTrue(SharingChain.predecessorNeedsCopy(clone, k), "segment \(k) left to the second pass")
+            case .thirdCopy:
+                XCTAssertTrue(ch.disk(ch.p).map.entry(k).holdsData, "segment \(k): p got its copy on the write path")
+                XCTAssertTrue(clone.map.entry(k).isExclusive, "segment \(k): the clone's alone")
+            }
+        }
+        XCTAssertEqual(SharingChain.segmentsToCopy(clone), variant == .thirdCopy ? 0 : 4)
+        for (id, image) in [(ch.p, ch.original), (ch.c, ch.original), (s, sImage), (ch.vm, vmImage)] {
+            assertSameBytes(try ch.pool.image(id), image, "\(variant) disk \(id) before the copy ends")
+        }
+        XCTAssertEqual(try PoolChecker(pool: ch.pool).run().problems, [], "\(variant)")
+        while try !ch.pool.copySnapclone(ch.c, segments: 1).independent {}
+        try ch.pool.close()
+        let reopened = try ch.drives.open()
+        for (id, image) in [(ch.p, ch.original), (ch.c, ch.original), (s, sImage), (ch.vm, vmImage)] {
+            assertSameBytes(try reopened.image(id), image, "\(variant) disk \(id) after the copy and a reopen")
+        }
+        XCTAssertEqual(try PoolChecker(pool: reopened, scrub: true).run().problems, [], "\(variant)")
+        try reopened.close()
+    }
+
     /// Fig. 14: where nothing changed, the predecessor reads the successor directly once the
     /// clone leaves (no copy for it), and the clone keeps its copies alone.
     func testDetachLetsThePredecessorReadTheSuccessor() throws {
-        let ch = try makeChain()
+        for variant in SnapcloneVariant.allCases { try checkDetachLetsThePredecessorReadTheSuccessor(variant) }
+    }
+
+    private func checkDetachLetsThePredecessorReadTheSuccessor(_ variant: SnapcloneVariant) throws {
+        let ch = try makeChain(variant: variant)
         let used = ch.pool.usage().usedBytes
         while try !ch.pool.copySnapclone(ch.c, segments: 1).independent {}
         try ch.pool.commit()
@@ -101,7 +176,11 @@ final class SnapcloneRuleTests: XCTestCase {
     /// Fig. 14, no predecessor: the successor's Sp goes with the clone, so the successor
     /// writes in place again.
     func testDetachWithoutPredecessorClearsTheSuccessorsSp() throws {
-        let ch = try makeChain(predecessor: false)
+        for variant in SnapcloneVariant.allCases { try checkDetachWithoutPredecessorClearsTheSuccessorsSp(variant) }
+    }
+
+    private func checkDetachWithoutPredecessorClearsTheSuccessorsSp(_ variant: SnapcloneVariant) throws {
+        let ch = try makeChain(predecessor: false, variant: variant)
         while try !ch.pool.copySnapclone(ch.c, segments: 1).independent {}
         for k in 0..<4 { XCTAssertTrue(ch.disk(ch.vm).map.entry(k).isExclusive, "segment \(k)") }
         XCTAssertEqual(try PoolChecker(pool: ch.pool).run().problems, [])
@@ -110,7 +189,11 @@ final class SnapcloneRuleTests: XCTestCase {
     /// Fig. 15d: once at most M segments are left, one call copies them with the chain held
     /// and the clone leaves.
     func testLastSegmentsAreCopiedQuiesced() throws {
-        let ch = try makeChain()
+        for variant in SnapcloneVariant.allCases { try checkLastSegmentsAreCopiedQuiesced(variant) }
+    }
+
+    private func checkLastSegmentsAreCopiedQuiesced(_ variant: SnapcloneVariant) throws {
+        let ch = try makeChain(variant: variant)
         ch.pool.quiescedCopySegments = 2
         XCTAssertFalse(try ch.pool.copySnapclone(ch.c, segments: 1).independent, "4 left, then 3: not yet")
         XCTAssertTrue(try ch.pool.copySnapclone(ch.c, segments: 1).independent, "2 left: the last pass takes them")
@@ -122,7 +205,11 @@ final class SnapcloneRuleTests: XCTestCase {
     /// committer commits every 20 ms; every disk ends as its writer left it, and so after a
     /// reopen.
     func testBackgroundCopyUnderConcurrentWriters() throws {
-        let ch = try makeChain()
+        for variant in SnapcloneVariant.allCases { try checkBackgroundCopyUnderConcurrentWriters(variant) }
+    }
+
+    private func checkBackgroundCopyUnderConcurrentWriters(_ variant: SnapcloneVariant) throws {
+        let ch = try makeChain(variant: variant)
         let seg = ch.seg
         ch.pool.quiescedCopySegments = 2
         ch.pool.startBackgroundCommits(intervalSeconds: 0.02)

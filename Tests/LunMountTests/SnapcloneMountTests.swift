@@ -1,7 +1,8 @@
 // Snapclones through the mounted tree: `user.lunfs.kind` makes a snapshot a snapclone, the
 // daemon copies it in the background while its disk is written, it ends independent with its
 // bytes, moves to the root with mv, and turns back into a snapshot on request; rmdir deletes a
-// snapshot with nothing below it; `lunfs clone --wait` follows a copy to the end.
+// snapshot with nothing below it; `lunfs clone --wait` follows a copy to the end; an ext4 on
+// a loop device is cloned while fio writes to it, and the clone checks clean.
 import Foundation
 import XCTest
 
@@ -116,5 +117,107 @@ final class SnapcloneMountTests: MountTestCase {
         XCTAssertEqual(try readWholeFile(pool.path("vm/monday/disk.img")), original)
         XCTAssertNotEqual(try pool.lunfs(["clone", pool.path("vm")]).status, 0, "vm is a disk, not a snapshot")
         XCTAssertNil(pool.unmountAndCheck())
+    }
+
+    /// Issue 12's mount test: a 1 GiB disk holding ext4 on a loop device, fio writing to it
+    /// through the loop device; the file system is frozen for the snapshot (as a backup tool
+    /// does), made a snapclone and copied while fio goes on. The clone checks clean with
+    /// e2fsck -fn and its files read back.
+    func testExt4ClonedWhileFioWritesChecksClean() throws {
+        XCTAssertEqual(getuid(), 0, "loop mounts need root")
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/fio") else { return XCTFail("fio is missing (.ci/run installs it)") }
+        var random = SeededGenerator(seed: newSeed(#function))
+        try makeDirectory(pool.path("vm"))
+        let image = pool.path("vm/disk.img")
+        try check(truncate(image, 1 << 30))
+        let mkfs = try runProgram("mkfs.ext4", ["-q", "-F", image])
+        XCTAssertEqual(mkfs.status, 0, mkfs.errorOutput + pool.logTail())
+        let source = try LoopMount(image: image, target: pool.root.appendingPathComponent("ext4-source").path)
+        defer { source.release() }
+        try source.mount()
+        var files: [String: [UInt8]] = [:]
+        for index in 0..<10 {
+            let bytes = random.bytes(index == 0 ? 32 << 20 : Int.random(in: 1...3 << 20, using: &random))
+            XCTAssertTrue(FileManager.default.createFile(atPath: source.target + "/file\(index)", contents: Data(bytes)))
+            files["file\(index)"] = bytes
+        }
+        try makeDirectory(source.target + "/load")
+        XCTAssertEqual(try runProgram("sync", []).status, 0)
+        let fio = try startProgram("/usr/bin/fio", ["--name=load", "--directory=\(source.target)/load", "--rw=randwrite",
+                                                    "--bs=4k", "--size=256M", "--ioengine=psync", "--fsync=32",
+                                                    "--time_based", "--runtime=600", "--thread"])
+        var fioRunning = true
+        defer { if fioRunning { kill(fio, SIGKILL); _ = waitForProgram(fio, timeoutSeconds: 30) } }
+        sleep(3)
+        XCTAssertNil(waitForProgram(fio, timeoutSeconds: 0), "fio is writing")
+
+        let freeze = try runProgram("fsfreeze", ["-f", source.target])
+        XCTAssertEqual(freeze.status, 0, freeze.errorOutput)
+        let snapshot = Result { try makeDirectory(pool.path("vm/monday")) }
+        XCTAssertEqual(try runProgram("fsfreeze", ["-u", source.target]).status, 0)
+        try snapshot.get()
+        try setAttribute(pool.path("vm/monday"), "user.lunfs.kind", "snapclone")
+        try waitForKind(pool.path("vm/monday"), "independent", seconds: 300)
+        XCTAssertNil(waitForProgram(fio, timeoutSeconds: 0), "fio wrote to the source throughout the copy")
+        kill(fio, SIGKILL)
+        _ = waitForProgram(fio, timeoutSeconds: 30)
+        fioRunning = false
+        let progress = try getAttribute(pool.path("vm/monday"), "user.lunfs.copy_progress").split(separator: "/")
+        XCTAssertEqual(progress.count, 2)
+        XCTAssertEqual(progress.first, progress.last, "all copied")
+
+        let clone = pool.path("vm/monday/disk.img")
+        let fsck = try runProgram("e2fsck", ["-f", "-n", clone])
+        XCTAssertEqual(fsck.status, 0, fsck.output + fsck.errorOutput + pool.logTail())
+        let cloneMount = try LoopMount(image: clone, target: pool.root.appendingPathComponent("ext4-clone").path)
+        defer { cloneMount.release() }
+        try cloneMount.mount(["-o", "ro"])
+        for (name, bytes) in files {
+            XCTAssertEqual(try readWholeFile(cloneMount.target + "/" + name), bytes, name)
+        }
+        try cloneMount.unmount()
+        try cloneMount.detach()
+        try source.unmount()
+        try source.detach()
+        // losetup -d lets a loop device go once the kernel is done with it, not at once.
+        let deadline = Date(timeIntervalSinceNow: 30)
+        while Date() < deadline, try runProgram("losetup", ["-j", image]).output.contains("/dev/loop")
+                                  || runProgram("losetup", ["-j", clone]).output.contains("/dev/loop") {
+            usleep(100_000)
+        }
+        XCTAssertNil(pool.unmountAndCheck())
+    }
+
+    /// Item 6 of issue 12: cp of an image to an empty disk of the same mount arrives as
+    /// copy_file_range and is copied inside the daemon; the result is a plain disk with the
+    /// source's bytes (DESIGN 8b says why it is no snapclone).
+    func testCpWithinTheMountCopiesToAPlainDisk() throws {
+        var random = SeededGenerator(seed: newSeed(#function))
+        let original = random.bytes(20 << 20)
+        try makeDiskWithSnapshot(original)
+        try makeDirectory(pool.path("new"))
+        let cp = try runProgram("cp", [pool.path("vm/disk.img"), pool.path("new/disk.img")])
+        XCTAssertEqual(cp.status, 0, cp.errorOutput)
+        XCTAssertEqual(try readWholeFile(pool.path("new/disk.img")), original)
+        XCTAssertEqual(try getAttribute(pool.path("new"), "user.lunfs.kind"), "disk")
+        XCTAssertEqual(errnoOf { _ = try getAttribute(pool.path("new"), "user.lunfs.copy_progress") }, ENODATA)
+        try pool.remount()
+        XCTAssertEqual(try readWholeFile(pool.path("new/disk.img")), original, "after a remount")
+        XCTAssertNil(pool.unmountAndCheck())
+    }
+
+    /// `-o snapclone=` names one of the two variants; anything else is a usage error that
+    /// creates nothing, and a named variant mounts.
+    func testSnapcloneVariantMountOption() throws {
+        let otherPool = pool.root.appendingPathComponent("pool2").path
+        let other = pool.root.appendingPathComponent("mnt2").path
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        let refused = try pool.lunfs(["mount", otherPool, other, "--create", "-o", "snapclone=fourth-copy"])
+        XCTAssertEqual(refused.status, 2)
+        XCTAssertTrue(refused.errorOutput.contains("second-pass or third-copy"), refused.errorOutput)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: otherPool))
+        let mounted = try pool.lunfs(["mount", otherPool, other, "--create", "-o", "snapclone=third-copy"])
+        XCTAssertEqual(mounted.status, 0, mounted.errorOutput)
+        XCTAssertEqual(try pool.lunfs(["unmount", other]).status, 0)
     }
 }

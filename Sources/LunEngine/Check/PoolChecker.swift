@@ -43,6 +43,7 @@ public struct PoolChecker {
         for d in 0..<pool.drives.count where !pool.drives.isAvailable(d) {
             report.problems.append("drive \(d) (\(pool.drives.name(d))) is missing or failed; redundant disks run degraded")
         }
+        noteFrozenStates(&report)
         return report
     }
 
@@ -177,5 +178,19 @@ public struct PoolChecker {
         }
         report.notes += scrub.findings.map { "scrub: \($0)" }
         report.problems += pool.scrub(repair: false).findings
+    }
+
+    /// The maps as I/O sees them now: chains with segments in Nw or invalid, or I/O held by
+    /// the blocking flag (seed 002), noted once per chain. A read-only open has none.
+    private func noteFrozenStates(_ report: inout CheckReport) {
+        var seen = Set<ObjectIdentifier>()
+        let disks = pool.stateLock.withLock { pool.state.disks.values.filter { !$0.removed }.sorted { $0.id < $1.id } }
+        for d in disks where seen.insert(ObjectIdentifier(d.family)).inserted {
+            let f = d.family.frozenState()
+            if f.isQuiet { continue }
+            report.notes.append("chain of \(d.name): \(f.noWriteSegments.count) segments in Nw \(f.noWriteSegments), "
+                                + "\(f.invalidSegments.count) invalid \(f.invalidSegments)"
+                                + (f.blockedFor.map { ", I/O blocked for \($0)" } ?? ""))
+        }
     }
 }

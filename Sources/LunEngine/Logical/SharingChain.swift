@@ -171,14 +171,34 @@ enum SharingChain {
         return plan(d, k)
     }
 
+    /// The first variant's rule (003 [0104], `SnapcloneVariant.thirdCopy`): a write to segment
+    /// k of `d` under `plan` whose old bytes end up kept for d's predecessor C, a copying
+    /// snapclone that its own predecessor reads through (C's Sp), also gives that predecessor
+    /// a copy of the old bytes, so nothing is left for the second pass. Two cases: C is the
+    /// copy's destination (a hand-off or a copy out, C had not copied k yet), or C copied k
+    /// already and the write ends the shadow that let C's predecessor read d later.
+    static func cloneBelowNeedsCopy(_ d: Disk, _ k: Int, _ plan: SegmentPlan) -> Bool {
+        guard d.map.entry(k).sp, let c = d.predecessor, c.clone == .copying, c.predecessor != nil,
+              c.map.entry(k).sp else { return false }
+        switch plan {
+        case .handOff, .copyInAndOut: return true
+        case .replace, .copyIn: return isShadow(d, k)
+        case .inPlace, .fresh: return false
+        }
+    }
+
     // MARK: Changes
 
     /// After a write filled `mine` (and `theirs`, the predecessor's copy) for segment k of
     /// `d` under `plan`: the writer holds its new segment alone; a predecessor that read the
     /// old bytes inherits them or gets its copy; a successor no longer read loses Sp; a
     /// replaced segment is freed.
+    /// `below`, under the first variant (`cloneBelowNeedsCopy`): the copy of the old bytes
+    /// for the predecessor of d's predecessor, a copying snapclone that then keeps its segment
+    /// with no Sp, for itself alone.
     static func afterWrite(_ d: Disk, _ k: Int, _ plan: SegmentPlan,
-                           mine: (store: Int, rseg: Int), theirs: (store: Int, rseg: Int)?) -> ChainChange {
+                           mine: (store: Int, rseg: Int), theirs: (store: Int, rseg: Int)?,
+                           below: (store: Int, rseg: Int)? = nil) -> ChainChange {
         var c = ChainChange()
         switch plan {
         case .inPlace, .fresh: break
@@ -196,6 +216,19 @@ enum SharingChain {
             let p = d.predecessor!, theirs = theirs!
             c.release(d.successor!, k)
             c.set(p, k, .held(store: UInt32(theirs.store), rseg: theirs.rseg, sp: p.map.entry(k).sp))
+        }
+        if let below {
+            precondition(cloneBelowNeedsCopy(d, k, plan), "disk \(d.id) segment \(k): a copy below a clone that needs none")
+            let clone = d.predecessor!, p = clone.predecessor!
+            c.set(p, k, .held(store: UInt32(below.store), rseg: below.rseg, sp: p.map.entry(k).sp))
+            // The clone's entry after the change above, now for the clone alone.
+            let kept: LMapEntry
+            switch plan {
+            case .handOff(let e): kept = .held(store: e.store, rseg: e.rseg, sp: false)
+            case .copyInAndOut: kept = .held(store: UInt32(theirs!.store), rseg: theirs!.rseg, sp: false)
+            default: kept = clone.map.entry(k).with(sp: false)
+            }
+            c.set(clone, k, kept)
         }
         c.set(d, k, .held(store: UInt32(mine.store), rseg: mine.rseg, sp: false))
         return c

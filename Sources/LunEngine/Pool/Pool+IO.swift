@@ -66,6 +66,15 @@ extension Pool {
         /// Fresh segments given to it: its own new one, and one for the predecessor.
         var mine: (store: Int, rseg: Int)? = nil
         var theirs: (store: Int, rseg: Int)? = nil
+        /// Under the first snapclone variant: the old bytes also go to the predecessor of a
+        /// copying snapclone below (`SharingChain.cloneBelowNeedsCopy`), in `below`.
+        var copiesBelowClone = false
+        var below: (store: Int, rseg: Int)? = nil
+    }
+
+    /// Whether a write step under `plan` makes the third copy (first snapclone variant).
+    func copiesBelowClone(_ d: Disk, _ k: Int, _ plan: SegmentPlan) -> Bool {
+        snapcloneVariant == .thirdCopy && SharingChain.cloneBelowNeedsCopy(d, k, plan)
     }
 
     /// The steps of a write as the maps stand. Caller holds the family lock (either way).
@@ -83,7 +92,8 @@ extension Pool {
             if case .inPlace = p, !mustCommitFirst, state.unsharedCount.load(ordering: .acquiring) > 0 {
                 mustCommitFirst = stateLock.withLock { state.isUnsharedUncommitted(SharingChain.location(e)) }
             }
-            steps.append(WriteStep(k: k, within: within, at: at, len: len, entry: e, plan: p))
+            steps.append(WriteStep(k: k, within: within, at: at, len: len, entry: e, plan: p,
+                                   copiesBelowClone: copiesBelowClone(d, k, p)))
         }
         return (steps, mustCommitFirst)
     }
@@ -144,7 +154,9 @@ extension Pool {
             d.family.lock.lockExclusive()
             guard !d.removed, d.hasImage else { throw .stale("disk \(d.id) was deleted") }
             guard d.family.changeEpoch == epoch,
-                  steps.allSatisfy({ d.map.entry($0.k).raw == $0.entry.raw && SharingChain.plan(d, $0.k) == $0.plan }) else { continue }
+                  steps.allSatisfy({ d.map.entry($0.k).raw == $0.entry.raw && SharingChain.plan(d, $0.k) == $0.plan
+                                     && copiesBelowClone(d, $0.k, $0.plan) == $0.copiesBelowClone }) else { continue }
+            d.family.invalidate(unsharing)
             switchMaps(d, steps)
             fresh = []
             return true
@@ -196,11 +208,22 @@ extension Pool {
     func allocateSteps(_ steps: inout [WriteStep], for d: Disk) throws(LunError) -> [(store: Int, rseg: Int)] {
         let needed = steps.reduce(0) { $0 + $1.plan.segmentsNeeded }
         let shared = steps.filter { $0.plan.isShared }.map(\.k)
-        let fresh = try allocate(needed, for: d, sharedSegments: shared)
+        var fresh = try allocate(needed, for: d, sharedSegments: shared)
         var next = 0
         for i in steps.indices where steps[i].plan.segmentsNeeded > 0 {
             steps[i].mine = fresh[next]; next += 1
             if steps[i].plan.segmentsNeeded == 2 { steps[i].theirs = fresh[next]; next += 1 }
+        }
+        // The third copies, charged as a snapclone's copies are: to the disk that gets them.
+        for i in steps.indices where steps[i].copiesBelowClone {
+            do {
+                let below = try allocateCopy(for: d.predecessor!.predecessor!)[0]
+                steps[i].below = below
+                fresh.append(below)
+            } catch {
+                releaseUnmapped(fresh)
+                throw error
+            }
         }
         return fresh
     }
@@ -224,7 +247,7 @@ extension Pool {
                 try writeInPlace(step.entry, at: step.within, piece)
                 continue
             }
-            if step.within == 0 && step.len == seg && step.theirs == nil {
+            if step.within == 0 && step.len == seg && step.theirs == nil && step.below == nil {
                 try storeIO.write(store: mine.store, rseg: mine.rseg, offset: 0, from: piece)
                 continue
             }
@@ -238,6 +261,9 @@ extension Pool {
             }
             if let theirs = step.theirs {
                 try storeIO.write(store: theirs.store, rseg: theirs.rseg, offset: 0, from: UnsafeRawBufferPointer(buf))
+            }
+            if let below = step.below {
+                try storeIO.write(store: below.store, rseg: below.rseg, offset: 0, from: UnsafeRawBufferPointer(buf))
             }
             (buf.baseAddress! + step.within).copyMemory(from: piece.baseAddress!, byteCount: step.len)
             try storeIO.write(store: mine.store, rseg: mine.rseg, offset: 0, from: UnsafeRawBufferPointer(buf))
@@ -264,7 +290,7 @@ extension Pool {
     func switchMapsLocked(_ d: Disk, _ steps: [WriteStep]) {
         for step in steps {
             guard let mine = step.mine else { continue }
-            state.apply(SharingChain.afterWrite(d, step.k, step.plan, mine: mine, theirs: step.theirs))
+            state.apply(SharingChain.afterWrite(d, step.k, step.plan, mine: mine, theirs: step.theirs, below: step.below))
         }
     }
 

@@ -97,10 +97,8 @@ extension Pool {
         try Self.validate(name: name)
         let x = try liveDisk(id)
         guard x.hasImage else { throw .notPermitted("\(x.name) has no image to snapshot") }
-        guard x.family.lockForChange(timeoutSeconds: quiesceTimeoutSeconds) else {
-            throw .busy("writes to \(x.name) did not drain within \(quiesceTimeoutSeconds) s")
-        }
-        defer { x.family.lock.unlock() }
+        try x.family.blocking.raise(on: x.family, for: "a snapshot of \(x.name)", timeoutSeconds: quiesceTimeoutSeconds)
+        defer { x.family.blocking.lower(on: x.family) }
         guard !x.removed, x.hasImage else { throw .stale("disk \(id) was removed") }
         // Checked with the lock held: makeSnapclone changes it under the same lock.
         guard x.clone != .copying else {

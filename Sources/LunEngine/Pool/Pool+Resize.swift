@@ -31,7 +31,9 @@ extension Pool {
         let k = Int(sizeBytes / seg), within = Int(sizeBytes % seg)
         if within != 0, d.map.entry(k).isMapped {
             let e = d.map.entry(k)
-            tail.append(WriteStep(k: k, within: within, at: 0, len: segmentBytes - within, entry: e, plan: SharingChain.redirectingPlan(d, k)))
+            let plan = SharingChain.redirectingPlan(d, k)
+            tail.append(WriteStep(k: k, within: within, at: 0, len: segmentBytes - within, entry: e, plan: plan,
+                                  copiesBelowClone: copiesBelowClone(d, k, plan)))
         }
         let dropped = d.map.mappedSegments(from: Int((sizeBytes + seg - 1) / seg))
         var fresh = try allocateSteps(&tail, for: d)

@@ -14,7 +14,26 @@ public struct CopyProgress: Sendable, Equatable {
     public var independent: Bool
 }
 
+/// A snapclone's copy in bytes, with the rate the background copy makes and the time left.
+public struct CopyEstimate: Sendable, Equatable, Codable {
+    public var bytesDone: UInt64, bytesLeft: UInt64
+    /// Over the last seconds of the background copy in this process; nil when unknown (no
+    /// copy runs here, as in a read-only open, or it has only just started).
+    public var bytesPerSecond: Double?
+    public var secondsLeft: Double?
+}
+
 extension Pool {
+    /// The copy of snapclone `id` in bytes, and the time left at the background copy's
+    /// current rate; nil for a disk that is not copying.
+    public func copyEstimate(_ id: DiskID) -> CopyEstimate? {
+        guard let p = copyProgress(id), !p.independent else { return nil }
+        let seg = UInt64(segmentBytes), left = UInt64(p.total - p.copied)
+        let rate = snapcloneCopier?.segmentsPerSecond(id).map { $0 * Double(seg) }
+        return CopyEstimate(bytesDone: UInt64(p.copied) * seg, bytesLeft: left * seg, bytesPerSecond: rate,
+                            secondsLeft: rate.flatMap { $0 > 0 ? Double(left * seg) / $0 : nil })
+    }
+
     /// Makes snapshot `id` a snapclone: from now on the background copy (or `copySnapclone`)
     /// gives it its own copy of every segment it shares, and it leaves its chain when done.
     /// `.invalid` for a disk that reads no other disk, `.busy` if its chain already has a
@@ -117,6 +136,7 @@ extension Pool {
         c.family.lock.unlock()
         c.family.lock.lockExclusive()
         guard !c.removed, c.clone == .copying, c.family.changeEpoch == epoch, c.map.entry(k) == entry else { return false }
+        c.family.invalidate([k])
         stateLock.withLock {
             state.apply(forClone ? SharingChain.afterCopy(c, k, fresh: fresh[0]) : SharingChain.afterPredecessorCopy(c, k, fresh: fresh[0]))
         }
@@ -143,10 +163,8 @@ extension Pool {
     /// The held part of `finishSnapclone`; the number of segments copied, nil if there was
     /// nothing to do (another caller finished it).
     private func detachLocked(_ c: Disk) throws(LunError) -> Int? {
-        guard c.family.lockForChange(timeoutSeconds: 5) else {
-            throw .busy("I/O to \(c.name)'s chain did not drain within 5 s for the last copy pass")
-        }
-        defer { c.family.lock.unlock() }
+        try c.family.blocking.raise(on: c.family, for: "the last copy pass of snapclone \(c.name)", timeoutSeconds: lastPassQuiesceSeconds)
+        defer { c.family.blocking.lower(on: c.family) }
         guard !c.removed, c.clone == .copying else { return nil }
         var copies = 0
         for pass in 0..<2 {

@@ -31,6 +31,10 @@ public final class Pool: @unchecked Sendable {
     /// A snapclone's copy holds the chain's I/O for its last pass once at most this many
     /// segments are left (the M of 003 Fig. 15d).
     public var quiescedCopySegments = 16
+    /// How long a snapclone's last pass waits for the chain's I/O to drain (the blocking flag).
+    public var lastPassQuiesceSeconds = 5.0
+    /// Where a snapclone's predecessor gets its copies: on the write path or in a second pass.
+    public var snapcloneVariant = SnapcloneVariant.secondPass
     /// The background copier of the mounted pool, if started.
     var snapcloneCopier: SnapcloneCopier?
     /// Added to the write-intent set's clock, so that a test can age the set without waiting.
@@ -137,7 +141,9 @@ public final class Pool: @unchecked Sendable {
             for case let device as FileDevice in devices { device.unlock() }
             devices.removeAll()
             made.append(directory + "/" + lockName)
-            return try open(directory: directory, log: log)
+            let pool = try open(directory: directory, log: log)
+            pool.snapcloneVariant = options.snapcloneVariant
+            return pool
         } catch {
             for path in made { unlink(path) }
             if madeDirectory { rmdir(directory) }

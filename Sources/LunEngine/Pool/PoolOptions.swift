@@ -14,6 +14,8 @@ public struct PoolOptions: Sendable {
     /// Format drives named by `drivePaths` even when they hold a lunfs superblock (never one
     /// whose pool is open).
     public var force = false
+    /// How snapclones give their predecessor its copies (not stored: set at each open).
+    public var snapcloneVariant = SnapcloneVariant.secondPass
 
     public init() {}
 

@@ -3,6 +3,7 @@
 // copy takes at most half of the time and user I/O to the same drives keeps at least half of
 // its throughput. It sleeps while no snapclone is copying and wakes when one is made.
 import Foundation
+import Synchronization
 
 final class SnapcloneCopier: @unchecked Sendable {
     private weak var pool: Pool?
@@ -12,6 +13,10 @@ final class SnapcloneCopier: @unchecked Sendable {
     private var running = false
     /// Rest after each step, as a multiple of the time the step took (1: half the time copying).
     let restFactor: Double
+    /// Per copying snapclone, (time, segments copied) after its steps of the last `rateWindow`
+    /// seconds: the rate `lunfs status` turns into time left.
+    private let samples = Mutex<[DiskID: [(time: Double, copied: Int)]]>([:])
+    static let rateWindow = 10.0
 
     init(pool: Pool, restFactor: Double = 1) {
         self.pool = pool
@@ -49,6 +54,26 @@ final class SnapcloneCopier: @unchecked Sendable {
         return !stopping
     }
 
+    private func record(_ id: DiskID, _ progress: CopyProgress) {
+        let now = Date().timeIntervalSince1970
+        samples.withLock { all in
+            if progress.independent { all[id] = nil; return }
+            var list = all[id] ?? []
+            list.append((now, progress.copied))
+            list.removeAll { now - $0.time > Self.rateWindow }
+            all[id] = list
+        }
+    }
+
+    /// Segments per second the copy of `id` made over the last `rateWindow` seconds; nil until
+    /// two steps a second or more apart were seen.
+    func segmentsPerSecond(_ id: DiskID) -> Double? {
+        samples.withLock { all in
+            guard let list = all[id], let first = list.first, let last = list.last, last.time - first.time >= 1 else { return nil }
+            return max(0, Double(last.copied - first.copied)) / (last.time - first.time)
+        }
+    }
+
     private func run() {
         defer { condition.withLock { running = false; condition.broadcast() } }
         while let pool, !condition.withLock({ stopping }) {
@@ -60,7 +85,8 @@ final class SnapcloneCopier: @unchecked Sendable {
             for id in clones {
                 let start = Date()
                 do {
-                    try pool.copySnapclone(id, segments: 1)
+                    let progress = try pool.copySnapclone(id, segments: 1)
+                    record(id, progress)
                 } catch {
                     pool.log("background copy of disk \(id): \(error); trying again in 5 s")
                     if !rest(5) { return }
