@@ -33,6 +33,8 @@ public final class Pool: @unchecked Sendable {
     public var quiescedCopySegments = 16
     /// The background copier of the mounted pool, if started.
     var snapcloneCopier: SnapcloneCopier?
+    /// Snapshots on separate storage: their open files and their background copy (External/).
+    let externals = ExternalSnapshotRegistry()
     /// Added to the write-intent set's clock, so that a test can age the set without waiting.
     let intentClockOffset = Mutex<Double>(0)
     /// What recovery noticed when the pool was opened (damaged copies it worked around).
@@ -368,6 +370,7 @@ public final class Pool: @unchecked Sendable {
     public func commit() throws(LunError) {
         guard !readOnly else { return }
         try commitLock.withLock { () throws(LunError) in try commitLocked() }
+        try syncExternalSnapshots()
     }
 
     func commitLocked() throws(LunError) {
@@ -492,11 +495,13 @@ public final class Pool: @unchecked Sendable {
     public func close() throws(LunError) {
         if closed { return }
         snapcloneCopier?.stop()
+        externals.copier?.stop()
         committerStop.lock()
         committerStopping = true
         committerStop.broadcast()
         committerStop.unlock()
         if !readOnly {
+            try syncExternalSnapshots()
             // The last checkpoint says "clean": the next open can skip the resync.
             try commitLock.withLock { () throws(LunError) in
                 try commitLocked()
