@@ -23,6 +23,8 @@ struct StatusReport: Codable {
         var parent: String?
         /// A snapclone's background copy, in segments.
         var copiedSegments: Int?, copyTotalSegments: Int?
+        /// A snapshot on separate storage: its file, and its copy in blocks (live, from its map).
+        var externalFile: String?, copiedBlocks: Int?, copyTotalBlocks: Int?
     }
     var pool: String
     var mounted: Bool
@@ -70,7 +72,9 @@ func buildStatus(_ pool: Pool, mounted: Bool) -> StatusReport {
                   predecessor: i.predecessor.map(path), successor: i.successor.map(path),
                   kind: i.kind.rawValue, parent: i.parent.map(path),
                   copiedSegments: i.kind == .snapclone ? pool.copyProgress(i.id)?.copied : nil,
-                  copyTotalSegments: i.kind == .snapclone ? pool.copyProgress(i.id)?.total : nil)
+                  copyTotalSegments: i.kind == .snapclone ? pool.copyProgress(i.id)?.total : nil,
+                  externalFile: pool.externalFile(of: i.id), copiedBlocks: pool.externalCopyProgress(i.id)?.copied,
+                  copyTotalBlocks: pool.externalCopyProgress(i.id)?.total)
         },
         chains: chains, notes: pool.openNotes)
 }
@@ -136,6 +140,15 @@ private func printStatus(_ r: StatusReport) {
         for d in copies {
             let done = d.copiedSegments!, total = max(d.copyTotalSegments!, 1)
             print("  " + pad(d.path, width) + "  " + progressBar(done: done, total: total) + "  \(done)/\(total) segments")
+        }
+    }
+    let externals = r.disks.filter { $0.externalFile != nil }
+    if !externals.isEmpty {
+        print("snapshots on separate storage (copy as of now):")
+        for d in externals {
+            let done = d.copiedBlocks ?? 0, total = max(d.copyTotalBlocks ?? 0, 1)
+            let bar = d.copiedBlocks == nil ? "(file or map unreadable)" : progressBar(done: done, total: total) + "  \(done)/\(total) blocks"
+            print("  " + pad(d.path, width) + "  " + bar + (d.kind == "independent" ? "  independent" : "") + "  " + d.externalFile!)
         }
     }
     if !r.chains.isEmpty {

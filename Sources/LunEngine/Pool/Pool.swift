@@ -489,6 +489,7 @@ public final class Pool: @unchecked Sendable {
         let copier = SnapcloneCopier(pool: self)
         snapcloneCopier = copier
         copier.start()
+        startExternalCopies()
     }
 
     /// Commits everything and releases the drives and the lock. The pool is unusable after.
