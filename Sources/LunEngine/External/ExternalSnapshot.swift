@@ -72,7 +72,13 @@ final class ExternalSnapshot: @unchecked Sendable {
             let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
             let got = try readSource(start, piece)
             if got < count { UnsafeMutableRawBufferPointer(rebasing: piece[got...]).initializeMemory(as: UInt8.self, repeating: 0) }
-            try data.write(UnsafeRawBufferPointer(piece), at: start)
+            // V's holes stay holes in the file (a hole punched: the range may hold bytes of
+            // a copy that a crash cut before its bit was set).
+            if Pool.isAllZero(UnsafeRawBufferPointer(piece)) {
+                try data.zero(at: start, length: UInt64(count))
+            } else {
+                try data.write(UnsafeRawBufferPointer(piece), at: start)
+            }
             i = j
         }
         try data.sync()
