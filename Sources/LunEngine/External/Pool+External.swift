@@ -203,7 +203,7 @@ extension Pool {
 
     /// Runs `body` with V's family lock shared (V exists while its snapshot is not complete:
     /// deleting V's image is refused until then).
-    private func withSource(of x: ExternalSnapshot, _ body: (Disk) throws(LunError) -> Void) throws(LunError) {
+    func withSource(of x: ExternalSnapshot, _ body: (Disk) throws(LunError) -> Void) throws(LunError) {
         let v = try liveDisk(x.source)
         v.family.lock.lockShared()
         defer { v.family.lock.unlock() }
@@ -301,5 +301,58 @@ extension Pool {
         let copier = ExternalSnapshotCopier(pool: self)
         externals.copier = copier
         copier.start()
+    }
+}
+
+/// Where a snapshot on separate storage keeps its blocks, for a second host that reads and
+/// writes the file directly (the coordinator answers the rest; docs/NBD.md, "A second host").
+public struct ExternalLayout: Sendable, Equatable {
+    public var filePath: String
+    public var blockBytes: Int
+    public var sizeBytes: UInt64
+
+    public init(filePath: String, blockBytes: Int, sizeBytes: UInt64) {
+        self.filePath = filePath
+        self.blockBytes = blockBytes
+        self.sizeBytes = sizeBytes
+    }
+}
+
+extension Pool {
+    /// The file, block size and size of snapshot `id`, nil for other disks.
+    public func externalLayout(of id: DiskID) -> ExternalLayout? {
+        stateLock.withLock {
+            state.externals[id].map { ExternalLayout(filePath: $0.filePath, blockBytes: Int($0.blockBytes), sizeBytes: $0.sizeBytes) }
+        }
+    }
+
+    /// Which of `blocks` hold the snapshot in its file (bit set): those a second host may read
+    /// there directly from now on, since a bit never clears while the snapshot exists.
+    public func externalValidity(_ id: DiskID, blocks: Range<Int>) throws(LunError) -> [Bool] {
+        let x = try externalObject(id)
+        guard blocks.lowerBound >= 0, blocks.upperBound <= x.blockCount else { throw .invalid("blocks \(blocks) outside 0..<\(x.blockCount)") }
+        if x.isComplete { return [Bool](repeating: true, count: blocks.count) }
+        x.copyLock.lockShared()
+        defer { x.copyLock.unlock() }
+        return blocks.map { x.validity.isValid($0) }
+    }
+
+    /// A second host is about to write `blocks` of the file itself: each whose bit is clear gets
+    /// V's bytes copied in first and its bit set durably (as a partial write would), so that
+    /// neither the background copy nor a write to V touches those blocks of the file again.
+    public func claimExternalBlocks(_ id: DiskID, blocks: Range<Int>) throws(LunError) {
+        try checkWritable()
+        let node = try liveDisk(id)
+        node.family.lock.lockShared()
+        defer { node.family.lock.unlock() }
+        guard !node.removed, node.hasImage else { throw .stale("disk \(id) was deleted") }
+        let x = try externalObject(id)
+        guard blocks.lowerBound >= 0, blocks.upperBound <= x.blockCount else { throw .invalid("blocks \(blocks) outside 0..<\(x.blockCount)") }
+        if x.isComplete { return }
+        try withSource(of: x) { (v) throws(LunError) in
+            x.copyLock.lockExclusive()
+            defer { x.copyLock.unlock() }
+            try x.copyIn(Array(blocks)) { (o, b) throws(LunError) -> Int in try readLocked(v, at: o, into: b) }
+        }
     }
 }
