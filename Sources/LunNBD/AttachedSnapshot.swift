@@ -2,8 +2,9 @@
 // bytes come from the snapshot's file where the coordinator's validity map says the file
 // holds them, and from the coordinator (which reads V) elsewhere. Writes claim their blocks
 // first (the coordinator copies V's block in if needed and sets the bit), then go to the file
-// directly. Bits never clear, so a block once seen valid is read and written here without
-// asking again; only blocks not yet known valid cost a question. It is an `ExportablePool`,
+// directly, and the coordinator hears of each (its mounted tree drops cached pages). Bits
+// never clear, so a block once seen valid is read here without asking again; only blocks not
+// yet known valid cost a question before a read or a write. It is an `ExportablePool`,
 // so the ordinary NBD server serves it to this host's clients.
 import Synchronization
 import LunEngine
@@ -101,6 +102,8 @@ public final class AttachedSnapshot: ExportablePool, @unchecked Sendable {
             learn(first...last)
         }
         try file.write(buffer, at: offset)
+        // The coordinator's tree may hold pages of this range in its kernel's cache.
+        try lun { () throws(NBDError) in try coordinator.wrote(at: offset, count: buffer.count) }
     }
 
     public func discard(_ id: DiskID, at offset: UInt64, length: UInt64) throws(LunError) {

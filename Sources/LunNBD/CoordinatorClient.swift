@@ -70,6 +70,11 @@ final class CoordinatorClient: Sendable {
         _ = try ask(.claim, from: UInt64(first), count: UInt32(count))
     }
 
+    /// Tells the coordinator that this host wrote `count` bytes at `offset` of the file.
+    func wrote(at offset: UInt64, count: Int) throws(NBDError) {
+        _ = try ask(.wrote, from: offset, count: UInt32(count))
+    }
+
     private func ask(_ question: CoordinatorWire.Question, from: UInt64, count: UInt32) throws(NBDError) -> [UInt8] {
         try exchange.withLock { (cookie) throws(NBDError) -> [UInt8] in
             cookie += 1

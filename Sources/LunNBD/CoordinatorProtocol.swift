@@ -19,6 +19,7 @@
 // | 2 READ | the snapshot's bytes (V's where the file does not hold them) | byte offset, bytes (at most 32 MiB) | the bytes |
 // | 3 CLAIM | I will write these blocks of the file myself | first block, blocks | nothing: each block is valid (copied in from V if it was not) and stays so |
 // | 4 DONE | end of session | 0, 0 | none; the connection closes |
+// | 5 WROTE | I wrote this range of the file | byte offset, bytes | nothing: the coordinator drops what its tree's page cache holds of the range |
 import LunEngine
 
 /// What the coordinator needs from its pool beyond NBD's calls.
@@ -39,7 +40,7 @@ enum CoordinatorWire {
     static let maximumReadBytes: UInt32 = 32 << 20
 
     enum Question: UInt16 {
-        case validity = 1, read = 2, claim = 3, done = 4
+        case validity = 1, read = 2, claim = 3, done = 4, wrote = 5
     }
 
     static func layout(_ layout: ExternalLayout, readOnly: Bool) -> [UInt8] {

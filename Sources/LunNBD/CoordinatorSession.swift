@@ -8,6 +8,8 @@ struct CoordinatorSession {
     let stream: SocketStream
     let pool: any CoordinatingPool
     let export: Export
+    /// Tells the mounted tree that bytes of the export changed behind it (the second host's writes).
+    let onChange: ChangeObserver?
     let log: @Sendable (String) -> Void
 
     func run() -> String {
@@ -58,6 +60,10 @@ struct CoordinatorSession {
             defer { buffer.deallocate() }
             let got = try engine { () throws(LunError) -> Int in try pool.read(export.disk, at: from, into: buffer) }
             return Array(UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
+        case .wrote:
+            guard !export.isReadOnly else { throw .notPermitted("\(export.name) is read-only") }
+            onChange?(export.disk, from, UInt64(count))
+            return []
         case .done:
             return []
         }

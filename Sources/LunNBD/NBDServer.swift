@@ -160,7 +160,7 @@ public final class NBDServer: Sendable {
         let export = session.export
         if session.coordination, let pool = catalog.pool as? any CoordinatingPool {
             log("nbd: connection \(number): a second host attaches \(export.name) (coordinator)")
-            let reason = CoordinatorSession(stream: stream, pool: pool, export: export, log: log).run()
+            let reason = CoordinatorSession(stream: stream, pool: pool, export: export, onChange: onChange, log: log).run()
             log("nbd: connection \(number): coordinator session ended: \(reason)")
             return
         }

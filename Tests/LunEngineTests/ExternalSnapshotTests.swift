@@ -136,6 +136,35 @@ final class ExternalSnapshotTests: XCTestCase {
         }
     }
 
+    /// A snapshot whose file cannot be opened when V is written is recorded lost before V goes
+    /// on: V is never held up by storage that is gone, and the snapshot answers EIO from then
+    /// on (even once its file is back), never V's new bytes.
+    func testSnapshotWhoseFileIsGoneIsLostNotWrong() throws {
+        let drives = MemoryDrives(count: 5, sizeBytes: 64 << 20)
+        try drives.format(raid: .raid5)
+        let files = SimulatedExternalFiles()
+        var pool = try drives.open()
+        pool.setExternalDeviceOpener(files.opener)
+        let v = try pool.createDisk(named: "vm")
+        var rng = TestRandom(seed: 16)
+        let image = rng.bytes(1 << 20)
+        try pool.write(v, at: 0, image)
+        let vss = try pool.createExternalSnapshot(of: v, named: "s", file: "/ext/s.img")
+        try pool.close()
+        pool = try drives.open()
+        pool.setExternalDeviceOpener { (path: String, _: UInt64?) throws(LunError) -> BlockDevice in throw LunError.io("\(path) is not mounted") }
+        try pool.write(v, at: 4096, rng.bytes(4096))
+        XCTAssertThrowsError(try pool.readBytes(vss, at: 0, count: 4096)) { XCTAssertEqual(($0 as? LunError)?.errno, EIO) }
+        XCTAssertNil(pool.externalCopyProgress(vss))
+        XCTAssertEqual(pool.copyingExternalSnapshots(), [])
+        try pool.close()
+        pool = try drives.open()
+        pool.setExternalDeviceOpener(files.opener)
+        XCTAssertThrowsError(try pool.readBytes(vss, at: 4096, count: 4096)) { XCTAssertEqual(($0 as? LunError)?.errno, EIO) }
+        try pool.removeNode(vss)
+        try pool.close()
+    }
+
     /// One writer log per thread: the shape ThreadedCrashSimulationTests.verdict reads.
     typealias WriterLog = ThreadedCrashSimulationTests.WriterLog
 

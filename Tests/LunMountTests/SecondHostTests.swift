@@ -67,6 +67,9 @@ final class SecondHostTests: XCTestCase {
             done.signal()
         }.start()
 
+        // The first host's tree holds the snapshot open and has its pages cached.
+        let treeFd = try openFile(pool.path("vm/monday/disk.img"), O_RDONLY)
+        XCTAssertTrue(try readBytes(treeFd, count: 16 << 20, at: 0) == Array(snapshot[0..<16 << 20]))
         // The second host writes: whole blocks, parts of blocks, across block edges.
         for (i, (off, len)) in [(1000, 70_000), (65536 * 7, 65536), (size / 2 - 100, 300_000), (size - 5000, 5000), (12 << 20, 3 << 20)].enumerated() {
             let pattern = UInt8(0x11 * (i + 1))
@@ -84,7 +87,8 @@ final class SecondHostTests: XCTestCase {
         close(vfd)
         for (off, bytes) in shared.lock.withLock({ shared.writes }) { vImage.replaceSubrange(off..<off + bytes.count, with: bytes) }
 
-        // The first host's tree shows the same snapshot; V has its own writes.
+        // The first host's tree shows the same snapshot (the pages it had cached too); V has its own writes.
+        XCTAssertTrue(try readBytes(treeFd, count: 16 << 20, at: 0) == Array(snapshot[0..<16 << 20]), "pages the tree had cached")
         XCTAssertTrue(try readWholeFile(pool.path("vm/monday/disk.img")) == snapshot, "the coordinator's tree shows the second host's writes")
         XCTAssertTrue(try readWholeFile(pool.path("vm/disk.img")) == vImage, "V has its writes")
         // Once the copy is done the file alone holds the snapshot, the second host's writes included.
@@ -93,6 +97,7 @@ final class SecondHostTests: XCTestCase {
             guard Date() < copyDeadline else { throw FixtureError("the copy did not finish") }
             usleep(100_000)
         }
+        close(treeFd)
         kill(attachPid, SIGTERM)
         XCTAssertEqual(waitForProgram(attachPid, timeoutSeconds: 10), 0)
         attachPid = 0

@@ -21,13 +21,16 @@ struct ExternalSnapshotRecord: Equatable, Sendable {
     /// A random number also written in the validity map's header, so that a map left by
     /// another snapshot (or another pool) at the same path is never taken for this one's.
     var token: UInt64
+    /// Its file or map could not be opened when V was about to change blocks it still needed:
+    /// V went ahead, so the snapshot can no longer be read (EIO), ever.
+    var lost = false
 
     var blockCount: Int { Int((sizeBytes + UInt64(blockBytes) - 1) / UInt64(blockBytes)) }
 
     func encode(into w: inout ByteWriter) {
         w.varint(UInt64(id)); w.varint(UInt64(source))
         w.string(filePath); w.string(mapPath)
-        w.u32(blockBytes); w.u64(sizeBytes); w.u8(independent ? 1 : 0); w.u64(token)
+        w.u32(blockBytes); w.u64(sizeBytes); w.u8((independent ? 1 : 0) | (lost ? 2 : 0)); w.u64(token)
     }
 
     static func decode(from r: inout ByteReader) throws(LunError) -> ExternalSnapshotRecord {
@@ -35,10 +38,10 @@ struct ExternalSnapshotRecord: Equatable, Sendable {
         let file = try r.string(), map = try r.string()
         let block = try r.u32(), size = try r.u64(), flags = try r.u8(), token = try r.u64()
         guard id <= UInt64(DiskID.max), source <= UInt64(DiskID.max), block >= 4096, block.nonzeroBitCount == 1,
-              flags <= 1, !file.isEmpty, !map.isEmpty else {
+              flags <= 3, !file.isEmpty, !map.isEmpty else {
             throw .corrupt("external snapshot record \(id): block size \(block), flags \(flags)")
         }
         return ExternalSnapshotRecord(id: DiskID(id), source: DiskID(source), filePath: file, mapPath: map,
-                                      blockBytes: block, sizeBytes: size, independent: flags == 1, token: token)
+                                      blockBytes: block, sizeBytes: size, independent: flags & 1 != 0, token: token, lost: flags & 2 != 0)
     }
 }

@@ -33,7 +33,7 @@ extension Pool {
 
     /// Snapshots on separate storage whose copy has not finished (the background copy's list).
     public func copyingExternalSnapshots() -> [DiskID] {
-        stateLock.withLock { state.externals.values.filter { !$0.independent }.map(\.id).sorted() }
+        stateLock.withLock { state.externals.values.filter { !$0.independent && !$0.lost }.map(\.id).sorted() }
     }
 
     /// Blocks copied (bits set) out of all, nil for a disk that is no such snapshot.
@@ -101,6 +101,9 @@ extension Pool {
     func externalObject(_ id: DiskID) throws(LunError) -> ExternalSnapshot {
         if let known = externals.cached(id) { return try known.get() }
         guard let record = stateLock.withLock({ state.externals[id] }) else { throw .stale("disk \(id) is no snapshot on separate storage") }
+        guard !record.lost else {
+            throw .io("snapshot on separate storage \(record.filePath) (disk \(id)) is lost: its file could not be opened when its disk was written")
+        }
         let result: Result<ExternalSnapshot, LunError>
         do throws(LunError) {
             let data = try externals.opener(record.filePath, nil)
@@ -126,9 +129,16 @@ extension Pool {
     /// copied first (seed 004 [0031]). Caller holds `d`'s family lock, shared or exclusive.
     func copyBeforeChange(of d: Disk, from start: UInt64, to end: UInt64) throws(LunError) {
         guard state.activeExternalCount.load(ordering: .acquiring) > 0 else { return }
-        let ids = stateLock.withLock { state.externals.values.filter { $0.source == d.id && !$0.independent }.map(\.id) }
+        let ids = stateLock.withLock { state.externals.values.filter { $0.source == d.id && !$0.independent && !$0.lost }.map(\.id) }
         for id in ids {
-            guard let x = try? externalObject(id), !x.isComplete else { continue }
+            let x: ExternalSnapshot
+            do { x = try externalObject(id) } catch {
+                // V must not wait for storage that is gone, and the snapshot must never show
+                // V's new bytes as its own: it is recorded lost (committed) before V goes on.
+                try markLost(id, because: error)
+                continue
+            }
+            if x.isComplete { continue }
             let blocks = x.blocks(from: start, to: end)
             if blocks.isEmpty { continue }
             x.copyLock.lockShared()
@@ -139,6 +149,20 @@ extension Pool {
             defer { x.copyLock.unlock() }
             try x.copyIn(Array(blocks)) { (offset, buffer) throws(LunError) -> Int in try readLocked(d, at: offset, into: buffer) }
         }
+    }
+
+    /// Records snapshot `id` lost and commits, before its source changes blocks it needed.
+    private func markLost(_ id: DiskID, because error: LunError) throws(LunError) {
+        let marked = stateLock.withLock { () -> Bool in
+            guard var r = state.externals[id], !r.lost, !r.independent else { return false }
+            r.lost = true
+            state.apply(.putExternal(r))
+            return true
+        }
+        if !marked { return }
+        externals.remember(id, .failure(.io("snapshot on separate storage (disk \(id)) is lost")))
+        try commit()
+        log("snapshot on separate storage (disk \(id)) is lost: \(error); its disk was written without copying to it")
     }
 
     /// Reads of a snapshot on separate storage (`read` sends them here).

@@ -80,7 +80,7 @@ final class PoolState: @unchecked Sendable {
     var externals: [DiskID: ExternalSnapshotRecord] = [:] {
         didSet {
             externalCount.store(externals.count, ordering: .releasing)
-            activeExternalCount.store(externals.values.filter { !$0.independent }.count, ordering: .releasing)
+            activeExternalCount.store(externals.values.filter { !$0.independent && !$0.lost }.count, ordering: .releasing)
         }
     }
     let externalCount = Atomic<Int>(0)
