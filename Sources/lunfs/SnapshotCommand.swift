@@ -23,7 +23,7 @@ func runSnapshot(_ args: [String]) -> Int32 {
         guard lunsys_setxattr(dir, "user.lunfs.snapshot_to", value, UInt(value.count), 0) == 0 else {
             let reason = String(cString: strerror(errno))
             printError("lunfs snapshot: \(dir): \(reason)" + (errno == EOPNOTSUPP || errno == ENOTSUP ? " (not a disk directory of a mounted lunfs tree)" : ""))
-            return ExitCode.failure
+            return 1  // refused at run time; 2 is for bad usage
         }
         let path = dir.hasSuffix("/") ? dir + name : dir + "/" + name
         guard parsed.flags.contains("wait") else {
@@ -42,7 +42,7 @@ private func waitForCopy(_ path: String) -> Int32 {
               let progress = attribute(path, "user.lunfs.copy_progress")?.split(separator: "/").compactMap({ Int($0) }),
               progress.count == 2 else {
             printError("lunfs snapshot: \(path) is gone")
-            return ExitCode.failure
+            return 1
         }
         if kind == DiskKind.independent.rawValue {
             print("\(path)  " + progressBar(done: 1, total: 1) + "  independent: its file alone holds it")
