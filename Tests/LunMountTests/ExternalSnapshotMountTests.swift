@@ -87,6 +87,10 @@ final class ExternalSnapshotMountTests: MountTestCase {
         assertSameBytes(try readWholeFile(pool.path("vm/monday/disk.img")), snapshot, "VSS through the tree")
         assertSameBytes(try readWholeFile(pool.path("vm/disk.img")), image, "V through the tree")
         XCTAssertEqual(try getAttribute(pool.path("vm/monday"), "user.lunfs.external_file"), file)
+        // All of its bytes are its own (in its file): st_blocks says so, never "all hole".
+        var st = stat()
+        try check(stat(pool.path("vm/monday/disk.img"), &st))
+        XCTAssertEqual(Int(st.st_blocks) * 512, size)
         // Over NBD, as any snapshot: nbdcopy and qemu-img compare against the expected bytes.
         let expected = pool.root.appendingPathComponent("expected.img").path
         XCTAssertTrue(FileManager.default.createFile(atPath: expected, contents: Data(snapshot)))

@@ -328,6 +328,18 @@ extension Pool {
     }
 }
 
+extension DiskInfo {
+    /// A snapshot on separate storage holds all of its bytes, in its file: it says so in its
+    /// allocation (so st_blocks is not 0, which tar --sparse and the like take for "all hole").
+    func withExternalBytes(_ external: Bool) -> DiskInfo {
+        guard external else { return self }
+        var info = self
+        info.allocatedBytes = sizeBytes
+        info.uniqueBytes = sizeBytes
+        return info
+    }
+}
+
 /// Where a snapshot on separate storage keeps its blocks, for a second host that reads and
 /// writes the file directly (the coordinator answers the rest; docs/NBD.md, "A second host").
 public struct ExternalLayout: Sendable, Equatable {

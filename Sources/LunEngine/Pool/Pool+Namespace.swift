@@ -23,6 +23,7 @@ extension Pool {
                         sharedBytes: UInt64(shared) * seg, predecessor: d.predecessor?.id, successor: d.successor?.id,
                         reservedBytes: UInt64(d.reservedSegments) * seg, reserved: d.reserved,
                         reserveSnapshots: d.reserveSnapshots, hasWritten: d.hasWritten, kind: kind(of: d))
+            .withExternalBytes(state.externals[d.id] != nil)
     }
 
     public func disks() -> [DiskInfo] {
