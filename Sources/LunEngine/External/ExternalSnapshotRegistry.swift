@@ -22,6 +22,13 @@ final class ExternalSnapshotRegistry: @unchecked Sendable {
         set { openerBox.withLock { $0 = newValue } }
     }
 
+    /// Files a creation is making right now: two creations never make the same file.
+    private let creating = Mutex<Set<String>>([])
+
+    func claimPath(_ path: String) -> Bool { creating.withLock { $0.insert(path).inserted } }
+
+    func releasePath(_ path: String) { creating.withLock { _ = $0.remove(path) } }
+
     func cached(_ id: DiskID) -> Result<ExternalSnapshot, LunError>? { objects.withLock { $0[id] } }
 
     func remember(_ id: DiskID, _ result: Result<ExternalSnapshot, LunError>) { objects.withLock { $0[id] = result } }

@@ -66,6 +66,8 @@ extension Pool {
             guard !state.disks.values.contains(where: { $0.parent == id && $0.name == name }) else { throw .exists(name) }
             guard !state.externals.values.contains(where: { $0.filePath == file }) else { throw .exists("\(file) already holds a snapshot of this pool") }
         }
+        guard externals.claimPath(file) else { throw .exists("\(file) is being made into a snapshot right now") }
+        defer { externals.releasePath(file) }
         var record = ExternalSnapshotRecord(id: 0, source: id, filePath: file, mapPath: file + Self.externalMapSuffix,
                                             blockBytes: blockBytes, sizeBytes: v.sizeBytes, independent: false,
                                             token: UInt64.random(in: 1...UInt64.max))
