@@ -17,7 +17,7 @@ let package = Package(
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         .target(name: "LunNBD", dependencies: ["LunEngine"]),
         .target(name: "LunMount", dependencies: ["LunEngine", "LunNBD", "CFuse3"]),
-        .executableTarget(name: "lunfs", dependencies: ["CLunSys", "LunEngine", "LunMount"]),
+        .executableTarget(name: "lunfs", dependencies: ["CLunSys", "LunEngine", "LunMount", "LunNBD"]),
         .executableTarget(name: "lunfs-engine-figures", dependencies: ["LunEngine", "LunEngineTesting"],
                           path: "Benchmarks/EngineFigures"),
         .testTarget(name: "LunEngineTests", dependencies: ["LunEngine", "LunEngineTesting"]),

@@ -33,8 +33,11 @@ enum ExtendedAttribute: String, CaseIterable {
     /// "snapshot" turns a copying snapclone back (the copy stops, unchanged copies are shared
     /// again).
     case kind = "user.lunfs.kind"
-    /// Of a snapclone or independent disk: "copied/total" segments of the background copy.
+    /// Of a snapclone or independent disk: "copied/total" segments of the background copy;
+    /// of a snapshot on separate storage: "copied/total" blocks (64 KiB) of its file.
     case copyProgress = "user.lunfs.copy_progress"
+    /// Of a snapshot on separate storage: the path of the file that holds its blocks.
+    case externalFile = "user.lunfs.external_file"
 
     static let namespacePrefix = "user.lunfs."
     /// On the mount's root: writing `check` or `repair` scrubs the whole pool (every block
@@ -44,6 +47,9 @@ enum ExtendedAttribute: String, CaseIterable {
     /// On a disk's directory, write-only: writing `1` deletes the directory's disk.img even
     /// while it is open (which unlink refuses with EBUSY); the open handles turn stale.
     static let forceDeleteName = "user.lunfs.force_delete"
+    /// On a disk's directory, write-only: `NAME=FILE` (FILE an absolute path outside the
+    /// mount) makes NAME, a snapshot of the disk whose blocks live in FILE (`lunfs snapshot --to`).
+    static let snapshotToName = "user.lunfs.snapshot_to"
 
     var isSettable: Bool {
         switch self {
@@ -79,7 +85,8 @@ extension FileSystem {
         case .predecessor: return info.predecessor.flatMap(pool.treePath(of:))
         case .successor: return info.successor.flatMap(pool.treePath(of:))
         case .kind: return info.kind.rawValue
-        case .copyProgress: return pool.copyProgress(info.id).map { "\($0.copied)/\($0.total)" }
+        case .copyProgress: return (pool.externalCopyProgress(info.id) ?? pool.copyProgress(info.id)).map { "\($0.copied)/\($0.total)" }
+        case .externalFile: return pool.externalFile(of: info.id)
         }
     }
 
@@ -135,6 +142,10 @@ extension FileSystem {
             try deleteImage(of: info, how: "force_delete")
             return
         }
+        if name == ExtendedAttribute.snapshotToName, let info = try attributeDisk(ino) {
+            try snapshotToFile(of: info, String(decoding: value, as: UTF8.self).trimmingEdges(of: " \t\n\r\0"))
+            return
+        }
         guard let info = try attributeDisk(ino), let attribute = ExtendedAttribute(rawValue: name) else {
             // Arbitrary attributes cannot be stored; EOPNOTSUPP lets cp -a carry on quietly.
             throw FuseFailure(EOPNOTSUPP, "no attribute \(name) can be set here")
@@ -163,6 +174,30 @@ extension FileSystem {
             preconditionFailure("\(name) is not settable")
         }
         log.write("setxattr: \(name)=\(text) on \(info.name) (disk \(info.id))")
+    }
+
+    /// `user.lunfs.snapshot_to` = `NAME=FILE`: a snapshot on separate storage. FILE must be
+    /// absolute and outside this mount (the daemon writing its own mount would wait on itself).
+    private func snapshotToFile(of info: DiskInfo, _ text: String) throws(FuseFailure) {
+        let name = ExtendedAttribute.snapshotToName
+        guard let eq = text.firstIndex(of: "="), eq != text.startIndex else {
+            throw FuseFailure(EINVAL, "\(name) takes NAME=FILE, not \"\(text)\"")
+        }
+        let snapshot = String(text[..<eq]), file = String(text[text.index(after: eq)...])
+        guard file.hasPrefix("/") else { throw FuseFailure(EINVAL, "\(name): \(file) is not an absolute path") }
+        let slash = file.lastIndex(of: "/")!
+        let parent = slash == file.startIndex ? "/" : String(file[..<slash])
+        guard let resolved = realpath(parent, nil) else { throw FuseFailure(ENOENT, "\(name): directory \(parent) does not exist") }
+        let directory = String(cString: resolved)
+        free(resolved)
+        if let mountpoint = options.mountpoint, directory == mountpoint || directory.hasPrefix(mountpoint + "/") {
+            throw FuseFailure(EINVAL, "\(name): \(file) is inside this mount")
+        }
+        let id = try engine { () throws(LunError) -> DiskID in
+            try pool.createExternalSnapshot(of: info.id, named: snapshot, file: directory + String(file[slash...]),
+                                            blockBytes: Pool.externalBlockBytes, quiesceTimeoutSeconds: 5)
+        }
+        log.write("setxattr: \(name)=\(text) on \(info.name) (disk \(info.id)): snapshot \(snapshot) is disk \(id)")
     }
 
     private func flag(_ text: String, name: String) throws(FuseFailure) -> Bool {

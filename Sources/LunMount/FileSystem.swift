@@ -15,6 +15,8 @@ struct FileSystemOptions: Sendable {
     /// How long the kernel may trust names and attributes it was given.
     var entryTimeoutSeconds = 1.0
     var attributeTimeoutSeconds = 1.0
+    /// The mount point, resolved: files of snapshots on separate storage may not lie below it.
+    var mountpoint: String? = nil
 }
 
 /// The changes to an image that are refused while something holds it open.

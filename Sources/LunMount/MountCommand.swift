@@ -132,7 +132,8 @@ struct MountCommand {
     }
 
     private func mountAndServe(_ pool: Pool, log: DaemonLog, channel: StartupChannel) -> Int32 {
-        let options = FileSystemOptions(directIO: arguments.directIO)
+        var options = FileSystemOptions(directIO: arguments.directIO)
+        if let resolved = realpath(mountpoint, nil) { options.mountpoint = String(cString: resolved); free(resolved) }
         let fileSystem = FileSystem(pool: pool, log: log, options: options)
         let session: FuseSession
         var nbdServer: NBDServer?

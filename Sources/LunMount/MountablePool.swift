@@ -25,6 +25,9 @@ protocol MountablePool: AnyObject, Sendable {
     func makeSnapclone(_ id: DiskID) throws(LunError)
     func revertSnapclone(_ id: DiskID) throws(LunError)
     func copyProgress(_ id: DiskID) -> CopyProgress?
+    func createExternalSnapshot(of id: DiskID, named name: String, file: String, blockBytes: UInt32, quiesceTimeoutSeconds: Double) throws(LunError) -> DiskID
+    func externalFile(of id: DiskID) -> String?
+    func externalCopyProgress(_ id: DiskID) -> CopyProgress?
 
     func read(_ id: DiskID, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) -> Int
     func write(_ id: DiskID, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError)

@@ -158,6 +158,12 @@ public final class NBDServer: Sendable {
         }
         stream.setReceiveTimeout(seconds: 0)
         let export = session.export
+        if session.coordination, let pool = catalog.pool as? any CoordinatingPool {
+            log("nbd: connection \(number): a second host attaches \(export.name) (coordinator)")
+            let reason = CoordinatorSession(stream: stream, pool: pool, export: export, onChange: onChange, log: log).run()
+            log("nbd: connection \(number): coordinator session ended: \(reason)")
+            return
+        }
         log("nbd: connection \(number): export \(export.name) (\(export.sizeBytes) bytes\(export.isReadOnly ? ", read-only" : ""))")
         let transmission = Transmission(stream: stream, session: session, pool: catalog.pool,
                                         maximumInFlight: options.maximumInFlight, onChange: onChange, log: log)

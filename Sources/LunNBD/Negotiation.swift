@@ -9,6 +9,9 @@ struct NegotiatedSession {
     var structuredReplies: Bool
     /// NBD_OPT_SET_META_CONTEXT selected `base:allocation` for this export.
     var allocationContext: Bool
+    /// The client is a second host of a snapshot on separate storage: the connection carries
+    /// the coordinator's questions (CoordinatorSession), not NBD transmission.
+    var coordination = false
 }
 
 struct Negotiation {
@@ -93,6 +96,8 @@ struct Negotiation {
         case OptionCode.listMetaContext, OptionCode.setMetaContext:
             try answerMetaContext(option, data: data)
             return nil
+        case OptionCode.lunfsCoordinate:
+            return try answerCoordinate(option, data: data)
         case OptionCode.startTLS:
             try reply(option, OptionReply.errorPolicy, "this server does not speak TLS")
             return nil
@@ -145,6 +150,23 @@ struct Negotiation {
         guard option == OptionCode.go else { return nil }
         return NegotiatedSession(export: export, structuredReplies: structuredReplies,
                                  allocationContext: allocationContextExport == name)
+    }
+
+    /// lunfs's coordinate option: the data is an export name, which must be a snapshot on
+    /// separate storage; the ACK carries its layout (CoordinatorProtocol.swift) and the
+    /// connection turns into a coordinator session.
+    private mutating func answerCoordinate(_ option: UInt32, data: [UInt8]) throws(ConnectionEnd) -> NegotiatedSession? {
+        let name = String(decoding: data, as: UTF8.self)
+        guard let export = catalog.export(named: name) else {
+            try reply(option, OptionReply.errorUnknown, "no export named \"\(name)\"")
+            return nil
+        }
+        guard let pool = catalog.pool as? any CoordinatingPool, let layout = pool.externalLayout(of: export.disk) else {
+            try reply(option, OptionReply.errorInvalid, "\(name) is no snapshot on separate storage")
+            return nil
+        }
+        try reply(option, OptionReply.ack, CoordinatorWire.layout(layout, readOnly: export.isReadOnly))
+        return NegotiatedSession(export: export, structuredReplies: false, allocationContext: false, coordination: true)
     }
 
     /// NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT; `base:allocation` is the only

@@ -36,6 +36,9 @@ enum OptionCode {
     static let structuredReply: UInt32 = 8
     static let listMetaContext: UInt32 = 9
     static let setMetaContext: UInt32 = 10
+    /// lunfs's own: the connection leaves NBD and asks the coordinator's questions about a
+    /// snapshot on separate storage (CoordinatorProtocol.swift). Other clients never send it.
+    static let lunfsCoordinate: UInt32 = 0x4C55_4E01
 }
 
 /// Reply types to options; errors have the top bit set.

@@ -26,6 +26,8 @@ struct StatusReport: Codable {
         var copiedSegments: Int?, copyTotalSegments: Int?
         /// Its copy in bytes with rate and time left; its chain's frozen segments and blocking flag.
         var copy: CopyEstimate?, frozen: FrozenState?
+        /// A snapshot on separate storage: its file, and its copy in blocks (live, from its map).
+        var externalFile: String?, copiedBlocks: Int?, copyTotalBlocks: Int?
     }
     var pool: String
     var mounted: Bool
@@ -74,7 +76,9 @@ func buildStatus(_ pool: Pool, mounted: Bool) -> StatusReport {
                   kind: i.kind.rawValue, parent: i.parent.map(path),
                   copiedSegments: i.kind == .snapclone ? pool.copyProgress(i.id)?.copied : nil,
                   copyTotalSegments: i.kind == .snapclone ? pool.copyProgress(i.id)?.total : nil,
-                  copy: snapcloneStatus(pool, i).copy, frozen: snapcloneStatus(pool, i).frozen)
+                  copy: snapcloneStatus(pool, i).copy, frozen: snapcloneStatus(pool, i).frozen,
+                  externalFile: pool.externalFile(of: i.id), copiedBlocks: pool.externalCopyProgress(i.id)?.copied,
+                  copyTotalBlocks: pool.externalCopyProgress(i.id)?.total)
         },
         chains: chains, notes: pool.openNotes)
 }
@@ -144,6 +148,15 @@ private func printStatus(_ r: StatusReport) {
         }
     }
     for d in r.disks { if let f = d.frozen, !f.isQuiet { print("frozen: \(d.path): " + frozenText(f)) } }
+    let externals = r.disks.filter { $0.externalFile != nil }
+    if !externals.isEmpty {
+        print("snapshots on separate storage (copy as of now):")
+        for d in externals {
+            let done = d.copiedBlocks ?? 0, total = max(d.copyTotalBlocks ?? 0, 1)
+            let bar = d.copiedBlocks == nil ? "(file or map unreadable)" : progressBar(done: done, total: total) + "  \(done)/\(total) blocks"
+            print("  " + pad(d.path, width) + "  " + bar + (d.kind == "independent" ? "  independent" : "") + "  " + d.externalFile!)
+        }
+    }
     if !r.chains.isEmpty {
         print("sharing chains (oldest first; reads of a shared segment follow the arrows):")
         for chain in r.chains { print("  " + chain.joined(separator: " -> ")) }

@@ -13,6 +13,8 @@ usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive 
        lunfs status POOL [--json]
        lunfs check POOL [--scrub] [--repair]
        lunfs clone DIR [--wait]
+       lunfs snapshot --to FILE DIR NAME [--wait]
+       lunfs attach COORDINATOR EXPORT --nbd ADDRESS
        lunfs --version
 """
 
@@ -26,6 +28,8 @@ case "unmount", "umount": exit(runUnmountCommand(rest))
 case "status": exit(runStatus(rest))
 case "check": exit(runCheck(rest))
 case "clone": exit(runClone(rest))
+case "snapshot": exit(runSnapshot(rest))
+case "attach": exit(runAttach(rest))
 case "help", "--help", "-h": print(usage); exit(0)
 case "--version", "version": exit(runVersion())
 default:

@@ -22,6 +22,9 @@ final class MetadataOpTests: XCTestCase {
         .unlink(44),
         .intentAdd(store: 65_000),
         .intentClear(store: 0),
+        .putExternal(ExternalSnapshotRecord(id: 301, source: 7, filePath: "/backup/vm-\u{e9}.img", mapPath: "/backup/vm-\u{e9}.img.lunfs-valid",
+                                            blockBytes: 65536, sizeBytes: 5 << 30, independent: true, token: 0x0123_4567_89AB_CDEF, lost: true)),
+        .dropExternal(301),
     ]
 
     func testEveryOpDecodesToWhatWasEncoded() throws {

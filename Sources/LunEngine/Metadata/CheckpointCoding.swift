@@ -27,6 +27,10 @@ extension PoolState {
         let intentStores = intent.sorted()
         w.varint(UInt64(intentStores.count))
         for s in intentStores { w.varint(UInt64(s)) }
+        // Snapshots on separate storage (absent in checkpoints written before they existed:
+        // the zero padding reads as a count of 0).
+        w.varint(UInt64(externals.count))
+        for id in externals.keys.sorted() { externals[id]!.encode(into: &w) }
         return w.bytes
     }
 
@@ -67,6 +71,14 @@ extension PoolState {
         for record in records { try install(record) }
         let intentCount = try r.varint()
         for _ in 0..<intentCount { intent.insert(Int(try r.varint())) }
+        if r.remaining > 0 {
+            let externalCount = try r.varint()
+            for _ in 0..<externalCount {
+                let record = try ExternalSnapshotRecord.decode(from: &r)
+                guard disks[record.id] != nil else { throw .corrupt("checkpoint: external snapshot of missing disk \(record.id)") }
+                externals[record.id] = record
+            }
+        }
         return r.position
     }
 }

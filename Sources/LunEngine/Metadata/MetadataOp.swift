@@ -28,12 +28,17 @@ enum MetadataOp: Equatable {
     case intentAdd(store: Int)
     /// The store leaves the write-intent set (its in-place writes are all synced).
     case intentClear(store: Int)
+    /// A snapshot on separate storage is created, or its record changes (it became independent).
+    case putExternal(ExternalSnapshotRecord)
+    /// The pool forgets a snapshot on separate storage (its node stays, without an image).
+    case dropExternal(DiskID)
 
     /// The op's first byte in a journal record. Codes are part of the on-disk format
     /// (docs/DESIGN.md section 4): never reuse or renumber one.
     enum Code: UInt8, CaseIterable {
         case setEntry = 1, defineStore = 2, freeStore = 3, putDisk = 4, dropDisk = 5
         case split = 6, unlink = 7, intentAdd = 8, intentClear = 9
+        case putExternal = 10, dropExternal = 11
     }
 
     var code: Code {
@@ -47,6 +52,8 @@ enum MetadataOp: Equatable {
         case .unlink: .unlink
         case .intentAdd: .intentAdd
         case .intentClear: .intentClear
+        case .putExternal: .putExternal
+        case .dropExternal: .dropExternal
         }
     }
 
@@ -64,8 +71,10 @@ enum MetadataOp: Equatable {
             w.varint(UInt64(store))
         case .putDisk(let record):
             record.encode(into: &w)
-        case .dropDisk(let disk), .unlink(let disk):
+        case .dropDisk(let disk), .unlink(let disk), .dropExternal(let disk):
             w.varint(UInt64(disk))
+        case .putExternal(let record):
+            record.encode(into: &w)
         case .split(let successor, let predecessor):
             w.varint(UInt64(successor)); w.varint(UInt64(predecessor))
         }
@@ -109,6 +118,8 @@ enum MetadataOp: Equatable {
         case .unlink: return .unlink(try disk())
         case .intentAdd: return .intentAdd(store: try store())
         case .intentClear: return .intentClear(store: try store())
+        case .putExternal: return .putExternal(try ExternalSnapshotRecord.decode(from: &r))
+        case .dropExternal: return .dropExternal(try disk())
         }
     }
 
@@ -144,8 +155,8 @@ enum MetadataOp: Equatable {
             try state.install(record)
         case .dropDisk(let id):
             let d = try disk(id)
-            guard d.map.mappedCount == 0, d.predecessor == nil, d.successor == nil else {
-                throw .corrupt("\(self): disk \(id) still maps segments or sits in a chain")
+            guard d.map.mappedCount == 0, d.predecessor == nil, d.successor == nil, state.externals[id] == nil else {
+                throw .corrupt("\(self): disk \(id) still maps segments, sits in a chain or has an external file")
             }
             state.disks[id] = nil
             d.removed = true
@@ -173,6 +184,16 @@ enum MetadataOp: Equatable {
             if !state.replaying { state.intentJoinsPending.insert(store) }
         case .intentClear(let store):
             state.forgetIntent(store)
+        case .putExternal(let record):
+            let d = try disk(record.id)
+            guard d.map.mappedCount == 0, d.predecessor == nil, d.successor == nil, record.sizeBytes == d.sizeBytes else {
+                throw .corrupt("\(self): disk \(record.id) maps segments, sits in a chain or differs in size")
+            }
+            if state.externals[record.id] == nil { _ = try disk(record.source) }
+            state.externals[record.id] = record
+        case .dropExternal(let id):
+            guard state.externals[id] != nil else { throw .corrupt("\(self): disk \(id) has no external file") }
+            state.externals[id] = nil
         }
         return []
     }

@@ -42,6 +42,16 @@ public struct DiskInfo: Sendable, Equatable {
     public var kind: DiskKind
 }
 
+extension DiskInfo {
+    /// A plain disk of `sizeBytes` with nothing shared or reserved: what a face that serves a
+    /// single image outside any pool (`lunfs attach`) shows of it.
+    public init(id: DiskID, name: String, sizeBytes: UInt64, kind: DiskKind) {
+        self.init(id: id, name: name, parent: nil, sizeBytes: sizeBytes, raid: .raid0, hasImage: true, createdAt: 0,
+                  allocatedBytes: sizeBytes, uniqueBytes: sizeBytes, sharedBytes: 0, predecessor: nil, successor: nil,
+                  reservedBytes: 0, reserved: false, reserveSnapshots: false, hasWritten: true, kind: kind)
+    }
+}
+
 public struct PoolUsage: Sendable, Equatable {
     public var driveCount: Int
     public var missingDrives: Int

@@ -13,9 +13,15 @@ extension Pool {
     /// Reads up to `buffer.count` bytes at `offset`; returns fewer at the end of the disk.
     public func read(_ id: DiskID, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) -> Int {
         let d = try liveDisk(id)
+        if isExternalSnapshot(id) { return try readExternal(d, at: offset, into: buffer) }
         d.family.lock.lockShared()
         defer { d.family.lock.unlock() }
         guard !d.removed, d.hasImage else { throw .stale("disk \(id) was deleted") }
+        return try readLocked(d, at: offset, into: buffer)
+    }
+
+    /// `read` with the family lock already held (shared or exclusive) and the disk checked.
+    func readLocked(_ d: Disk, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) -> Int {
         guard offset < d.sizeBytes, buffer.count > 0 else { return 0 }
         let n = Int(min(UInt64(buffer.count), d.sizeBytes - offset))
         try forEachSegmentPiece(offset: offset, count: n) { k, within, at, len throws(LunError) in
@@ -53,6 +59,7 @@ extension Pool {
             throw .tooLarge("write ending at \(offset) + \(buffer.count) is past the largest disk size")
         }
         let d = try liveDisk(id)
+        if isExternalSnapshot(id) { return try writeExternal(d, at: offset, from: buffer) }
         if try writeWithSharedLock(d, at: offset, from: buffer) { return }
         try writeWithExclusiveLock(d, at: offset, from: buffer)
     }
@@ -125,6 +132,7 @@ extension Pool {
             defer { if locked { d.family.lock.unlock() } }
             guard !d.removed, d.hasImage else { throw .stale("disk \(d.id) was deleted") }
             if end > d.sizeBytes || !d.hasWritten { return false }
+            try copyBeforeChange(of: d, from: offset, to: end)
             let epoch = d.family.changeEpoch
             var (steps, mustCommitFirst) = planSteps(d, at: offset, buffer)
             if mustCommitFirst {
@@ -171,6 +179,7 @@ extension Pool {
             var locked = true
             defer { if locked { d.family.lock.unlock() } }
             guard !d.removed, d.hasImage else { throw .stale("disk \(d.id) was deleted") }
+            try copyBeforeChange(of: d, from: offset, to: offset + UInt64(buffer.count))
             var (steps, mustCommitFirst) = planSteps(d, at: offset, buffer)
             // A write with the lock shared may be between filling its segments and switching
             // the maps: let it finish first.

@@ -23,6 +23,7 @@ extension Pool {
                         sharedBytes: UInt64(shared) * seg, predecessor: d.predecessor?.id, successor: d.successor?.id,
                         reservedBytes: UInt64(d.reservedSegments) * seg, reserved: d.reserved,
                         reserveSnapshots: d.reserveSnapshots, hasWritten: d.hasWritten, kind: kind(of: d))
+            .withExternalBytes(state.externals[d.id] != nil)
     }
 
     public func disks() -> [DiskInfo] {
@@ -39,6 +40,7 @@ extension Pool {
     }
 
     func kind(of d: Disk) -> DiskKind {
+        if let external = state.externals[d.id] { return external.independent ? .independent : .snapshot }
         switch d.clone {
         case .copying: return .snapclone
         case .independent: return .independent
@@ -97,6 +99,7 @@ extension Pool {
         try Self.validate(name: name)
         let x = try liveDisk(id)
         guard x.hasImage else { throw .notPermitted("\(x.name) has no image to snapshot") }
+        guard !isExternalSnapshot(id) else { throw .notPermitted("\(x.name) lives on separate storage; snapshot its file instead") }
         try x.family.blocking.raise(on: x.family, for: "a snapshot of \(x.name)", timeoutSeconds: quiesceTimeoutSeconds)
         defer { x.family.blocking.lower(on: x.family) }
         guard !x.removed, x.hasImage else { throw .stale("disk \(id) was removed") }
@@ -145,8 +148,10 @@ extension Pool {
     /// unlink of disk.img: the disk leaves its chain (its neighbours keep their bytes) and its
     /// segments are freed; the directory stays, hollow, for the snapshots below it.
     public func deleteImage(_ id: DiskID) throws(LunError) {
+        if isExternalSnapshot(id) { return try dropExternalImage(id) }
         try changeCommitted(id) { (x) throws(LunError) in
             guard x.hasImage else { throw .notFound("\(x.name) has no image") }
+            try refuseWhileExternalCopying(x)
             dropImageLocked(x)
             log("deleted image of \(x.name) (id \(id))")
         }
@@ -161,6 +166,7 @@ extension Pool {
 
     /// rmdir: removes a node with no children, and its image. `.notEmpty` if it has children.
     public func removeNode(_ id: DiskID) throws(LunError) {
+        if isExternalSnapshot(id) { try dropExternalImage(id) }
         try changeCommitted(id) { (x) throws(LunError) in
             guard !state.disks.values.contains(where: { $0.parent == id }) else {
                 throw .notEmpty("\(x.name) has snapshots below it")

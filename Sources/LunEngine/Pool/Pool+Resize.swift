@@ -19,6 +19,7 @@ extension Pool {
             throw .tooLarge("\(sizeBytes) bytes is past the largest disk size \(PoolGeometry.maxDiskSizeBytes)")
         }
         let d = try liveDisk(id)
+        if isExternalSnapshot(id) { throw .notPermitted("a snapshot on separate storage keeps its size") }
         let seg = geometry.rsegSizeBytes
         d.family.lockForChange()
         defer { d.family.lock.unlock() }
@@ -27,6 +28,7 @@ extension Pool {
             stateLock.withLock { state.update(d) { $0.sizeBytes = sizeBytes } }
             return
         }
+        try copyBeforeChange(of: d, from: sizeBytes, to: d.sizeBytes)
         var tail: [WriteStep] = []
         let k = Int(sizeBytes / seg), within = Int(sizeBytes % seg)
         if within != 0, d.map.entry(k).isMapped {
@@ -59,6 +61,7 @@ extension Pool {
     public func discard(_ id: DiskID, at offset: UInt64, length: UInt64) throws(LunError) {
         try checkWritable()
         let d = try liveDisk(id)
+        if isExternalSnapshot(id) { return try discardExternal(d, at: offset, length: length) }
         let size = try withShared(d) { () throws(LunError) -> UInt64 in d.sizeBytes }
         let (rawEnd, overflow) = offset.addingReportingOverflow(length)
         let end = min(overflow ? UInt64.max : rawEnd, size)
@@ -74,6 +77,7 @@ extension Pool {
         d.family.lockForChange()
         defer { d.family.lock.unlock() }
         guard !d.removed, d.hasImage else { throw .stale("disk \(id) was deleted") }
+        try copyBeforeChange(of: d, from: firstWhole * seg, to: endWhole * seg)
         try dropSegments(d, d.map.mappedSegments(from: Int(firstWhole)).filter { $0 < Int(endWhole) })
     }
 
@@ -84,6 +88,8 @@ extension Pool {
         return try withShared(d) { () throws(LunError) -> UInt64? in
             guard d.hasImage else { throw .stale("disk \(id) was deleted") }
             guard offset < d.sizeBytes else { return nil }
+            // A snapshot on separate storage has no holes: all of it is data.
+            if isExternalSnapshot(id) { return data ? offset : d.sizeBytes }
             let seg = geometry.rsegSizeBytes
             let limit = Int((d.sizeBytes + seg - 1) / seg)
             let k = Int(offset / seg)

@@ -37,6 +37,8 @@ public final class Pool: @unchecked Sendable {
     public var snapcloneVariant = SnapcloneVariant.secondPass
     /// The background copier of the mounted pool, if started.
     var snapcloneCopier: SnapcloneCopier?
+    /// Snapshots on separate storage: their open files and their background copy (External/).
+    let externals = ExternalSnapshotRegistry()
     /// Added to the write-intent set's clock, so that a test can age the set without waiting.
     let intentClockOffset = Mutex<Double>(0)
     /// What recovery noticed when the pool was opened (damaged copies it worked around).
@@ -374,6 +376,7 @@ public final class Pool: @unchecked Sendable {
     public func commit() throws(LunError) {
         guard !readOnly else { return }
         try commitLock.withLock { () throws(LunError) in try commitLocked() }
+        try syncExternalSnapshots()
     }
 
     func commitLocked() throws(LunError) {
@@ -492,17 +495,20 @@ public final class Pool: @unchecked Sendable {
         let copier = SnapcloneCopier(pool: self)
         snapcloneCopier = copier
         copier.start()
+        startExternalCopies()
     }
 
     /// Commits everything and releases the drives and the lock. The pool is unusable after.
     public func close() throws(LunError) {
         if closed { return }
         snapcloneCopier?.stop()
+        externals.copier?.stop()
         committerStop.lock()
         committerStopping = true
         committerStop.broadcast()
         committerStop.unlock()
         if !readOnly {
+            try syncExternalSnapshots()
             // The last checkpoint says "clean": the next open can skip the resync.
             try commitLock.withLock { () throws(LunError) in
                 try commitLocked()

@@ -75,6 +75,17 @@ final class PoolState: @unchecked Sendable {
         }
     }
 
+    /// Snapshots on separate storage, by their own disk id (External/), and how many there
+    /// are, and how many still copy, readable without the state lock by the I/O paths.
+    var externals: [DiskID: ExternalSnapshotRecord] = [:] {
+        didSet {
+            externalCount.store(externals.count, ordering: .releasing)
+            activeExternalCount.store(externals.values.filter { !$0.independent && !$0.lost }.count, ordering: .releasing)
+        }
+    }
+    let externalCount = Atomic<Int>(0)
+    let activeExternalCount = Atomic<Int>(0)
+
     /// Segments set aside for fully reserved snapshots (sum of their `reservedSegments`).
     var reservedTotal = 0
     /// RSEGs in use or pending free.
