@@ -311,8 +311,9 @@ lunfs_uring_worker *lunfs_uring_worker_new(int fuse_fd, unsigned qid, size_t pay
     worker->area = area;
     worker->header = area;
     worker->payload = worker->area + 2 * page;
-    // The kernel pins these pages while it copies; fault in what every request touches now.
-    memset(worker->area, 0, 2 * page);
+    // The kernel copies requests into these pages from the serving thread; fault them all in
+    // now rather than on the first large WRITE of each entry.
+    memset(worker->area, 0, worker->area_bytes);
     worker->buffers[0] = (struct iovec){ .iov_base = worker->header, .iov_len = sizeof(struct ring_request_header) };
     worker->buffers[1] = (struct iovec){ .iov_base = worker->payload, .iov_len = worker->payload_bytes };
     struct io_uring_params params;

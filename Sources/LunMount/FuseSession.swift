@@ -96,6 +96,7 @@ final class FuseSession {
     func run() -> Int32 {
         precondition(isMounted)
         let log = fileSystem.log
+        if !useRing { log.write("session: requests over /dev/fuse (-o uring=off)") }
         return RequestLoop(session: session, workers: max(1, maximumThreads), transport: transport,
                            log: { log.write($0) }).run()
     }

@@ -45,7 +45,6 @@ final class RequestLoop: @unchecked Sendable {
     }
 
     func run() -> Int32 {
-        if transport == nil { log("session: requests over /dev/fuse (-o uring=off)") }
         state.lock()
         running = workerCount
         state.unlock()
