@@ -12,7 +12,8 @@ import CFuse3
 import CUring
 
 final class UringQueues: @unchecked Sendable {
-    private unowned let loop: RequestLoop
+    /// Strong on purpose: entry threads may wake (at unmount) after the loop's run() returned.
+    private let loop: RequestLoop
     private let session: OpaquePointer
     private let transport: UringTransport
     private let log: (String) -> Void
