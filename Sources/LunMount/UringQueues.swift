@@ -83,8 +83,14 @@ final class UringQueues: @unchecked Sendable {
                 if status == -ENOTCONN { lunfs_uring_worker_free(worker) }
                 return
             }
-            // Past closing the request stays unanswered, as on /dev/fuse: the process exits.
-            guard loop.beginRequest(overRing: true) else { return }
+            guard loop.beginRequest(overRing: true) else {
+                // Closing (the session may be gone): answer without libfuse and keep going. An
+                // unanswered entry would hold its caller forever, and with it the exit of this
+                // process (the daemon stats its own mount): the rings keep /dev/fuse open, so
+                // closing the session's descriptor no longer aborts the connection.
+                lunfs_uring_worker_reply_error(worker, ENOTCONN)
+                continue
+            }
             var buffer = fuse_buf()
             buffer.mem = request
             buffer.size = requestBytes
