@@ -19,12 +19,14 @@ if [ "${1:-}" = stop ]; then
 fi
 
 missing=()
-for p in libfuse3-dev fuse3 e2fsprogs attr util-linux; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+for p in libfuse3-dev liburing-dev fuse3 e2fsprogs attr util-linux; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 command -v swift >/dev/null || export PATH=/opt/swift/usr/bin:$PATH
 modprobe loop 2>/dev/null || true
+# FUSE over io_uring for the mount below, where the kernel has it (docs/MOUNT.md).
+echo 1 > /sys/module/fuse/parameters/enable_uring 2>/dev/null || true
 
 scripts/install
 

@@ -13,12 +13,17 @@ struct SessionOptions {
     var fuseOptions: [String] = []
     /// Worker threads serving requests.
     var maximumThreads = 16
+    /// Move requests to FUSE over io_uring when the kernel offers it (-o uring=off: never).
+    var useRing = true
 }
 
 final class FuseSession {
     private let session: OpaquePointer
     private let fileSystem: FileSystem
     private let maximumThreads: Int
+    private let useRing: Bool
+    /// The custom io for io_uring; released after the session (stored properties outlive deinit's body).
+    private var transport: UringTransport?
     private(set) var isMounted = false
     private var hasSignalHandlers = false
 
@@ -26,6 +31,7 @@ final class FuseSession {
     init(fileSystem: FileSystem, poolDirectory: String, options: SessionOptions) throws(MountFailure) {
         self.fileSystem = fileSystem
         self.maximumThreads = options.maximumThreads
+        self.useRing = options.useRing
         // libfuse copies the table into the session.
         var operations = makeOperationsTable()
         let userdata = Unmanaged.passUnretained(fileSystem).toOpaque()
@@ -76,13 +82,23 @@ final class FuseSession {
             throw MountFailure(1, "cannot mount on \(mountpoint) (is /dev/fuse usable and fusermount3 installed?)")
         }
         isMounted = true
+        if useRing {
+            do {
+                transport = try UringTransport(session: session, threads: max(1, maximumThreads))
+            } catch {
+                fileSystem.log.write("session: requests over /dev/fuse: \(error.message) (\(errnoName(error.errno)))")
+            }
+        }
     }
 
     /// Serves requests until unmounted or signalled; returns 0, or the first error a worker
     /// met reading the device. See RequestLoop for why this is not fuse_session_loop_mt.
     func run() -> Int32 {
         precondition(isMounted)
-        return RequestLoop(session: session, workers: max(1, maximumThreads)).run()
+        let log = fileSystem.log
+        if !useRing { log.write("session: requests over /dev/fuse (-o uring=off)") }
+        return RequestLoop(session: session, workers: max(1, maximumThreads), transport: transport,
+                           log: { log.write($0) }).run()
     }
 
     /// What the NBD server calls after a client changed a disk: the kernel drops its cached

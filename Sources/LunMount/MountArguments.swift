@@ -21,7 +21,9 @@ let mountUsage = """
     read-only unless --nbd-writable.
 
     -o options: direct_io (images bypass the page cache), max_threads=N (threads serving
-    requests, default 16), and any libfuse mount option (allow_other, ro, ...).
+    requests, default 16), uring=off (serve requests through /dev/fuse reads even when the
+    kernel offers FUSE over io_uring; uring=auto, the default, uses it when offered), and any
+    libfuse mount option (allow_other, ro, ...).
 
     unmount refuses while a process or loop device holds a file in the mount (and names
     them); --lazy detaches it anyway.
@@ -35,6 +37,8 @@ struct MountArguments {
     var createPool = false
     var directIO = false
     var maximumThreads = 16
+    /// -o uring=off: never move requests to FUSE over io_uring.
+    var useRing = true
     /// -o options passed through to libfuse.
     var fuseOptions: [String] = []
     /// Used when the pool has to be created; the snapclone variant at every open.
@@ -115,6 +119,12 @@ struct MountArguments {
                     throw .usage("snapclone takes \(SnapcloneVariant.allCases.map(\.rawValue).joined(separator: " or ")), not \(name)")
                 }
                 arguments.poolOptions.snapcloneVariant = variant
+            } else if option.hasPrefix("uring=") {
+                switch option.dropFirst("uring=".count) {
+                case "off": arguments.useRing = false
+                case "auto": arguments.useRing = true
+                default: throw .usage("uring takes off or auto, not \(option.dropFirst("uring=".count))")
+                }
             } else if option.hasPrefix("max_read=") || option.hasPrefix("fsname=") || option.hasPrefix("subtype=") {
                 throw .usage("-o \(option) is set by lunfs itself")
             } else {

@@ -58,7 +58,7 @@ struct MountCommand {
     }
 
     var sessionOptions: SessionOptions {
-        SessionOptions(fuseOptions: arguments.fuseOptions, maximumThreads: arguments.maximumThreads)
+        SessionOptions(fuseOptions: arguments.fuseOptions, maximumThreads: arguments.maximumThreads, useRing: arguments.useRing)
     }
 
     func run() throws(MountFailure) -> Int32 {

@@ -139,6 +139,12 @@ final class MountedPool {
 
     /// `lunfs mount` of this pool; returns once the mount answers.
     func mount(_ extraArguments: [String] = []) throws {
+        var extraArguments = extraArguments
+        // LUNFS_TEST_URING=off: the mount tests run on the /dev/fuse loop even where the
+        // kernel offers io_uring (CI runs a subset both ways), unless a test chose itself.
+        if ProcessInfo.processInfo.environment["LUNFS_TEST_URING"] == "off" && !extraArguments.contains(where: { $0.contains("uring=") }) {
+            extraArguments += ["-o", "uring=off"]
+        }
         let result = try lunfs(["mount", poolPath, mountpoint] + extraArguments)
         guard result.status == 0 else {
             throw FixtureError("lunfs mount failed (\(result.status)): \(result.errorOutput)\(logTail())")
