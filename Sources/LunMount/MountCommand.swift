@@ -159,6 +159,9 @@ struct MountCommand {
             pool.startBackgroundCopies()
         }
         nbdServer?.start()
+        let control = ControlServer(poolDirectory: poolDirectory, verbs: .standard(pool: pool), log: log)
+        control?.start()
+        defer { control?.stop() }
         channel.ready("lunfs: mounted \(poolDirectory) on \(mountpoint)" + (nbdServer.map { ", NBD on \($0.address)" } ?? ""))
         raiseReadahead(of: mountpoint, log: log)
         let status = session.run()

@@ -63,3 +63,43 @@ public struct PoolUsage: Sendable, Equatable {
     /// cost a different share of the drives.
     public var usableBytes: UInt64 { usedBytes + reservedBytes + freeBytes }
 }
+
+/// Whether a drive serves I/O, as `status` shows it.
+public enum DriveState: String, Sendable, Codable {
+    /// Present and in service.
+    case online
+    /// Its file or device could not be opened.
+    case missing
+    /// Present but missed writes (or replaces a drive): out of service until rebuilt.
+    case stale
+    /// Taken out of service during this session after an I/O error.
+    case failed
+}
+
+/// One drive as `status` shows it: its data area, what stores use of it, and its errors.
+public struct DriveStatus: Sendable, Equatable {
+    public var index: Int
+    public var name: String
+    public var state: DriveState
+    /// The drive's PSEGs outside quorum space, in bytes.
+    public var sizeBytes: UInt64
+    /// Bytes of those PSEGs that belong to stores (data, mirror copies and parity).
+    public var usedBytes: UInt64
+    /// Errors since the pool was opened.
+    public var errors: DriveErrors
+}
+
+/// What missing or out-of-service drives put at risk: stores running on fewer members than
+/// their level needs for redundancy, and the disks whose data is in them.
+public struct RedundancyRisk: Sendable, Equatable {
+    /// RAID 1 or RAID 5 stores in use with a member on a drive that is not in service: they
+    /// still read, but one more lost drive loses data.
+    public var degradedStores = 0
+    /// Stores in use that cannot be read whole any more (RAID 0 with a member out, RAID 5 with
+    /// two, a RAID 1 column with both copies out).
+    public var unreadableStores = 0
+    /// Disks (snapshots included) with data in degraded stores, and in unreadable ones.
+    public var disksWithoutRedundancy: [DiskID] = []
+    public var disksWithUnreadableData: [DiskID] = []
+    public var isDegraded: Bool { degradedStores + unreadableStores > 0 }
+}
