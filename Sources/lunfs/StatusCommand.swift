@@ -56,7 +56,8 @@ func statusReport(_ directory: String) throws -> StatusReport {
 
 /// Whether a daemon holds the pool's lock (the pool is mounted).
 func isLocked(_ directory: String) -> Bool {
-    let fd = open(directory + "/lock", O_RDWR | O_CLOEXEC)
+    // Read-only is enough for flock, and lets a user who cannot write the pool ask too.
+    let fd = open(directory + "/lock", O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return false }
     defer { close(fd) }
     if flock(fd, LOCK_EX | LOCK_NB) == 0 { flock(fd, LOCK_UN); return false }

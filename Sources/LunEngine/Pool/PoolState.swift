@@ -187,7 +187,8 @@ final class PoolState: @unchecked Sendable {
                 // Degraded from birth, while the store keeps a full copy on drives in service.
                 let outAlready = level == .raid5 ? chosen.contains { !available($0) } : (partner >= 0 && !available(partner))
                 if !outAlready {
-                    candidates = (0..<free.count).filter { free[$0] > 0 && !available($0) && !chosen.contains($0) && $0 != partner }
+                    let out = (0..<free.count).filter { free[$0] > 0 && !available($0) && $0 != partner }
+                    candidates = level == .raid1 ? out : out.filter { !chosen.contains($0) }
                 }
             }
             guard let best = candidates.max(by: { free[$0] < free[$1] || (free[$0] == free[$1] && $0 > $1) }) else { return nil }
