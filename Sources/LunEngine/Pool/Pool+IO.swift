@@ -53,8 +53,12 @@ extension Pool {
             throw .tooLarge("write ending at \(offset) + \(buffer.count) is past the largest disk size")
         }
         let d = try liveDisk(id)
-        if try writeWithSharedLock(d, at: offset, from: buffer) { return }
-        try writeWithExclusiveLock(d, at: offset, from: buffer)
+        if try !writeWithSharedLock(d, at: offset, from: buffer) {
+            try writeWithExclusiveLock(d, at: offset, from: buffer)
+        }
+        // Zeros are holes: a segment this write left all zeros is freed (Pool+ZeroSegments).
+        let zeroed = zeroedSegmentCandidates(at: offset, buffer)
+        if !zeroed.isEmpty { freeZeroedSegments(d, zeroed) }
     }
 
     /// One segment's piece of a write: segment k, bytes [within, within + len) of it, taken
