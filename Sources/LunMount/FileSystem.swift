@@ -15,6 +15,9 @@ struct FileSystemOptions: Sendable {
     /// How long the kernel may trust names and attributes it was given.
     var entryTimeoutSeconds = 1.0
     var attributeTimeoutSeconds = 1.0
+    /// Under `-o allow_other` other users reach the tree: disks nobody chmod'ed or chown'ed
+    /// show 0700 directories and 0600 images instead of 0755 and 0644.
+    var ownerOnlyByDefault = false
 }
 
 /// The changes to an image that are refused while something holds it open.

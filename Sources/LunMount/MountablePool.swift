@@ -25,6 +25,7 @@ protocol MountablePool: AnyObject, Sendable {
     func makeSnapclone(_ id: DiskID) throws(LunError)
     func revertSnapclone(_ id: DiskID) throws(LunError)
     func copyProgress(_ id: DiskID) -> CopyProgress?
+    func setAccess(_ id: DiskID, of node: DiskNode, _ access: NodeAccess) throws(LunError)
 
     func read(_ id: DiskID, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) -> Int
     func write(_ id: DiskID, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError)

@@ -40,6 +40,9 @@ public struct DiskInfo: Sendable, Equatable {
     public var hasWritten: Bool
     /// Disk, snapshot, snapclone (copying) or independent (a snapclone that left its chain).
     public var kind: DiskKind
+    /// Mode and owner set by chmod/chown on its directory and its image (nil: never set).
+    public var directoryAccess: NodeAccess? = nil
+    public var imageAccess: NodeAccess? = nil
 }
 
 public struct PoolUsage: Sendable, Equatable {
@@ -103,3 +106,20 @@ public struct RedundancyRisk: Sendable, Equatable {
     public var disksWithUnreadableData: [DiskID] = []
     public var isDegraded: Bool { degradedStores + unreadableStores > 0 }
 }
+
+/// The mode and owner a node of the tree shows, set by chmod and chown and kept in the pool
+/// (the disk record, docs/DESIGN.md). Nil on a disk that was never changed: the mount's
+/// defaults apply (docs/MOUNT.md).
+public struct NodeAccess: Sendable, Equatable {
+    /// Permission bits (0o7777 at most).
+    public var mode: UInt16
+    public var uid: UInt32
+    public var gid: UInt32
+    public init(mode: UInt16, uid: UInt32, gid: UInt32) {
+        precondition(mode & ~0o7777 == 0, "permission bits only")
+        self.mode = mode; self.uid = uid; self.gid = gid
+    }
+}
+
+/// Which of a disk's two nodes: its directory or its image.
+public enum DiskNode: Sendable { case directory, image }
