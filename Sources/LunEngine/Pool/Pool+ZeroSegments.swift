@@ -1,14 +1,16 @@
 // Zeros are holes, second half (issue 11 item 5): a write that leaves a mapped segment this
 // disk holds alone all zeros frees that segment, so the disk reads zeros there from a hole.
-// The check costs one scan of the written bytes that end at a segment's end, which stops at
-// the first non-zero word, so ordinary writes pay nearly nothing. A piece of zeros that
-// covers its whole segment frees it without reading anything: the write itself made the
-// segment zeros, and a write that raced it into the same segment overlapped it, so either
-// order is a right outcome. A piece of zeros that only reaches the segment's end leads to one
-// read of the whole segment under the chain's exclusive lock. Zeros written from the end
-// backwards, or in the middle of a segment that is never zeroed up to its end, are not found:
-// that is the price of keeping the read off the path of every other write. A shared segment
-// (a snapshot reads it too) is never freed by this.
+// A piece of zeros that covers a whole segment held alone is not written at all
+// (`Pool.planSteps` leaves it out): the segment is unmapped instead, as a discard would. That
+// is right even when another write raced into the same segment, since the two overlapped
+// and either order is a right outcome; if a snapshot came in between and now shares the
+// segment, the zeros are written after all (copy on write) and that copy is freed. A piece of
+// zeros that only reaches the segment's end leads to one read of the whole segment under the
+// chain's exclusive lock. The scan for zeros runs only on pieces that cover or end a segment
+// and stops at the first non-zero word, so other writes pay nearly nothing. Zeros written
+// from a segment's end backwards, or that never reach its end, leave it mapped: the price of
+// keeping the read off the path of every other write. A segment a snapshot shares is never
+// freed by this: the snapshot keeps its bytes.
 
 extension Pool {
     /// Segments of a write's range that the write may have left all zeros: pieces of zeros
@@ -24,34 +26,52 @@ extension Pool {
         return candidates
     }
 
-    /// Unmaps those of `segments` that `d` holds alone and that read all zeros, freeing their
-    /// RSEGs at the next commit (like a discard). Nothing else in the chain changes.
-    /// The write has succeeded by then: a failure here (the read) only leaves the segment mapped.
-    func freeZeroedSegments(_ d: Disk, _ segments: [(k: Int, whole: Bool)]) {
+    /// Unmaps those of `segments` that `d` holds alone and that read all zeros (`whole`: the
+    /// write's zeros cover them), freeing their RSEGs at the next commit (like a discard).
+    /// A whole one that is shared by now gets its zeros written (`write` again). A failed read
+    /// only leaves a segment mapped: the write has succeeded by then.
+    func freeZeroedSegments(_ d: Disk, _ segments: [(k: Int, whole: Bool)]) throws(LunError) {
         // Zeros into holes (the common case: dd of zeros into a thin image) stop here, with
         // the lock taken shared only.
         d.family.lock.lockShared()
-        let held = segments.filter { d.map.entry($0.k).isExclusive }
+        let held = segments.filter { d.map.entry($0.k).isMapped && ($0.whole || d.map.entry($0.k).isExclusive) }
         d.family.lock.unlock()
         guard !held.isEmpty else { return }
-        do { try freeZeroedSegmentsHeld(d, held) } catch {
-            log("disk \(d.name): segments \(held.map(\.k)) were not checked for zeros: \(error)")
+        let unwritten = freeZeroedSegmentsHeld(d, held)
+        let seg = segmentBytes
+        for k in unwritten {
+            let zeros = scratchBuffer(seg)
+            defer { zeros.deallocate() }
+            zeros.initializeMemory(as: UInt8.self, repeating: 0)
+            try write(d.id, at: UInt64(k) * UInt64(seg), from: UnsafeRawBufferPointer(zeros))
         }
     }
 
-    private func freeZeroedSegmentsHeld(_ d: Disk, _ segments: [(k: Int, whole: Bool)]) throws(LunError) {
+    /// The unmapping, under the chain's exclusive lock; returns the whole segments that are
+    /// shared by now and so still need their zeros written.
+    private func freeZeroedSegmentsHeld(_ d: Disk, _ segments: [(k: Int, whole: Bool)]) -> [Int] {
         d.family.lockForChange()
         defer { d.family.lock.unlock() }
-        guard !d.removed, d.hasImage else { return }
+        guard !d.removed, d.hasImage else { return [] }
         var buffer: UnsafeMutableRawBufferPointer?
         defer { buffer?.deallocate() }
+        var unwritten: [Int] = []
         for (k, whole) in segments {
             let e = d.map.entry(k)
-            guard e.isExclusive, !SharingChain.isShadowed(d, k), !d.family.isClaimed([k]) else { continue }
+            guard e.isMapped else { continue }
+            guard e.isExclusive, !SharingChain.isShadowed(d, k), !d.family.isClaimed([k]) else {
+                if whole { unwritten.append(k) }
+                continue
+            }
             if !whole {
                 if buffer == nil { buffer = scratchBuffer(segmentBytes) }
-                try storeIO.read(store: Int(e.store), rseg: e.rseg, offset: 0, into: buffer!,
-                                 describe: { "disk \(d.name) (id \(d.id)) segment \(k), checked for zeros" })
+                do {
+                    try storeIO.read(store: Int(e.store), rseg: e.rseg, offset: 0, into: buffer!,
+                                     describe: { "disk \(d.name) (id \(d.id)) segment \(k), checked for zeros" })
+                } catch {
+                    log("disk \(d.name) segment \(k) was not checked for zeros: \(error)")
+                    continue
+                }
                 guard Self.isAllZero(UnsafeRawBufferPointer(buffer!)) else { continue }
             }
             stateLock.withLock {
@@ -60,5 +80,6 @@ extension Pool {
                 state.apply(change)
             }
         }
+        return unwritten
     }
 }
