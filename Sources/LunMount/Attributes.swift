@@ -1,5 +1,7 @@
-// How nodes of the tree look to stat(2) and the pool to statfs(2): directories 0755, images
-// 0644 with the disk's size and allocation, everything owned by the user who mounted.
+// How nodes of the tree look to stat(2) and the pool to statfs(2): directories and images
+// with the mode and owner chmod and chown gave them (kept in the pool), else directories
+// 0755 and images 0644 (0700 and 0600 under allow_other) owned by the user who mounted;
+// images with the disk's size and allocation.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -64,13 +66,13 @@ extension FileSystem {
             setTimes(&attributes, mountedAt)
         case .directory(let info):
             attributes.st_ino = UInt(MountedNode.directory(info.id).inodeNumber)
-            attributes.st_mode = S_IFDIR | 0o755
+            applyAccess(&attributes, info.directoryAccess, type: S_IFDIR, defaultMode: options.ownerOnlyByDefault ? 0o700 : 0o755)
             attributes.st_nlink = UInt(2 + pool.children(of: info.id).count)
             attributes.st_size = 4096
             setTimes(&attributes, timespec(tv_sec: Int(truncatingIfNeeded: info.createdAt), tv_nsec: 0))
         case .image(let info):
             attributes.st_ino = UInt(MountedNode.image(info.id).inodeNumber)
-            attributes.st_mode = S_IFREG | 0o644
+            applyAccess(&attributes, info.imageAccess, type: S_IFREG, defaultMode: options.ownerOnlyByDefault ? 0o600 : 0o644)
             attributes.st_nlink = 1
             attributes.st_size = Int(truncatingIfNeeded: info.sizeBytes)
             attributes.st_blocks = Int(truncatingIfNeeded: info.allocatedBytes / statBlockUnitBytes)
@@ -78,6 +80,14 @@ extension FileSystem {
             setTimes(&attributes, modificationTime(of: info))
         }
         return attributes
+    }
+
+    /// Mode and owner: as chmod/chown set them, else the defaults.
+    private func applyAccess(_ attributes: inout stat, _ access: NodeAccess?, type: mode_t, defaultMode: mode_t) {
+        guard let access else { attributes.st_mode = type | defaultMode; return }
+        attributes.st_mode = type | mode_t(access.mode)
+        attributes.st_uid = access.uid
+        attributes.st_gid = access.gid
     }
 
     private func setTimes(_ attributes: inout stat, _ time: timespec) {

@@ -184,19 +184,13 @@ extension FileSystem {
     }
 
     /// setattr: the size of an image is the disk's size (truncate); modification times are kept
-    /// for this mount; mode and owner cannot change, but "changing" them to what they already
-    /// are succeeds (cp -p, install and tar do that).
+    /// for this mount; mode and owner of disk directories and images are kept in the pool
+    /// (the kernel checks who may change them: default_permissions). The root's are fixed, but
+    /// "changing" them to what they already are succeeds (cp -p, install and tar do that).
     /// `handle` is the file handle an ftruncate came through (nil for truncate by path).
     func setAttributes(_ ino: fuse_ino_t, _ wanted: stat, fields: Int32, handle: UInt64? = nil) throws(FuseFailure) -> stat {
         let node = try resolve(ino)
-        let current = attributes(of: node)
-        if fields & FUSE_SET_ATTR_MODE != 0 && wanted.st_mode & 0o7777 != current.st_mode & 0o7777 {
-            throw FuseFailure(EPERM, "modes are fixed (0755 directories, 0644 images)")
-        }
-        if fields & FUSE_SET_ATTR_UID != 0 && wanted.st_uid != current.st_uid
-            || fields & FUSE_SET_ATTR_GID != 0 && wanted.st_gid != current.st_gid {
-            throw FuseFailure(EPERM, "owners are fixed (the mounting user)")
-        }
+        try changeAccess(node, wanted, fields: fields)
         if fields & FUSE_SET_ATTR_SIZE != 0 {
             guard case .image(let info) = node else { throw FuseFailure(EISDIR, "directories have no size") }
             guard wanted.st_size >= 0 else { throw FuseFailure(EINVAL, "negative size") }
@@ -224,5 +218,25 @@ extension FileSystem {
         // Access times are not kept (they read as the modification time); directories keep
         // their creation time. Both kinds of change are accepted and dropped.
         return attributes(of: try resolve(ino))
+    }
+
+    /// chmod and chown: kept in the pool for disk directories and images; the root's mode and
+    /// owner are fixed (EPERM unless unchanged).
+    private func changeAccess(_ node: ResolvedNode, _ wanted: stat, fields: Int32) throws(FuseFailure) {
+        let current = attributes(of: node)
+        var mode = current.st_mode & 0o7777, uid = current.st_uid, gid = current.st_gid
+        if fields & FUSE_SET_ATTR_MODE != 0 { mode = wanted.st_mode & 0o7777 }
+        if fields & FUSE_SET_ATTR_UID != 0 { uid = wanted.st_uid }
+        if fields & FUSE_SET_ATTR_GID != 0 { gid = wanted.st_gid }
+        guard mode != current.st_mode & 0o7777 || uid != current.st_uid || gid != current.st_gid else { return }
+        let access = NodeAccess(mode: UInt16(mode), uid: uid, gid: gid)
+        switch node {
+        case .root:
+            throw FuseFailure(EPERM, "the mount's root keeps mode 0755 and the mounting user")
+        case .directory(let info):
+            try engine { () throws(LunError) in try pool.setAccess(info.id, of: .directory, access) }
+        case .image(let info):
+            try engine { () throws(LunError) in try pool.setAccess(info.id, of: .image, access) }
+        }
     }
 }

@@ -17,6 +17,9 @@ struct FileSystemOptions: Sendable {
     var attributeTimeoutSeconds = 1.0
     /// The mount point, resolved: files of snapshots on separate storage may not lie below it.
     var mountpoint: String? = nil
+    /// Under `-o allow_other` other users reach the tree: disks nobody chmod'ed or chown'ed
+    /// show 0700 directories and 0600 images instead of 0755 and 0644.
+    var ownerOnlyByDefault = false
 }
 
 /// The changes to an image that are refused while something holds it open.

@@ -132,7 +132,7 @@ struct MountCommand {
     }
 
     private func mountAndServe(_ pool: Pool, log: DaemonLog, channel: StartupChannel) -> Int32 {
-        var options = FileSystemOptions(directIO: arguments.directIO)
+        var options = FileSystemOptions(directIO: arguments.directIO, ownerOnlyByDefault: arguments.fuseOptions.contains("allow_other"))
         if let resolved = realpath(mountpoint, nil) { options.mountpoint = String(cString: resolved); free(resolved) }
         let fileSystem = FileSystem(pool: pool, log: log, options: options)
         let session: FuseSession
@@ -160,6 +160,9 @@ struct MountCommand {
             pool.startBackgroundCopies()
         }
         nbdServer?.start()
+        let control = ControlServer(poolDirectory: poolDirectory, verbs: .standard(pool: pool), log: log)
+        control?.start()
+        defer { control?.stop() }
         channel.ready("lunfs: mounted \(poolDirectory) on \(mountpoint)" + (nbdServer.map { ", NBD on \($0.address)" } ?? ""))
         raiseReadahead(of: mountpoint, log: log)
         let status = session.run()

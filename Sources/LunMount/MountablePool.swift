@@ -28,6 +28,7 @@ protocol MountablePool: AnyObject, Sendable {
     func createExternalSnapshot(of id: DiskID, named name: String, file: String, blockBytes: UInt32, quiesceTimeoutSeconds: Double) throws(LunError) -> DiskID
     func externalFile(of id: DiskID) -> String?
     func externalCopyProgress(_ id: DiskID) -> CopyProgress?
+    func setAccess(_ id: DiskID, of node: DiskNode, _ access: NodeAccess) throws(LunError)
 
     func read(_ id: DiskID, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) -> Int
     func write(_ id: DiskID, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError)

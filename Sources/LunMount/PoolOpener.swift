@@ -41,7 +41,7 @@ struct PoolOpener {
             guard let names = directoryNames(poolDirectory) else {
                 throw MountFailure(2, "cannot read \(poolDirectory)")
             }
-            let leftovers = names.filter { $0 != daemonLogName && $0 != daemonPIDName }
+            let leftovers = names.filter { $0 != daemonLogName && $0 != daemonPIDName && $0 != daemonControlName }
             guard leftovers.isEmpty else {
                 throw MountFailure(2, "\(poolDirectory) holds no pool and is not empty; give an empty or missing directory to create one")
             }

@@ -133,12 +133,15 @@ struct ServeCommand {
             pool.startBackgroundCopies()
         }
         server.start()
+        let control = ControlServer(poolDirectory: poolDirectory, verbs: .standard(pool: pool), log: log)
+        control?.start()
         log.write("serve: serving \(poolDirectory) over NBD on \(server.address) (pid \(getpid()))")
         channel.ready("lunfs: serving \(poolDirectory) over NBD on \(server.address)")
 
         var received: Int32 = 0
         while sigwait(&stopSignals, &received) != 0 {}
         log.write("serve: signal \(received); stopping")
+        control?.stop()
         server.stop()
         do {
             try pool.close()

@@ -1,87 +1,14 @@
-// `lunfs status POOL [--json]`: drives, capacity, used and free space, every disk with its
-// size, allocation and RAID level, and each sharing chain drawn oldest to newest. It reads
-// the last committed state, so it works on a mounted pool too.
+// `lunfs status POOL [--json]`: the pool's health (degraded or not, and what is at risk),
+// drives with size, use, errors and state, capacity, used and free space, every disk in
+// file-tree order with its size, allocation, RAID level and place in its sharing chain. On a
+// mounted pool it asks the daemon through the control socket (live figures); otherwise, or
+// when the daemon cannot be asked, it opens the pool read-only (the last committed state).
 #if canImport(Glibc)
 import Glibc
 #endif
 import Foundation
 import LunEngine
 import LunMount
-
-struct StatusReport: Codable {
-    struct Drive: Codable {
-        var index: Int; var name: String; var available: Bool
-        /// Present but stale (it missed writes): not read until a read-write open rebuilds it.
-        var stale: Bool
-    }
-    struct Disk: Codable {
-        var id: UInt32, path: String, sizeBytes: UInt64, allocatedBytes: UInt64, uniqueBytes: UInt64
-        var sharedBytes: UInt64, reservedBytes: UInt64, raid: Int, createdAt: UInt64, hasImage: Bool
-        var predecessor: String?, successor: String?
-        /// disk, snapshot, snapclone or independent (see `user.lunfs.kind`).
-        var kind: String
-        /// The directory it lives in (nil: the pool's root).
-        var parent: String?
-        /// A snapclone's background copy, in segments.
-        var copiedSegments: Int?, copyTotalSegments: Int?
-        /// Its copy in bytes with rate and time left; its chain's frozen segments and blocking flag.
-        var copy: CopyEstimate?, frozen: FrozenState?
-        /// A snapshot on separate storage: its file, and its copy in blocks (live, from its map).
-        var externalFile: String?, copiedBlocks: Int?, copyTotalBlocks: Int?
-    }
-    var pool: String
-    var mounted: Bool
-    var drives: [Drive]
-    var capacityBytes: UInt64, usedBytes: UInt64, freeBytes: UInt64, reservedBytes: UInt64, rawUsedBytes: UInt64
-    /// used + reserved + free: the size df shows for the mount.
-    var usableBytes: UInt64
-    var defaultRAID: Int
-    var segmentSizeBytes: UInt64
-    var mapMemoryBytes: Int
-    var mapBytesPerAllocatedMiB: Double?
-    var disks: [Disk]
-    /// Each chain as paths, oldest snapshot first, the live disk last.
-    var chains: [[String]]
-    var notes: [String]
-}
-
-func buildStatus(_ pool: Pool, mounted: Bool) -> StatusReport {
-    let infos = pool.disks()
-    let byID = Dictionary(uniqueKeysWithValues: infos.map { ($0.id, $0) })
-    func path(_ id: DiskID) -> String { pool.treePath(of: id) ?? "?" }
-    let usage = pool.usage()
-    let memory = pool.mapMemory()
-    var chains: [[String]] = []
-    for start in infos where start.hasImage && start.predecessor == nil && start.successor != nil {
-        var chain: [String] = []
-        var cur: DiskID? = start.id
-        while let c = cur, let i = byID[c] { chain.append(path(c)); cur = i.successor }
-        chains.append(chain)
-    }
-    return StatusReport(
-        pool: pool.directory, mounted: mounted,
-        drives: pool.driveStates().enumerated().map {
-            .init(index: $0.offset, name: $0.element.name, available: $0.element.available,
-                  stale: !$0.element.available && pool.staleDriveIndexes.contains($0.offset))
-        },
-        capacityBytes: usage.capacityBytes, usedBytes: usage.usedBytes, freeBytes: usage.freeBytes,
-        reservedBytes: usage.reservedBytes, rawUsedBytes: usage.rawUsedBytes, usableBytes: usage.usableBytes, defaultRAID: Int(usage.defaultRAID.rawValue),
-        segmentSizeBytes: usage.segmentSizeBytes, mapMemoryBytes: memory.bytes,
-        mapBytesPerAllocatedMiB: memory.allocatedMiB > 0 ? Double(memory.bytes) / Double(memory.allocatedMiB) : nil,
-        disks: infos.map { i in
-            .init(id: i.id, path: path(i.id), sizeBytes: i.sizeBytes, allocatedBytes: i.allocatedBytes,
-                  uniqueBytes: i.uniqueBytes, sharedBytes: i.sharedBytes, reservedBytes: i.reservedBytes,
-                  raid: Int(i.raid.rawValue), createdAt: i.createdAt, hasImage: i.hasImage,
-                  predecessor: i.predecessor.map(path), successor: i.successor.map(path),
-                  kind: i.kind.rawValue, parent: i.parent.map(path),
-                  copiedSegments: i.kind == .snapclone ? pool.copyProgress(i.id)?.copied : nil,
-                  copyTotalSegments: i.kind == .snapclone ? pool.copyProgress(i.id)?.total : nil,
-                  copy: snapcloneStatus(pool, i).copy, frozen: snapcloneStatus(pool, i).frozen,
-                  externalFile: pool.externalFile(of: i.id), copiedBlocks: pool.externalCopyProgress(i.id)?.copied,
-                  copyTotalBlocks: pool.externalCopyProgress(i.id)?.total)
-        },
-        chains: chains, notes: pool.openNotes)
-}
 
 func runStatus(_ args: [String]) -> Int32 {
     runVerb {
@@ -91,9 +18,7 @@ func runStatus(_ args: [String]) -> Int32 {
             return ExitCode.failure
         }
         let directory = parsed.positionals[0]
-        let pool = try Pool.open(directory: directory, readOnly: true)
-        let mounted = isLocked(directory)
-        let report = buildStatus(pool, mounted: mounted)
+        let report = try statusReport(directory)
         if parsed.flags.contains("json") {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
@@ -105,9 +30,34 @@ func runStatus(_ args: [String]) -> Int32 {
     }
 }
 
+/// From the daemon when the pool is mounted and it answers; else from a read-only open.
+func statusReport(_ directory: String) throws -> StatusReport {
+    let mounted = isLocked(directory)
+    var why: String?
+    if mounted {
+        do {
+            let absolute = directory.hasPrefix("/") ? directory : FileManager.default.currentDirectoryPath + "/" + directory
+            return try JSONDecoder().decode(StatusReport.self, from: askDaemon(poolDirectory: absolute, verb: "status"))
+        } catch let failure as ControlFailure {
+            why = failure.message
+        } catch {
+            why = "the daemon's answer does not decode: \(error)"
+        }
+    }
+    let pool: Pool
+    do { pool = try Pool.open(directory: directory, readOnly: true) } catch {
+        guard let why else { throw error }
+        throw LunError.notPermitted("the pool is mounted and its daemon was not asked (\(why)); opening it read-only failed too: \(error)")
+    }
+    var report = buildStatus(pool, mounted: mounted)
+    if let why { report.notes.insert("the daemon was not asked (\(why)); figures are from the last commit", at: 0) }
+    return report
+}
+
 /// Whether a daemon holds the pool's lock (the pool is mounted).
 func isLocked(_ directory: String) -> Bool {
-    let fd = open(directory + "/lock", O_RDWR | O_CLOEXEC)
+    // Read-only is enough for flock, and lets a user who cannot write the pool ask too.
+    let fd = open(directory + "/lock", O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { return false }
     defer { close(fd) }
     if flock(fd, LOCK_EX | LOCK_NB) == 0 { flock(fd, LOCK_UN); return false }
@@ -115,52 +65,113 @@ func isLocked(_ directory: String) -> Bool {
 }
 
 private func printStatus(_ r: StatusReport) {
-    let missing = r.drives.filter { !$0.available }.count
-    print("pool \(r.pool)\(r.mounted ? " (mounted; showing the last committed state)" : "")")
-    let stale = r.drives.filter(\.stale).count
-    print("drives: \(r.drives.count)\(missing == 0 ? ", all present" : (missing > stale ? ", \(missing - stale) MISSING" : "") + (stale > 0 ? ", \(stale) STALE" : ""))")
-    for d in r.drives { print("  \(d.index)  \(d.name)\(d.available ? "" : d.stale ? "  STALE (missed writes or replaces a drive; not read until rebuilt)" : "  MISSING")") }
+    let source = r.live == true ? " (mounted; live figures from the daemon)" : r.mounted ? " (mounted; showing the last committed state)" : ""
+    print("pool \(r.pool)\(source)")
+    printHealth(r)
+    printDrives(r)
     print("usable \(formatSize(r.usableBytes)) at raid\(r.defaultRAID) (df's size): used \(formatSize(r.usedBytes)), reserved \(formatSize(r.reservedBytes)), free \(formatSize(r.freeBytes))")
     print("capacity \(formatSize(r.capacityBytes)) of segments; used \(formatSize(r.usedBytes)) by disks (\(formatSize(r.rawUsedBytes)) raw with redundancy); free \(formatSize(r.freeBytes)) at raid\(r.defaultRAID)\(r.reservedBytes > 0 ? "; reserved \(formatSize(r.reservedBytes))" : "")")
     let perMiB = r.mapBytesPerAllocatedMiB.map { String(format: "%.1f B per allocated MiB", $0) } ?? "nothing allocated"
     print("map memory \(formatSize(UInt64(r.mapMemoryBytes))) (\(perMiB))")
     for n in r.notes { print("note: \(n)") }
+    printDisks(r)
+    printCopies(r)
+    printFrozen(r)
+    printExternals(r)
+    printChains(r)
+}
+
+/// The first thing a degraded pool says: which drives are out and what is at risk.
+private func printHealth(_ r: StatusReport) {
+    guard let h = r.health, h.degraded else { print("health: ok (every drive in service, every store redundant)"); return }
+    let out = r.drives.filter { !$0.available }.map { "\($0.index) \($0.state ?? ($0.stale ? "stale" : "missing"))" }
+    print("health: DEGRADED: drives out of service: \(out.isEmpty ? "none" : out.joined(separator: ", "))")
+    if h.degradedStores > 0 {
+        print("  \(h.degradedStores) stores lost their redundancy (one more lost drive loses data); disks at risk: \(h.disksWithoutRedundancy.isEmpty ? "none" : h.disksWithoutRedundancy.joined(separator: ", "))")
+    }
+    if h.unreadableStores > 0 {
+        print("  \(h.unreadableStores) stores cannot be read whole; disks with unreadable data: \(h.disksWithUnreadableData.isEmpty ? "none" : h.disksWithUnreadableData.joined(separator: ", "))")
+    }
+}
+
+private func printDrives(_ r: StatusReport) {
+    let missing = r.drives.filter { !$0.available }.count
+    let stale = r.drives.filter(\.stale).count
+    print("drives: \(r.drives.count)\(missing == 0 ? ", all present" : (missing > stale ? ", \(missing - stale) MISSING" : "") + (stale > 0 ? ", \(stale) STALE" : ""))")
+    for d in r.drives {
+        let state: String
+        switch d.state ?? (d.available ? "online" : d.stale ? "stale" : "missing") {
+        case "online": state = "online"
+        case "stale": state = "STALE (missed writes or replaces a drive; not read until rebuilt)"
+        case "failed": state = "FAILED (out of service after an I/O error)"
+        default: state = "MISSING"
+        }
+        var line = "  \(d.index)  \(d.name)  \(state)"
+        if let size = d.sizeBytes, let used = d.usedBytes { line += "  size \(formatSize(size)), used \(formatSize(used))" }
+        if let read = d.readErrors, let write = d.writeErrors, let sums = d.checksumErrors, let repairs = d.repairs {
+            line += "  errors: read \(read), write \(write), checksum \(sums); repaired \(repairs)"
+        }
+        print(line)
+    }
+}
+
+private func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
+
+/// The disks as a tree: snapshots indented under the disk they belong to.
+private func printDisks(_ r: StatusReport) {
     guard !r.disks.isEmpty else { print("no disks"); return }
-    let width = max(8, r.disks.map(\.path.count).max()!)
-    func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
-    print(pad("DISK", width) + "  " + pad("SIZE", 10) + "  " + pad("ALLOCATED", 10) + "  " + pad("UNIQUE", 10) + "  " + pad("SHARED", 10) + "  RAID   CREATED")
+    func label(_ d: StatusReport.Disk) -> String {
+        String(repeating: "  ", count: d.depth ?? 0) + (d.path.split(separator: "/").last.map(String.init) ?? d.path)
+    }
+    let width = max(8, r.disks.map { label($0).count }.max()!)
+    print(pad("DISK", width) + "  " + pad("KIND", 11) + "  " + pad("SIZE", 10) + "  " + pad("ALLOCATED", 10) + "  " + pad("UNIQUE", 10) + "  " + pad("SHARED", 10) + "  RAID   CHAIN  CREATED")
     let dateFormat = DateFormatter()
     dateFormat.dateFormat = "yyyy-MM-dd HH:mm:ss"
     for d in r.disks {
         let created = dateFormat.string(from: Date(timeIntervalSince1970: Double(d.createdAt)))
         let size = d.hasImage ? formatSize(d.sizeBytes) : "(no image)"
-        print(pad(d.path, width) + "  " + pad(size, 10) + "  " + pad(formatSize(d.allocatedBytes), 10) + "  "
-              + pad(formatSize(d.uniqueBytes), 10) + "  " + pad(formatSize(d.sharedBytes), 10) + "  raid\(d.raid)  \(created)"
+        let chain = d.chain.map { "\($0 + 1).\((d.chainPosition ?? 0) + 1)" } ?? "-"
+        print(pad(label(d), width) + "  " + pad(d.kind, 11) + "  " + pad(size, 10) + "  " + pad(formatSize(d.allocatedBytes), 10) + "  "
+              + pad(formatSize(d.uniqueBytes), 10) + "  " + pad(formatSize(d.sharedBytes), 10) + "  raid\(d.raid)  " + pad(chain, 5) + "  \(created)"
               + (d.reservedBytes > 0 ? "  reserved \(formatSize(d.reservedBytes))" : ""))
     }
+}
+
+private func printCopies(_ r: StatusReport) {
     let copies = r.disks.filter { $0.copiedSegments != nil }
-    if !copies.isEmpty {
-        print("snapclone copies (as of the last commit):")
-        for d in copies {
-            let done = d.copiedSegments!, total = max(d.copyTotalSegments!, 1)
-            print("  " + pad(d.path, width) + "  " + progressBar(done: done, total: total) + "  \(done)/\(total) segments"
-                  + (d.copy.map(copyEstimateText) ?? ""))
-        }
+    guard !copies.isEmpty else { return }
+    let width = max(8, r.disks.map(\.path.count).max()!)
+    print("snapclone copies\(r.live == true ? "" : " (as of the last commit)"):")
+    for d in copies {
+        let done = d.copiedSegments!, total = max(d.copyTotalSegments!, 1)
+        print("  " + pad(d.path, width) + "  " + progressBar(done: done, total: total) + "  \(done)/\(total) segments"
+              + (d.copy.map(copyEstimateText) ?? ""))
     }
+}
+
+/// Chains with segments frozen (Nw, invalid) or I/O held by the blocking flag.
+private func printFrozen(_ r: StatusReport) {
     for d in r.disks { if let f = d.frozen, !f.isQuiet { print("frozen: \(d.path): " + frozenText(f)) } }
+}
+
+/// Snapshots on separate storage and their background copy.
+private func printExternals(_ r: StatusReport) {
     let externals = r.disks.filter { $0.externalFile != nil }
-    if !externals.isEmpty {
-        print("snapshots on separate storage (copy as of now):")
-        for d in externals {
-            let done = d.copiedBlocks ?? 0, total = max(d.copyTotalBlocks ?? 0, 1)
-            let bar = d.copiedBlocks == nil ? "(file or map unreadable)" : progressBar(done: done, total: total) + "  \(done)/\(total) blocks"
-            print("  " + pad(d.path, width) + "  " + bar + (d.kind == "independent" ? "  independent" : "") + "  " + d.externalFile!)
-        }
+    guard !externals.isEmpty else { return }
+    let width = max(8, r.disks.map(\.path.count).max()!)
+    print("snapshots on separate storage (copy as of now):")
+    for d in externals {
+        let done = d.copiedBlocks ?? 0, total = max(d.copyTotalBlocks ?? 0, 1)
+        let bar = d.copiedBlocks == nil ? "(file or map unreadable)" : progressBar(done: done, total: total) + "  \(done)/\(total) blocks"
+        print("  " + pad(d.path, width) + "  " + bar + (d.kind == "independent" ? "  independent" : "") + "  " + d.externalFile!)
     }
-    if !r.chains.isEmpty {
-        print("sharing chains (oldest first; reads of a shared segment follow the arrows):")
-        for chain in r.chains { print("  " + chain.joined(separator: " -> ")) }
-    }
+}
+
+/// CHAIN n.m in the disk table is chain n, position m (1 = oldest).
+private func printChains(_ r: StatusReport) {
+    guard !r.chains.isEmpty else { return }
+    print("sharing chains (CHAIN n.m above: chain n, m-th oldest; reads of a shared segment follow the arrows):")
+    for (n, chain) in r.chains.enumerated() { print("  \(n + 1): " + chain.joined(separator: " -> ")) }
 }
 
 /// "  1.2 GiB done, 3.0 GiB left, 140 MB/s, 22 s left" (rate and time only when measured).

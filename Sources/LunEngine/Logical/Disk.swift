@@ -30,6 +30,9 @@ final class Disk: @unchecked Sendable {
     var removed = false
     /// Whether the disk is a snapclone on its way out of the chain, or one that left it.
     var clone: CloneState = .none
+    /// Mode and owner of its directory and image, once chmod or chown set them (DiskRecord).
+    var directoryAccess: NodeAccess?
+    var imageAccess: NodeAccess?
 
     init(id: DiskID, name: String, parent: DiskID?, family: SharingFamily, sizeBytes: UInt64, raid: RAIDLevel,
          createdAt: UInt64, entriesPerLMap: Int) {

@@ -17,6 +17,10 @@ struct DiskRecord: Equatable {
     var createdAt: UInt64
     var reservedSegments: Int
     var clone: CloneState = .none
+    /// Set by chmod/chown. Encoded only when one is set (flag 64): records without them read
+    /// as they did in pools written before the field existed, which keep the mount's defaults.
+    var directoryAccess: NodeAccess? = nil
+    var imageAccess: NodeAccess? = nil
 
     /// A missing link or parent in the encoding.
     private static let none: UInt32 = 0xFFFF_FFFF
@@ -30,9 +34,17 @@ struct DiskRecord: Equatable {
         w.u64(sizeBytes)
         w.u8(raid.rawValue)
         w.u8((hasImage ? 1 : 0) | (hasWritten ? 2 : 0) | (reserveSnapshots ? 4 : 0) | (reserved ? 8 : 0)
-             | (clone == .copying ? 16 : 0) | (clone == .independent ? 32 : 0))
+             | (clone == .copying ? 16 : 0) | (clone == .independent ? 32 : 0)
+             | (directoryAccess != nil || imageAccess != nil ? 64 : 0))
         w.u64(createdAt)
         w.varint(UInt64(reservedSegments))
+        if directoryAccess != nil || imageAccess != nil {
+            // Which follow (1: directory, 2: image), then mode, uid, gid of each.
+            w.u8((directoryAccess != nil ? 1 : 0) | (imageAccess != nil ? 2 : 0))
+            for access in [directoryAccess, imageAccess].compactMap({ $0 }) {
+                w.varint(UInt64(access.mode)); w.u32(access.uid); w.u32(access.gid)
+            }
+        }
     }
 
     static func decode(from r: inout ByteReader) throws(LunError) -> DiskRecord {
@@ -45,15 +57,26 @@ struct DiskRecord: Equatable {
             throw .corrupt("disk record \(id): bad id, size or RAID level")
         }
         let flags = try r.u8()
-        guard flags & 0xC0 == 0, flags & 48 != 48 else { throw .corrupt("disk record \(id): flags \(flags)") }
+        guard flags & 0x80 == 0, flags & 48 != 48 else { throw .corrupt("disk record \(id): flags \(flags)") }
         let createdAt = try r.u64()
         let reservedSegments = try r.varint()
         guard reservedSegments <= UInt64(Int32.max) else { throw .corrupt("disk record \(id): \(reservedSegments) reserved segments") }
+        var access: [NodeAccess?] = [nil, nil]
+        if flags & 64 != 0 {
+            let present = try r.u8()
+            guard present != 0, present & ~3 == 0 else { throw .corrupt("disk record \(id): access mask \(present)") }
+            for i in 0..<2 where present & (1 << i) != 0 {
+                let mode = try r.varint()
+                guard mode & ~0o7777 == 0 else { throw .corrupt("disk record \(id): mode \(mode)") }
+                access[i] = NodeAccess(mode: UInt16(mode), uid: try r.u32(), gid: try r.u32())
+            }
+        }
         return DiskRecord(id: id, name: name, parent: parent, predecessor: predecessor, successor: successor,
                           sizeBytes: size, raid: raid, hasImage: flags & 1 != 0, hasWritten: flags & 2 != 0,
                           reserveSnapshots: flags & 4 != 0, reserved: flags & 8 != 0, createdAt: createdAt,
                           reservedSegments: Int(reservedSegments),
-                          clone: flags & 16 != 0 ? .copying : flags & 32 != 0 ? .independent : .none)
+                          clone: flags & 16 != 0 ? .copying : flags & 32 != 0 ? .independent : .none,
+                          directoryAccess: access[0], imageAccess: access[1])
     }
 }
 
@@ -63,7 +86,8 @@ extension Disk {
         DiskRecord(id: id, name: name, parent: parent, predecessor: predecessor?.id, successor: successor?.id,
                    sizeBytes: sizeBytes, raid: raid, hasImage: hasImage, hasWritten: hasWritten,
                    reserveSnapshots: reserveSnapshots, reserved: reserved, createdAt: createdAt,
-                   reservedSegments: reservedSegments, clone: clone)
+                   reservedSegments: reservedSegments, clone: clone,
+                   directoryAccess: directoryAccess, imageAccess: imageAccess)
     }
 }
 
@@ -92,6 +116,8 @@ extension PoolState {
             d.reserved = record.reserved
             d.reservedSegments = record.reservedSegments
             d.clone = record.clone
+            d.directoryAccess = record.directoryAccess
+            d.imageAccess = record.imageAccess
             disks[record.id] = d
             nextDiskID = max(nextDiskID, record.id + 1)
             return d
@@ -110,6 +136,8 @@ extension PoolState {
         set(\.createdAt, record.createdAt)
         set(\.reservedSegments, record.reservedSegments)
         set(\.clone, record.clone)
+        set(\.directoryAccess, record.directoryAccess)
+        set(\.imageAccess, record.imageAccess)
         return d
     }
 

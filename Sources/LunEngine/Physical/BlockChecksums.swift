@@ -93,7 +93,9 @@ final class BlockChecksums: @unchecked Sendable {
     func read(_ drive: Int, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(LunError) -> [Int] {
         Self.assertBlocks(offset, buffer.count)
         try drives.read(drive, into: buffer, at: offset)
-        return try verify(drive, UnsafeRawBufferPointer(buffer), at: offset)
+        let bad = try verify(drive, UnsafeRawBufferPointer(buffer), at: offset)
+        if !bad.isEmpty { drives.errorCounts[drive].checksumErrors.add(bad.count, ordering: .relaxed) }
+        return bad
     }
 
     /// The blocks of `data` (read from `offset` of `drive`) whose stored checksum differs.

@@ -28,6 +28,8 @@ final class DriveSet: @unchecked Sendable {
     private let counts: [SyncCounts]
     /// Errors hidden by redundancy or reported to callers, for `status` and `check`.
     let errorCount = Atomic<Int>(0)
+    /// The same errors per drive and by kind (DriveErrorCounters.swift).
+    let errorCounts: [DriveErrorCounts]
     let log: @Sendable (String) -> Void
     /// Runs the pieces of one large transfer side by side, when every drive allows it.
     let transfers: TransferPool?
@@ -36,6 +38,7 @@ final class DriveSet: @unchecked Sendable {
         self.devices = devices
         self.failed = devices.map { AtomicFlag($0 == nil) }
         self.counts = devices.map { _ in SyncCounts() }
+        self.errorCounts = devices.map { _ in DriveErrorCounts() }
         self.log = log
         let parallel = devices.allSatisfy { $0?.takesParallelTransfers ?? true } && devices.contains { $0 != nil }
         self.transfers = parallel ? TransferPool.shared : nil
@@ -76,15 +79,20 @@ final class DriveSet: @unchecked Sendable {
 
     func noteError() { errorCount.add(1, ordering: .relaxed) }
 
+    private func noteWriteError(_ i: Int) { errorCounts[i].writeErrors.add(1, ordering: .relaxed) }
+
     func read(_ i: Int, into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(LunError) {
         guard let d = device(i) else { throw .io("drive \(i) is not available") }
-        try d.read(into: buffer, at: offset)
+        do { try d.read(into: buffer, at: offset) } catch {
+            errorCounts[i].readErrors.add(1, ordering: .relaxed)
+            throw error
+        }
     }
 
     /// Writes to a drive; a failing drive is taken out of service and the error rethrown.
     func write(_ i: Int, _ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
         guard let d = device(i) else { throw .io("drive \(i) is not available") }
-        do { try d.write(buffer, at: offset) } catch { markFailed(i, error); throw error }
+        do { try d.write(buffer, at: offset) } catch { noteWriteError(i); markFailed(i, error); throw error }
         counts[i].completed.add(1, ordering: .releasing)
     }
 
@@ -105,7 +113,7 @@ final class DriveSet: @unchecked Sendable {
 
     func zero(_ i: Int, at offset: UInt64, length: UInt64) throws(LunError) {
         guard let d = device(i) else { throw .io("drive \(i) is not available") }
-        do { try d.zero(at: offset, length: length) } catch { markFailed(i, error); throw error }
+        do { try d.zero(at: offset, length: length) } catch { noteWriteError(i); markFailed(i, error); throw error }
         counts[i].completed.add(1, ordering: .releasing)
     }
 
@@ -118,7 +126,7 @@ final class DriveSet: @unchecked Sendable {
         for i in 0..<count {
             let upTo = counts[i].completed.load(ordering: .acquiring)
             guard upTo != counts[i].synced.load(ordering: .acquiring), let d = device(i) else { continue }
-            do { try d.sync(); noteSynced(i, upTo) } catch { markFailed(i, error); failure = error }
+            do { try d.sync(); noteSynced(i, upTo) } catch { noteWriteError(i); markFailed(i, error); failure = error }
         }
         if let failure { throw failure }
     }
@@ -127,7 +135,7 @@ final class DriveSet: @unchecked Sendable {
     func sync(_ i: Int) throws(LunError) {
         guard let d = device(i) else { throw .io("drive \(i) is not available") }
         let upTo = counts[i].completed.load(ordering: .acquiring)
-        do { try d.sync() } catch { markFailed(i, error); throw error }
+        do { try d.sync() } catch { noteWriteError(i); markFailed(i, error); throw error }
         noteSynced(i, upTo)
     }
 

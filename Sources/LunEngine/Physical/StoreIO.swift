@@ -208,6 +208,7 @@ struct StoreIO: @unchecked Sendable {
             do {
                 try checksums.write(primary.drive, UnsafeRawBufferPointer(runPiece), at: runAt)
                 checksums.repairs.add(run.count, ordering: .relaxed)
+                drives.errorCounts[primary.drive].repairs.add(run.count, ordering: .relaxed)
                 drives.log("repaired \(describe()): \(place) failed its checksum; rewritten from "
                            + (level == .raid1 ? "the mirror copy" : "the other RAID 5 members"))
             } catch {

@@ -40,6 +40,9 @@ public struct DiskInfo: Sendable, Equatable {
     public var hasWritten: Bool
     /// Disk, snapshot, snapclone (copying) or independent (a snapclone that left its chain).
     public var kind: DiskKind
+    /// Mode and owner set by chmod/chown on its directory and its image (nil: never set).
+    public var directoryAccess: NodeAccess? = nil
+    public var imageAccess: NodeAccess? = nil
 }
 
 extension DiskInfo {
@@ -73,3 +76,60 @@ public struct PoolUsage: Sendable, Equatable {
     /// cost a different share of the drives.
     public var usableBytes: UInt64 { usedBytes + reservedBytes + freeBytes }
 }
+
+/// Whether a drive serves I/O, as `status` shows it.
+public enum DriveState: String, Sendable, Codable {
+    /// Present and in service.
+    case online
+    /// Its file or device could not be opened.
+    case missing
+    /// Present but missed writes (or replaces a drive): out of service until rebuilt.
+    case stale
+    /// Taken out of service during this session after an I/O error.
+    case failed
+}
+
+/// One drive as `status` shows it: its data area, what stores use of it, and its errors.
+public struct DriveStatus: Sendable, Equatable {
+    public var index: Int
+    public var name: String
+    public var state: DriveState
+    /// The drive's PSEGs outside quorum space, in bytes.
+    public var sizeBytes: UInt64
+    /// Bytes of those PSEGs that belong to stores (data, mirror copies and parity).
+    public var usedBytes: UInt64
+    /// Errors since the pool was opened.
+    public var errors: DriveErrors
+}
+
+/// What missing or out-of-service drives put at risk: stores running on fewer members than
+/// their level needs for redundancy, and the disks whose data is in them.
+public struct RedundancyRisk: Sendable, Equatable {
+    /// RAID 1 or RAID 5 stores in use with a member on a drive that is not in service: they
+    /// still read, but one more lost drive loses data.
+    public var degradedStores = 0
+    /// Stores in use that cannot be read whole any more (RAID 0 with a member out, RAID 5 with
+    /// two, a RAID 1 column with both copies out).
+    public var unreadableStores = 0
+    /// Disks (snapshots included) with data in degraded stores, and in unreadable ones.
+    public var disksWithoutRedundancy: [DiskID] = []
+    public var disksWithUnreadableData: [DiskID] = []
+    public var isDegraded: Bool { degradedStores + unreadableStores > 0 }
+}
+
+/// The mode and owner a node of the tree shows, set by chmod and chown and kept in the pool
+/// (the disk record, docs/DESIGN.md). Nil on a disk that was never changed: the mount's
+/// defaults apply (docs/MOUNT.md).
+public struct NodeAccess: Sendable, Equatable {
+    /// Permission bits (0o7777 at most).
+    public var mode: UInt16
+    public var uid: UInt32
+    public var gid: UInt32
+    public init(mode: UInt16, uid: UInt32, gid: UInt32) {
+        precondition(mode & ~0o7777 == 0, "permission bits only")
+        self.mode = mode; self.uid = uid; self.gid = gid
+    }
+}
+
+/// Which of a disk's two nodes: its directory or its image.
+public enum DiskNode: Sendable { case directory, image }

@@ -60,8 +60,12 @@ extension Pool {
         }
         let d = try liveDisk(id)
         if isExternalSnapshot(id) { return try writeExternal(d, at: offset, from: buffer) }
-        if try writeWithSharedLock(d, at: offset, from: buffer) { return }
-        try writeWithExclusiveLock(d, at: offset, from: buffer)
+        if try !writeWithSharedLock(d, at: offset, from: buffer) {
+            try writeWithExclusiveLock(d, at: offset, from: buffer)
+        }
+        // Zeros are holes: a segment this write left all zeros is freed (Pool+ZeroSegments).
+        let zeroed = zeroedSegmentCandidates(at: offset, buffer)
+        if !zeroed.isEmpty { try freeZeroedSegments(d, zeroed) }
     }
 
     /// One segment's piece of a write: segment k, bytes [within, within + len) of it, taken
@@ -96,6 +100,10 @@ extension Pool {
             let e = d.map.entry(k)
             let p = SharingChain.plan(d, k)
             if case .fresh = p, Self.isAllZero(UnsafeRawBufferPointer(rebasing: buffer[at..<at + len])) { return }
+            // Zeros over a whole segment held alone are not written: `write` frees the segment
+            // after (Pool+ZeroSegments.swift).
+            if case .inPlace = p, len == segmentBytes, e.isExclusive, !SharingChain.isShadowed(d, k),
+               Self.isAllZero(UnsafeRawBufferPointer(rebasing: buffer[at..<at + len])) { return }
             if case .inPlace = p, !mustCommitFirst, state.unsharedCount.load(ordering: .acquiring) > 0 {
                 mustCommitFirst = stateLock.withLock { state.isUnsharedUncommitted(SharingChain.location(e)) }
             }

@@ -22,7 +22,8 @@ extension Pool {
                         allocatedBytes: UInt64(d.map.mappedCount) * seg, uniqueBytes: UInt64(unique) * seg,
                         sharedBytes: UInt64(shared) * seg, predecessor: d.predecessor?.id, successor: d.successor?.id,
                         reservedBytes: UInt64(d.reservedSegments) * seg, reserved: d.reserved,
-                        reserveSnapshots: d.reserveSnapshots, hasWritten: d.hasWritten, kind: kind(of: d))
+                        reserveSnapshots: d.reserveSnapshots, hasWritten: d.hasWritten, kind: kind(of: d),
+                        directoryAccess: d.directoryAccess, imageAccess: d.imageAccess)
             .withExternalBytes(state.externals[d.id] != nil)
     }
 

@@ -174,18 +174,32 @@ final class PoolState: @unchecked Sendable {
 
     /// Picks drives for a new store's members: the drives with the most free PSEGs, all distinct
     /// when there are enough drives; RAID 1 partners and all RAID 5 members are always distinct.
+    /// Only drives in service (`available`) are chosen, except that a RAID 1 or RAID 5 store
+    /// that cannot be placed on them alone is built degraded from birth: the one member per
+    /// RAID 5 store (per RAID 1 pair) that finds no drive in service of its own goes on a
+    /// drive out of service (missing, stale or failed) with a free PSEG. Nothing is written
+    /// there; the store reads and writes as any degraded store does, and when the drive comes
+    /// back as stale, its rebuild (RedundancyResync) fills that member like every other. So
+    /// a pool with a drive missing still accepts writes until space is really gone.
     private func chooseMembers(level: RAIDLevel, freeCount free: inout [Int], available: (Int) -> Bool = { _ in true }) -> [Int]? {
         var chosen: [Int] = []
         for member in 0..<level.memberCount {
             let usable = (0..<free.count).filter { free[$0] > 0 && available($0) }
             var candidates = usable.filter { !chosen.contains($0) }
+            let partner = level == .raid1 && member >= 4 ? chosen[member - 4] : -1
             if candidates.isEmpty {
                 switch level {
-                case .raid5: return nil
+                case .raid5: break
                 case .raid0: candidates = usable
-                case .raid1:
-                    let partner = member >= 4 ? chosen[member - 4] : -1
-                    candidates = usable.filter { $0 != partner }
+                case .raid1: candidates = usable.filter { $0 != partner }
+                }
+            }
+            if candidates.isEmpty && level != .raid0 {
+                // Degraded from birth, while the store keeps a full copy on drives in service.
+                let outAlready = level == .raid5 ? chosen.contains { !available($0) } : (partner >= 0 && !available(partner))
+                if !outAlready {
+                    let out = (0..<free.count).filter { free[$0] > 0 && !available($0) && $0 != partner }
+                    candidates = level == .raid1 ? out : out.filter { !chosen.contains($0) }
                 }
             }
             guard let best = candidates.max(by: { free[$0] < free[$1] || (free[$0] == free[$1] && $0 > $1) }) else { return nil }

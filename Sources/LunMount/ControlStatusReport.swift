@@ -1,0 +1,143 @@
+// What `lunfs status` shows, as one Codable value: built from the pool by the daemon (the
+// control socket's `status` verb, live figures) or by the CLI from a read-only open (the
+// last commit). Each part comes from a small function, so that new fields (drive verbs,
+// snapclone figures) go in without touching the others.
+import Foundation
+import LunEngine
+
+public struct StatusReport: Codable {
+    public struct Drive: Codable {
+        public var index: Int; public var name: String; public var available: Bool
+        /// Present but stale (it missed writes): not read until a read-write open rebuilds it.
+        public var stale: Bool
+        /// online, missing, stale or failed (DriveState).
+        public var state: String?
+        /// Data area (outside quorum space) and what stores use of it, with mirror copies and parity.
+        public var sizeBytes: UInt64?, usedBytes: UInt64?
+        /// Since the pool was opened (live figures only; a read-only open has seen none).
+        public var readErrors: Int?, writeErrors: Int?, checksumErrors: Int?, repairs: Int?
+    }
+    public struct Disk: Codable {
+        public var id: UInt32, path: String, sizeBytes: UInt64, allocatedBytes: UInt64, uniqueBytes: UInt64
+        public var sharedBytes: UInt64, reservedBytes: UInt64, raid: Int, createdAt: UInt64, hasImage: Bool
+        public var predecessor: String?, successor: String?
+        /// disk, snapshot, snapclone or independent (see `user.lunfs.kind`).
+        public var kind: String
+        /// The directory it lives in (nil: the pool's root).
+        public var parent: String?
+        /// A snapclone's background copy, in segments.
+        public var copiedSegments: Int?, copyTotalSegments: Int?
+        /// Its copy in bytes with rate and time left; its chain's frozen segments and blocking flag.
+        public var copy: CopyEstimate?, frozen: FrozenState?
+        /// A snapshot on separate storage: its file, and its copy in blocks (live, from its map).
+        public var externalFile: String?, copiedBlocks: Int?, copyTotalBlocks: Int?
+        /// Depth in the file tree (0 at the root); entries come in tree order.
+        public var depth: Int?
+        /// Which sharing chain (index into `chains`) and where in it (0 = oldest).
+        public var chain: Int?, chainPosition: Int?
+    }
+    /// What drives out of service put at risk (Pool.redundancyRisk).
+    public struct Health: Codable {
+        public var degraded: Bool
+        public var degradedStores: Int, unreadableStores: Int
+        /// Disks (tree paths) whose data lost its redundancy, and with data no longer readable.
+        public var disksWithoutRedundancy: [String], disksWithUnreadableData: [String]
+    }
+    public var pool: String
+    public var mounted: Bool
+    /// True when the daemon answered (figures as they are now), false for the last commit.
+    public var live: Bool?
+    public var drives: [Drive]
+    public var health: Health?
+    public var capacityBytes: UInt64, usedBytes: UInt64, freeBytes: UInt64, reservedBytes: UInt64, rawUsedBytes: UInt64
+    /// used + reserved + free: the size df shows for the mount.
+    public var usableBytes: UInt64
+    public var defaultRAID: Int
+    public var segmentSizeBytes: UInt64
+    public var mapMemoryBytes: Int
+    public var mapBytesPerAllocatedMiB: Double?
+    public var disks: [Disk]
+    /// Each chain as paths, oldest snapshot first, the live disk last.
+    public var chains: [[String]]
+    public var notes: [String]
+}
+
+/// The whole report; `live` says whether the pool is the daemon's own (live figures).
+public func buildStatus(_ pool: Pool, mounted: Bool, live: Bool = false) -> StatusReport {
+    let usage = pool.usage()
+    let memory = pool.mapMemory()
+    let infos = pool.disks()
+    let chains = statusChains(pool, infos)
+    return StatusReport(
+        pool: pool.directory, mounted: mounted, live: live,
+        drives: statusDrives(pool, live: live), health: statusHealth(pool),
+        capacityBytes: usage.capacityBytes, usedBytes: usage.usedBytes, freeBytes: usage.freeBytes,
+        reservedBytes: usage.reservedBytes, rawUsedBytes: usage.rawUsedBytes, usableBytes: usage.usableBytes, defaultRAID: Int(usage.defaultRAID.rawValue),
+        segmentSizeBytes: usage.segmentSizeBytes, mapMemoryBytes: memory.bytes,
+        mapBytesPerAllocatedMiB: memory.allocatedMiB > 0 ? Double(memory.bytes) / Double(memory.allocatedMiB) : nil,
+        disks: statusDisks(pool, infos, chains: chains), chains: chains.map { $0.map { pool.treePath(of: $0) ?? "?" } },
+        notes: pool.openNotes)
+}
+
+/// Drives with state, size, use and (live) error counts.
+func statusDrives(_ pool: Pool, live: Bool) -> [StatusReport.Drive] {
+    pool.driveStatuses().map { d in
+        StatusReport.Drive(index: d.index, name: d.name, available: d.state == .online, stale: d.state == .stale,
+                           state: d.state.rawValue, sizeBytes: d.sizeBytes, usedBytes: d.usedBytes,
+                           readErrors: live ? d.errors.readErrors : nil, writeErrors: live ? d.errors.writeErrors : nil,
+                           checksumErrors: live ? d.errors.checksumErrors : nil, repairs: live ? d.errors.repairs : nil)
+    }
+}
+
+/// Degraded or not, and which disks that touches.
+func statusHealth(_ pool: Pool) -> StatusReport.Health {
+    let risk = pool.redundancyRisk()
+    func paths(_ ids: [DiskID]) -> [String] { ids.map { pool.treePath(of: $0) ?? "?" }.sorted() }
+    return StatusReport.Health(degraded: risk.isDegraded || pool.driveStatuses().contains { $0.state != .online },
+                               degradedStores: risk.degradedStores, unreadableStores: risk.unreadableStores,
+                               disksWithoutRedundancy: paths(risk.disksWithoutRedundancy),
+                               disksWithUnreadableData: paths(risk.disksWithUnreadableData))
+}
+
+/// Each sharing chain as disk ids, oldest first.
+func statusChains(_ pool: Pool, _ infos: [DiskInfo]) -> [[DiskID]] {
+    let byID = Dictionary(uniqueKeysWithValues: infos.map { ($0.id, $0) })
+    var chains: [[DiskID]] = []
+    for start in infos where start.hasImage && start.predecessor == nil && start.successor != nil {
+        var chain: [DiskID] = []
+        var cur: DiskID? = start.id
+        while let c = cur, let i = byID[c], chain.count <= infos.count { chain.append(c); cur = i.successor }
+        chains.append(chain)
+    }
+    return chains
+}
+
+/// Every disk in file-tree order (parents before their snapshots, names sorted), with its
+/// depth and place in its sharing chain.
+func statusDisks(_ pool: Pool, _ infos: [DiskInfo], chains: [[DiskID]]) -> [StatusReport.Disk] {
+    func path(_ id: DiskID) -> String { pool.treePath(of: id) ?? "?" }
+    var place: [DiskID: (chain: Int, position: Int)] = [:]
+    for (c, chain) in chains.enumerated() { for (p, id) in chain.enumerated() { place[id] = (c, p) } }
+    let children = Dictionary(grouping: infos, by: \.parent)
+    var out: [StatusReport.Disk] = []
+    func visit(_ parent: DiskID?, depth: Int) {
+        for i in (children[parent] ?? []).sorted(by: { $0.name < $1.name }) {
+            let copy = i.kind == .snapclone ? pool.copyProgress(i.id) : nil
+            let snapclone = snapcloneStatus(pool, i)
+            let external = pool.externalCopyProgress(i.id)
+            out.append(.init(id: i.id, path: path(i.id), sizeBytes: i.sizeBytes, allocatedBytes: i.allocatedBytes,
+                             uniqueBytes: i.uniqueBytes, sharedBytes: i.sharedBytes, reservedBytes: i.reservedBytes,
+                             raid: Int(i.raid.rawValue), createdAt: i.createdAt, hasImage: i.hasImage,
+                             predecessor: i.predecessor.map(path), successor: i.successor.map(path),
+                             kind: i.kind.rawValue, parent: i.parent.map(path),
+                             copiedSegments: copy?.copied, copyTotalSegments: copy?.total,
+                             copy: snapclone.copy, frozen: snapclone.frozen,
+                             externalFile: pool.externalFile(of: i.id), copiedBlocks: external?.copied,
+                             copyTotalBlocks: external?.total,
+                             depth: depth, chain: place[i.id]?.chain, chainPosition: place[i.id]?.position))
+            if depth < 256 { visit(i.id, depth: depth + 1) }
+        }
+    }
+    visit(nil, depth: 0)
+    return out
+}
