@@ -132,7 +132,7 @@ struct MountCommand {
     }
 
     private func mountAndServe(_ pool: Pool, log: DaemonLog, channel: StartupChannel) -> Int32 {
-        let options = FileSystemOptions(directIO: arguments.directIO)
+        let options = FileSystemOptions(directIO: arguments.directIO, writebackCache: arguments.writebackCache)
         let fileSystem = FileSystem(pool: pool, log: log, options: options)
         let session: FuseSession
         var nbdServer: NBDServer?

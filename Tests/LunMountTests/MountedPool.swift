@@ -138,8 +138,12 @@ final class MountedPool {
     }
 
     /// `lunfs mount` of this pool; returns once the mount answers.
+    /// $LUNFS_TEST_MOUNT_OPTIONS (for instance `-o no_writeback_cache`) goes to every mount,
+    /// so that a run can take the mount tests through another mode.
     func mount(_ extraArguments: [String] = []) throws {
-        let result = try lunfs(["mount", poolPath, mountpoint] + extraArguments)
+        let modeArguments = (ProcessInfo.processInfo.environment["LUNFS_TEST_MOUNT_OPTIONS"] ?? "")
+            .split(separator: " ").map(String.init)
+        let result = try lunfs(["mount", poolPath, mountpoint] + modeArguments + extraArguments)
         guard result.status == 0 else {
             throw FixtureError("lunfs mount failed (\(result.status)): \(result.errorOutput)\(logTail())")
         }
