@@ -167,7 +167,9 @@ extension FileSystem {
     /// of an image (`handle`) also fails if a write-back of it was refused since the last one.
     func synchronize(handle: UInt64? = nil) throws(FuseFailure) {
         try engine { () throws(LunError) in try pool.commit() }
-        if let handle, let opened = OpenImage.of(handle: handle), let errno = kernelCache.takeForFsync(opened.id) {
+        guard let handle, let opened = OpenImage.of(handle: handle) else { return }
+        kernelCache.attributesChanged(opened.id)
+        if let errno = kernelCache.takeForFsync(opened.id) {
             throw FuseFailure(errno, "a write-back of disk \(opened.id) was refused earlier (see the log); its bytes are not stored")
         }
     }
@@ -218,6 +220,9 @@ extension FileSystem {
             throw FuseFailure(EINVAL, "lseek whence \(whence)")
         }
         guard offset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
+        // Data the kernel still holds dirty (writeback cache, shared mmap) is data too (cp skips holes):
+        // it hands the dirty pages past `offset` over first, as mkdir does.
+        kernelCache.writeBack(id, from: offset)
         let found = try engine { () throws(LunError) in
             try pool.seek(id, from: UInt64(offset), data: whence == LUNFS_SEEK_DATA)
         }

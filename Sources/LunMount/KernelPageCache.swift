@@ -35,12 +35,21 @@ final class KernelPageCache: @unchecked Sendable {
     /// them through WRITE requests inside the notify, served by other worker threads. So the
     /// caller must hold no lock those writes need, and other workers must be free. Clean
     /// pages are dropped too. Without a session (no mount) or cached pages it does nothing.
-    func writeBack(_ id: DiskID) {
+    /// `from`: only the pages from that offset to the end.
+    func writeBack(_ id: DiskID, from offset: off_t = 0) {
         // libfuse's notify calls are safe from any thread while the session exists; the
         // session outlives every request, so holding the mutex across the call is not needed.
         guard let session = OpaquePointer(bitPattern: session.withLock({ $0 })) else { return }
         // -ENOENT: the kernel holds no inode for the image, so no pages either.
-        _ = fuse_lowlevel_notify_inval_inode(session, MountedNode.image(id).inodeNumber, 0, 0)
+        _ = fuse_lowlevel_notify_inval_inode(session, MountedNode.image(id).inodeNumber, offset, 0)
+    }
+
+    /// Makes the kernel ask again for the image's attributes (st_blocks changes as dirty
+    /// pages reach the pool, and with the writeback cache no write tells the kernel so).
+    func attributesChanged(_ id: DiskID) {
+        guard let session = OpaquePointer(bitPattern: session.withLock({ $0 })) else { return }
+        // A negative offset: the attributes only, no pages.
+        _ = fuse_lowlevel_notify_inval_inode(session, MountedNode.image(id).inodeNumber, -1, 0)
     }
 
     /// Records a write-back of `count` bytes at `offset` that the engine refused, and drops

@@ -128,6 +128,9 @@ def evaluate_targets(results):
         add("mkdir snapshot at 16 GiB within 1.5x of 1 GiB", b <= 1.5 * a, f"{b / a:.2f}x")
     else:
         add("mkdir snapshot at 16 GiB within 1.5x of 1 GiB", None, "no data")
+    if ex.get("midrun_snapshot_mkdir_ms") is not None:
+        lines.append(f"mkdir snapshot, mid buffered 4k random writes: {ms(ex['midrun_snapshot_mkdir_ms'])} "
+                     f"({ex['midrun_writes_per_s']:.0f} writes/s); snapshot {ex['midrun_model']}")
     m = ex.get("map_bytes_per_MiB")
     add("map memory <= 16 B per allocated MiB", None if m is None else m <= 16,
         "n/a: " + ex.get("map_bytes_per_MiB_source", "") if m is None else f"{m:.1f} B/MiB")
@@ -201,6 +204,9 @@ def extras_lines(results):
     if sm is not None:
         lines.append(f"mkdir snapshot, {human_size(results['config']['size_bytes'])} "
                      f"written (after-snapshot row): {ms(sm)}")
+    if ex.get("midrun_snapshot_mkdir_ms") is not None:
+        lines.append(f"mkdir snapshot, mid buffered 4k random writes: {ms(ex['midrun_snapshot_mkdir_ms'])} "
+                     f"({ex['midrun_writes_per_s']:.0f} writes/s); snapshot {ex['midrun_model']}")
     m = ex.get("map_bytes_per_MiB")
     lines.append("map memory per allocated MiB:   " + (f"{m:.1f} B ({ex.get('map_bytes_per_MiB_source')})"
                  if m is not None else f"n/a ({ex.get('map_bytes_per_MiB_source', 'no data')})"))
@@ -216,7 +222,7 @@ def extras_lines(results):
                  + ("n/a" if t is None else f"{t * 1000:.0f} ms"))
     for why in ex.get("lunfs_hangs", []):
         lines.append(f"  (lunfs daemon hung and was killed: {why})")
-    for k in ("snapshot_error", "mount_error", "status_error"):
+    for k in ("snapshot_error", "midrun_error", "mount_error", "status_error"):
         if ex.get(k):
             lines.append(f"  ({k.replace('_', ' ')}: {ex[k]})")
     return lines

@@ -18,6 +18,7 @@ from .plot import plot
 from .report import evaluate_targets, extras_lines, table_lines, target_lines
 from .rows import LUNFS_ROWS, ROWS, make_row
 from .rows.lunfs import LunfsRow
+from .snapshot_under_writes import snapshot_under_writes
 from .tests import Runner, TEST_IDS, TEST_UNIT
 
 
@@ -52,6 +53,7 @@ class Context:
         opts = ["--create", "--drives", "8", "--drive-size", human_size(self.drive_size_bytes())]
         if os.path.isdir(self.pool) and os.listdir(self.pool):
             opts = []
+        opts += self.args.mount_options.split()
         self.lunfs.mount(self.pool, self.pool_mnt, opts)
         self.pool_mounted = True
 
@@ -144,6 +146,9 @@ def parse_args():
                     help="where the work directory (files, pools, mounts) goes; its file "
                          "system is the one measured (default /var/tmp)")
     ap.add_argument("--lunfs", help="use this lunfs binary instead of building one")
+    ap.add_argument("--mount-options", default="",
+                    help="more arguments for the lunfs mount of the measured pool, for instance "
+                         "'-o no_writeback_cache'")
     ap.add_argument("--no-build", action="store_true",
                     help="do not run swift build; use the binary under --scratch-path")
     ap.add_argument("--scratch-path", default=".build",
@@ -220,7 +225,7 @@ def main():
                    "quick": args.quick, "rows": args.rows, "workdir": ctx.workdir,
                    "skip_16g": args.skip_16g, "drive_size_bytes": ctx.drive_size_bytes(),
                    "mount_disks": args.mount_disks, "mount_snapshots": args.mount_snapshots,
-                   "no_extras": args.no_extras},
+                   "no_extras": args.no_extras, "mount_options": args.mount_options},
         "json_name": f"bench-{stamp}.json",
         "tests": args.tests,
         "rows": {},
@@ -273,6 +278,12 @@ def main():
             except (BenchError, OSError) as e:
                 ex["snapshot_error"] = str(e)
                 log(f"[snapshot] {e}")
+        if not ctx.lunfs.error and not args.no_extras:
+            try:
+                snapshot_under_writes(ctx, ex)
+            except (BenchError, OSError) as e:
+                ex["midrun_error"] = str(e)
+                log(f"[midrun] {e}")
         if ctx.pool_mounted:
             pid = ctx.lunfs.daemons.get(ctx.pool_mnt)
             if pid:
