@@ -35,7 +35,9 @@ final class KernelPageCache: @unchecked Sendable {
     /// them through WRITE requests inside the notify, served by other worker threads. So the
     /// caller must hold no lock those writes need, and other workers must be free. Clean
     /// pages are dropped too. Without a session (no mount) or cached pages it does nothing.
-    /// `from`: only the pages from that offset to the end.
+    /// `from`: only the pages from that offset to the end. The kernel launders the dirty pages
+    /// one at a time, each a WRITE it waits for, so this takes as long as the engine needs to
+    /// store them (docs/PERFORMANCE.md); only this image's pages are written.
     func writeBack(_ id: DiskID, from offset: off_t = 0) {
         // libfuse's notify calls are safe from any thread while the session exists; the
         // session outlives every request, so holding the mutex across the call is not needed.
