@@ -98,13 +98,30 @@ extension FileSystem {
     }
 
     /// `fromWriteBack`: the kernel sends it from its writeback cache, and no write(2) waits
-    /// for the answer. A refusal is then owed to the image's next fsync and next close
+    /// for the answer. A refusal (the pool is full, a drive failed, the write is past the
+    /// largest disk size) is then owed to the image's next fsync and next close
     /// (KernelPageCache) and the kernel's copy of the range is dropped, and the kernel is told
     /// the write went through: given the error, it would report it at one fsync or one close
     /// (whichever comes first clears it) and the daemon could not tell which, so the daemon
-    /// does the reporting alone, exactly once at each.
+    /// does the reporting alone, exactly once at each. A write-back to a deleted image
+    /// (ESTALE) is answered as such: its handles are stale, nothing is owed.
     func write(handle: UInt64, bytes: UnsafeRawBufferPointer, offset: off_t, fromWriteBack: Bool = false) throws(FuseFailure) -> Int {
         let opened = try image(of: handle)
+        do throws(FuseFailure) {
+            let written = try write(opened, bytes: bytes, offset: offset)
+            if fromWriteBack && written < bytes.count {
+                throw FuseFailure(EFBIG, "write-back past the largest disk size")
+            }
+            return written
+        } catch {
+            guard fromWriteBack else { throw error }
+            kernelCache.refusedWriteBack(opened.id, offset: offset, count: bytes.count, errno: error.errno)
+            log.write("write-back of \(bytes.count) bytes at \(offset) to disk \(opened.id) refused (\(error.description)); the kernel had accepted them: the next fsync and close of the image fail with \(errnoName(error.errno))")
+            return bytes.count
+        }
+    }
+
+    private func write(_ opened: OpenImage, bytes: UnsafeRawBufferPointer, offset: off_t) throws(FuseFailure) -> Int {
         let id = opened.id
         guard offset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
         guard UInt64(offset) < PoolGeometry.maxDiskSizeBytes else {
@@ -114,16 +131,7 @@ extension FileSystem {
         // largest file size: the caller gets the count below it, and EFBIG on the next write.
         let count = Int(min(UInt64(bytes.count), PoolGeometry.maxDiskSizeBytes - UInt64(offset)))
         let below = UnsafeRawBufferPointer(rebasing: bytes[..<count])
-        do {
-            try engine { () throws(LunError) in try pool.write(opened.disk, at: UInt64(offset), from: below) }
-        } catch {
-            if fromWriteBack {
-                kernelCache.refusedWriteBack(id, offset: offset, count: count, errno: error.errno)
-                log.write("write-back of \(count) bytes at \(offset) to disk \(id) refused (\(error.message)); the kernel had accepted them: the next fsync and close of the image fail with errno \(error.errno)")
-                return count
-            }
-            throw error
-        }
+        try engine { () throws(LunError) in try pool.write(opened.disk, at: UInt64(offset), from: below) }
         touch(id)
         return count
     }

@@ -141,6 +141,20 @@ final class WritebackCacheTests: MountTestCase {
     }
 }
 
+extension WritebackCacheTests {
+    /// A buffered write past the largest disk size (64 TiB) is taken by the kernel's cache;
+    /// its write-back is refused, and the next fsync and close fail with EFBIG.
+    func testWriteBackPastTheLargestDiskFailsFsyncAndClose() throws {
+        try makeDirectory(pool.path("vm"))
+        let fd = try openFile(pool.path("vm/disk.img"), O_RDWR)
+        XCTAssertEqual(errnoOf { try writeAll(fd, [UInt8](repeating: 7, count: 4096), at: (64 << 40) + 8192) }, 0,
+                       "the kernel takes the write into its cache")
+        XCTAssertEqual(errnoOf { try check(fsync(fd)) }, EFBIG, pool.logTail())
+        XCTAssertEqual(close(fd) == 0 ? 0 : errno, EFBIG)
+        XCTAssertEqual(try getAttribute(pool.path("vm"), "user.lunfs.size"), "0", "nothing was stored")
+    }
+}
+
 /// python3 for the writer processes.
 private func pythonPath() throws -> String {
     for candidate in ["/usr/bin/python3", "/usr/local/bin/python3"] where FileManager.default.isExecutableFile(atPath: candidate) {
