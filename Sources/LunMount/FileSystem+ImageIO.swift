@@ -230,7 +230,7 @@ extension FileSystem {
         guard offset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
         // Data the kernel still holds dirty (writeback cache, shared mmap) is data too (cp skips holes):
         // it hands the dirty pages past `offset` over first, as mkdir does.
-        kernelCache.writeBack(id, from: offset)
+        try kernelCache.writeBack(id, from: offset)
         let found = try engine { () throws(LunError) in
             try pool.seek(id, from: UInt64(offset), data: whence == LUNFS_SEEK_DATA)
         }

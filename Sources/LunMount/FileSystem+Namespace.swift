@@ -108,7 +108,7 @@ extension FileSystem {
             // Every write(2) that returned before this mkdir must be in the snapshot, also
             // those the kernel still holds in its page cache (writeback cache, shared mmap):
             // it hands them over first. No lock is held here that those writes need.
-            if directory.hasImage { kernelCache.writeBack(directory.id) }
+            if directory.hasImage { try kernelCache.writeBack(directory.id) }
             id = try engine { () throws(LunError) in
                 try pool.createSnapshot(of: directory.id, named: name, reserved: nil, quiesceTimeoutSeconds: 5)
             }

@@ -31,6 +31,7 @@ final class FuseSession {
         let userdata = Unmanaged.passUnretained(fileSystem).toOpaque()
         self.session = try Self.newSession(poolDirectory: poolDirectory, options: options, operations: &operations, userdata: userdata)
         fileSystem.kernelCache.attach(session)
+        fileSystem.kernelCache.serve(withThreads: max(1, options.maximumThreads))
     }
 
     /// Checks the -o options the way the real session will, before anything is created: a

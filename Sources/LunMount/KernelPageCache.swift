@@ -23,6 +23,14 @@ final class KernelPageCache: @unchecked Sendable {
     private let session = Mutex<UInt>(0)
     private let refused = Mutex<[DiskID: RefusedWriteBack]>([:])
 
+    /// Flushes in progress, and how many may run at once: each holds a request thread until
+    /// the kernel's WRITEs are served by others, so one thread must always stay free.
+    private let flushes = Mutex<Int>(0)
+    private let flushLimit = Mutex<Int>(0)
+
+    /// The number of threads serving requests (at least 2 with the writeback cache).
+    func serve(withThreads count: Int) { flushLimit.withLock { $0 = max(0, count - 1) } }
+
     /// Set once the session exists; set to nil before it is destroyed (this waits for a
     /// drop of refused pages still running on its own thread).
     func attach(_ session: OpaquePointer?) {
@@ -38,10 +46,22 @@ final class KernelPageCache: @unchecked Sendable {
     /// `from`: only the pages from that offset to the end. The kernel launders the dirty pages
     /// one at a time, each a WRITE it waits for, so this takes as long as the engine needs to
     /// store them (docs/PERFORMANCE.md); only this image's pages are written.
-    func writeBack(_ id: DiskID, from offset: off_t = 0) {
+    /// EBUSY when every other request thread is already in a flush (waiting would leave none
+    /// to serve the WRITEs).
+    func writeBack(_ id: DiskID, from offset: off_t = 0) throws(FuseFailure) {
         // libfuse's notify calls are safe from any thread while the session exists; the
         // session outlives every request, so holding the mutex across the call is not needed.
         guard let session = OpaquePointer(bitPattern: session.withLock({ $0 })) else { return }
+        let limit = flushLimit.withLock { $0 }
+        let admitted = flushes.withLock { running in
+            guard running < limit else { return false }
+            running += 1
+            return true
+        }
+        guard admitted else {
+            throw FuseFailure(EBUSY, "\(limit) flushes of dirty pages already hold every request thread but one; try again")
+        }
+        defer { flushes.withLock { $0 -= 1 } }
         // -ENOENT: the kernel holds no inode for the image, so no pages either.
         _ = fuse_lowlevel_notify_inval_inode(session, MountedNode.image(id).inodeNumber, offset, 0)
     }

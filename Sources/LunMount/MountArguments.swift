@@ -121,6 +121,9 @@ struct MountArguments {
                 arguments.fuseOptions.append(option)
             }
         }
+        if arguments.writebackCache && arguments.maximumThreads < 2 {
+            throw .usage("max_threads=1 needs -o no_writeback_cache: a snapshot's flush of the kernel's dirty pages needs a second thread")
+        }
         return arguments
     }
 }
