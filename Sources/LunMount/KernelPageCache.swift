@@ -53,6 +53,10 @@ final class KernelPageCache: @unchecked Sendable {
         // session outlives every request, so holding the mutex across the call is not needed.
         guard let session = OpaquePointer(bitPattern: session.withLock({ $0 })) else { return }
         let limit = flushLimit.withLock { $0 }
+        // One request thread (max_threads=1, allowed only with the writeback cache off): no
+        // other thread could serve the WRITEs, so no flush; only stores through a shared mmap
+        // not yet msync'd are then missed (docs/MOUNT.md).
+        if limit == 0 { return }
         let admitted = flushes.withLock { running in
             guard running < limit else { return false }
             running += 1

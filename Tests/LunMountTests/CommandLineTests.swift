@@ -57,6 +57,13 @@ final class CommandLineTests: MountTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: otherPool))
         let off = try pool.lunfs(["mount", otherPool, other, "--create", "-o", "max_threads=1,no_writeback_cache"])
         XCTAssertEqual(off.status, 0, off.errorOutput)
+        // Snapshots still work there (no flush: nothing waits for a second thread).
+        try makeDirectory(other + "/vm")
+        let fd = try openFile(other + "/vm/disk.img", O_RDWR)
+        try writeAll(fd, [1, 2, 3], at: 0)
+        close(fd)
+        try makeDirectory(other + "/vm/snap")
+        XCTAssertEqual(try readWholeFile(other + "/vm/snap/disk.img"), [1, 2, 3])
         XCTAssertEqual(try pool.lunfs(["unmount", other]).status, 0)
     }
 
