@@ -18,6 +18,8 @@ static inline struct fuse_args lunfs_fuse_args(int argc, char **argv) {
 /// fuse_file_info keeps its open flags in bit fields; Swift reads and writes them through these.
 static inline void lunfs_fi_set_direct_io(struct fuse_file_info *fi, int on) { fi->direct_io = on ? 1 : 0; }
 static inline void lunfs_fi_set_keep_cache(struct fuse_file_info *fi, int on) { fi->keep_cache = on ? 1 : 0; }
+/* Set on a WRITE the kernel sends from its writeback cache (no write(2) is waiting for it). */
+static inline int lunfs_fi_writepage(const struct fuse_file_info *fi) { return fi->writepage; }
 
 /// Constants glibc hides behind _GNU_SOURCE or that live in kernel headers Swift does not see.
 static const int LUNFS_SEEK_DATA = 3;

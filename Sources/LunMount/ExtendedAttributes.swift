@@ -193,6 +193,9 @@ extension FileSystem {
         if let mountpoint = options.mountpoint, directory == mountpoint || directory.hasPrefix(mountpoint + "/") {
             throw FuseFailure(EINVAL, "\(name): \(file) is inside this mount")
         }
+        // As mkdir does: the snapshot holds every write(2) that returned before this call,
+        // so the kernel hands over the image's dirty pages first (writeback cache).
+        try kernelCache.writeBack(info.id)
         let id = try engine { () throws(LunError) -> DiskID in
             try pool.createExternalSnapshot(of: info.id, named: snapshot, file: directory + String(file[slash...]),
                                             blockBytes: Pool.externalBlockBytes, quiesceTimeoutSeconds: 5)

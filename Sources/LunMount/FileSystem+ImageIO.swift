@@ -7,25 +7,36 @@ import Glibc
 import CFuse3
 import LunEngine
 
-/// What an open image's file handle (`fuse_file_info.fh`) holds: the disk id in the low 32
-/// bits, the disk's generation (see `FileSystem.retire`) above.
-struct OpenImage {
-    var id: DiskID
-    var generation: UInt64
+/// What an open image's file handle (`fuse_file_info.fh`) points at: the disk, looked up
+/// once so that reads and writes do not look it up again (`OpenDisk`), and the generation of
+/// the image it was opened in (see `FileSystem.retire`). The handle holds one reference from
+/// the open reply to the release.
+final class OpenImage: @unchecked Sendable {
+    let id: DiskID
+    let generation: UInt64
+    let disk: OpenDisk
 
-    init(id: DiskID, generation: UInt64) {
-        self.id = id
+    init(disk: OpenDisk, generation: UInt64) {
+        self.id = disk.id
         self.generation = generation
+        self.disk = disk
     }
 
-    init(handle: UInt64) {
-        self.id = DiskID(truncatingIfNeeded: handle)
-        self.generation = handle >> 32
+    /// The handle for the open reply; it keeps this object until `release(handle:)`.
+    func retainedHandle() -> UInt64 {
+        UInt64(UInt(bitPattern: Unmanaged.passRetained(self).toOpaque()))
     }
 
-    var handle: UInt64 {
-        assert(generation < 1 << 32, "generation overflows the file handle")
-        return generation << 32 | UInt64(id)
+    /// The image behind a handle from `retainedHandle` (nil for 0, a directory's handle).
+    static func of(handle: UInt64) -> OpenImage? {
+        guard let pointer = UnsafeRawPointer(bitPattern: UInt(handle)) else { return nil }
+        return Unmanaged<OpenImage>.fromOpaque(pointer).takeUnretainedValue()
+    }
+
+    /// Drops the handle's reference (release, or an open reply that could not be sent).
+    static func release(handle: UInt64) {
+        guard let pointer = UnsafeRawPointer(bitPattern: UInt(handle)) else { return }
+        Unmanaged<OpenImage>.fromOpaque(pointer).release()
     }
 }
 
@@ -42,34 +53,42 @@ extension FileSystem {
             try engine { () throws(LunError) in try pool.resize(info.id, to: 0) }
             touch(info.id)
         }
-        let opened = OpenImage(id: info.id, generation: generation(of: .image(info.id)))
+        let disk = try engine { () throws(LunError) in try pool.openDisk(info.id) }
+        let opened = OpenImage(disk: disk, generation: generation(of: .image(info.id)))
         openImages.opened(opened.id, generation: opened.generation, by: openerPID)
         return opened
     }
 
     /// release: the handle no longer holds its image.
     func closeImage(handle: UInt64) {
-        let opened = OpenImage(handle: handle)
+        guard let opened = OpenImage.of(handle: handle) else { return }
         openImages.released(opened.id, generation: opened.generation)
+        OpenImage.release(handle: handle)
+    }
+
+    /// The image behind a file handle, or ESTALE if it was deleted since it was opened.
+    @inline(__always)
+    func image(of handle: UInt64) throws(FuseFailure) -> OpenImage {
+        guard let opened = OpenImage.of(handle: handle) else { throw FuseFailure(EBADF, "no image handle") }
+        guard generation(of: .image(opened.id)) == opened.generation else {
+            throw FuseFailure(ESTALE, "disk \(opened.id) was deleted while open")
+        }
+        return opened
     }
 
     /// The disk behind a file handle, or ESTALE if its image was deleted since it was opened.
     @inline(__always)
     func disk(of handle: UInt64) throws(FuseFailure) -> DiskID {
-        let opened = OpenImage(handle: handle)
-        guard generation(of: .image(opened.id)) == opened.generation else {
-            throw FuseFailure(ESTALE, "disk \(opened.id) was deleted while open")
-        }
-        return opened.id
+        try image(of: handle).id
     }
 
     func read(handle: UInt64, size: Int, offset: off_t) throws(FuseFailure) -> ReplyBuffer {
-        let id = try disk(of: handle)
+        let disk = try image(of: handle).disk
         guard offset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
         var buffer = ReplyBuffer(capacity: size)
         do {
             let target = UnsafeMutableRawBufferPointer(start: buffer.base, count: size)
-            buffer.count = try engine { () throws(LunError) in try pool.read(id, at: UInt64(offset), into: target) }
+            buffer.count = try engine { () throws(LunError) in try pool.read(disk, at: UInt64(offset), into: target) }
         } catch {
             buffer.discard()
             throw error
@@ -78,8 +97,32 @@ extension FileSystem {
         return buffer
     }
 
-    func write(handle: UInt64, bytes: UnsafeRawBufferPointer, offset: off_t) throws(FuseFailure) -> Int {
-        let id = try disk(of: handle)
+    /// `fromWriteBack`: the kernel sends it from its writeback cache, and no write(2) waits
+    /// for the answer. A refusal (the pool is full, a drive failed, the write is past the
+    /// largest disk size) is then owed to the image's next fsync and next close
+    /// (KernelPageCache) and the kernel's copy of the range is dropped, and the kernel is told
+    /// the write went through: given the error, it would report it at one fsync or one close
+    /// (whichever comes first clears it) and the daemon could not tell which, so the daemon
+    /// does the reporting alone, exactly once at each. A write-back to a deleted image
+    /// (ESTALE) is answered as such: its handles are stale, nothing is owed.
+    func write(handle: UInt64, bytes: UnsafeRawBufferPointer, offset: off_t, fromWriteBack: Bool = false) throws(FuseFailure) -> Int {
+        let opened = try image(of: handle)
+        do throws(FuseFailure) {
+            let written = try write(opened, bytes: bytes, offset: offset)
+            if fromWriteBack && written < bytes.count {
+                throw FuseFailure(EFBIG, "write-back past the largest disk size")
+            }
+            return written
+        } catch {
+            guard fromWriteBack else { throw error }
+            kernelCache.refusedWriteBack(opened.id, offset: offset, count: bytes.count, errno: error.errno)
+            log.write("write-back of \(bytes.count) bytes at \(offset) to disk \(opened.id) refused (\(error.description)); the kernel had accepted them: the next fsync and close of the image fail with \(errnoName(error.errno))")
+            return bytes.count
+        }
+    }
+
+    private func write(_ opened: OpenImage, bytes: UnsafeRawBufferPointer, offset: off_t) throws(FuseFailure) -> Int {
+        let id = opened.id
         guard offset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
         guard UInt64(offset) < PoolGeometry.maxDiskSizeBytes else {
             throw FuseFailure(EFBIG, "write at or past the largest disk size")
@@ -88,7 +131,7 @@ extension FileSystem {
         // largest file size: the caller gets the count below it, and EFBIG on the next write.
         let count = Int(min(UInt64(bytes.count), PoolGeometry.maxDiskSizeBytes - UInt64(offset)))
         let below = UnsafeRawBufferPointer(rebasing: bytes[..<count])
-        try engine { () throws(LunError) in try pool.write(id, at: UInt64(offset), from: below) }
+        try engine { () throws(LunError) in try pool.write(opened.disk, at: UInt64(offset), from: below) }
         touch(id)
         return count
     }
@@ -128,9 +171,23 @@ extension FileSystem {
         return copied
     }
 
-    /// fsync and fsyncdir: the engine's commit makes every completed write durable.
-    func synchronize() throws(FuseFailure) {
+    /// fsync and fsyncdir: the engine's commit makes every completed write durable. An fsync
+    /// of an image (`handle`) also fails if a write-back of it was refused since the last one.
+    func synchronize(handle: UInt64? = nil) throws(FuseFailure) {
         try engine { () throws(LunError) in try pool.commit() }
+        guard let handle, let opened = OpenImage.of(handle: handle) else { return }
+        kernelCache.attributesChanged(opened.id)
+        if let errno = kernelCache.takeForFsync(opened.id) {
+            throw FuseFailure(errno, "a write-back of disk \(opened.id) was refused earlier (see the log); its bytes are not stored")
+        }
+    }
+
+    /// flush, at every close(2) of an image: fails if a write-back of it was refused since the
+    /// last close. (Committing here would make every close an fsync.)
+    func flushImage(handle: UInt64) throws(FuseFailure) {
+        if let opened = OpenImage.of(handle: handle), let errno = kernelCache.takeForClose(opened.id) {
+            throw FuseFailure(errno, "a write-back of disk \(opened.id) was refused earlier (see the log); its bytes are not stored")
+        }
     }
 
     /// fallocate(2). Allocation in the engine is lazy, so mode 0 only grows the size. Punching
@@ -171,6 +228,9 @@ extension FileSystem {
             throw FuseFailure(EINVAL, "lseek whence \(whence)")
         }
         guard offset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
+        // Data the kernel still holds dirty (writeback cache, shared mmap) is data too (cp skips holes):
+        // it hands the dirty pages past `offset` over first, as mkdir does.
+        try kernelCache.writeBack(id, from: offset)
         let found = try engine { () throws(LunError) in
             try pool.seek(id, from: UInt64(offset), data: whence == LUNFS_SEEK_DATA)
         }

@@ -105,6 +105,10 @@ extension FileSystem {
                     ? FuseFailure(EEXIST, "disk.img exists")
                     : FuseFailure(EPERM, "disk.img is reserved for the image")
             }
+            // Every write(2) that returned before this mkdir must be in the snapshot, also
+            // those the kernel still holds in its page cache (writeback cache, shared mmap):
+            // it hands them over first. No lock is held here that those writes need.
+            if directory.hasImage { try kernelCache.writeBack(directory.id) }
             id = try engine { () throws(LunError) in
                 try pool.createSnapshot(of: directory.id, named: name, reserved: nil, quiesceTimeoutSeconds: 5)
             }

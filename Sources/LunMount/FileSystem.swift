@@ -12,6 +12,8 @@ import Synchronization
 struct FileSystemOptions: Sendable {
     /// Open images with FOPEN_DIRECT_IO (bypass the page cache); off by default.
     var directIO = false
+    /// The kernel's writeback cache (FUSE_WRITEBACK_CACHE): on by default, -o no_writeback_cache.
+    var writebackCache = true
     /// How long the kernel may trust names and attributes it was given.
     var entryTimeoutSeconds = 1.0
     var attributeTimeoutSeconds = 1.0
@@ -46,6 +48,8 @@ final class FileSystem: Sendable {
     let openImages = OpenImageTable()
     /// The result of the last scrub asked for through `user.lunfs.scrub`.
     let lastScrub = Mutex<String>("no scrub has run during this mount")
+    /// The kernel's cached pages of the images: write-back before a snapshot, refused write-backs.
+    let kernelCache = KernelPageCache()
 
     init(pool: any MountablePool, log: DaemonLog, options: FileSystemOptions) {
         self.pool = pool
@@ -95,6 +99,7 @@ final class FileSystem: Sendable {
         }
         modificationTimes.withLock { _ = $0.removeValue(forKey: id) }
         openImages.forget(id)
+        kernelCache.forget(id)
     }
 
     /// EBUSY if `id`'s image is open (other than through `exceptHandle`): deleting or
@@ -102,7 +107,7 @@ final class FileSystem: Sendable {
     func refuseIfOpen(_ id: DiskID, doing action: ImageChange, exceptHandle: UInt64? = nil) throws(FuseFailure) {
         let current = generation(of: .image(id))
         var except = 0
-        if let exceptHandle, OpenImage(handle: exceptHandle).id == id, OpenImage(handle: exceptHandle).generation == current {
+        if let exceptHandle, let opened = OpenImage.of(handle: exceptHandle), opened.id == id, opened.generation == current {
             except = 1
         }
         guard let holders = openImages.holdersAfterGrace(of: id, generation: current, except: except) else { return }

@@ -36,6 +36,8 @@ final class FuseSession {
         var operations = makeOperationsTable()
         let userdata = Unmanaged.passUnretained(fileSystem).toOpaque()
         self.session = try Self.newSession(poolDirectory: poolDirectory, options: options, operations: &operations, userdata: userdata)
+        fileSystem.kernelCache.attach(session)
+        fileSystem.kernelCache.serve(withThreads: max(1, options.maximumThreads))
     }
 
     /// Checks the -o options the way the real session will, before anything is created: a
@@ -110,6 +112,7 @@ final class FuseSession {
     }
 
     deinit {
+        fileSystem.kernelCache.attach(nil)
         if isMounted { fuse_session_unmount(session) }
         if hasSignalHandlers { fuse_remove_signal_handlers(session) }
         fuse_session_destroy(session)

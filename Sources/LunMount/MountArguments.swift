@@ -20,10 +20,12 @@ let mountUsage = """
     socket path, or HOST:PORT); exports are named by tree path (vm, vm/monday), snapshots are
     read-only unless --nbd-writable.
 
-    -o options: direct_io (images bypass the page cache), max_threads=N (threads serving
-    requests, default 16), uring=off (serve requests through /dev/fuse reads even when the
-    kernel offers FUSE over io_uring; uring=auto, the default, uses it when offered), and any
-    libfuse mount option (allow_other, ro, ...).
+    -o options: direct_io (images bypass the page cache), no_writeback_cache (each buffered
+    write goes to the daemon before write(2) returns; by default the kernel's writeback cache
+    holds it, and a write it cannot store fails the next fsync and close), max_threads=N
+    (threads serving requests, default 16), uring=off (serve requests through /dev/fuse reads
+    even when the kernel offers FUSE over io_uring; uring=auto, the default, uses it when
+    offered), and any libfuse mount option (allow_other, ro, ...).
 
     unmount refuses while a process or loop device holds a file in the mount (and names
     them); --lazy detaches it anyway.
@@ -36,6 +38,8 @@ struct MountArguments {
     /// --create: make a new pool if POOL is missing or empty (never without it).
     var createPool = false
     var directIO = false
+    /// -o no_writeback_cache turns the kernel's writeback cache off (-o writeback_cache: on, the default).
+    var writebackCache = true
     var maximumThreads = 16
     /// -o uring=off: never move requests to FUSE over io_uring.
     var useRing = true
@@ -108,6 +112,8 @@ struct MountArguments {
         for option in options where !option.isEmpty {
             if option == "direct_io" {
                 arguments.directIO = true
+            } else if option == "writeback_cache" || option == "no_writeback_cache" {
+                arguments.writebackCache = option == "writeback_cache"
             } else if option.hasPrefix("max_threads=") {
                 guard let count = Int(option.dropFirst("max_threads=".count)), count >= 1, count <= 1024 else {
                     throw .usage("max_threads takes a number from 1 to 1024")
@@ -130,6 +136,9 @@ struct MountArguments {
             } else {
                 arguments.fuseOptions.append(option)
             }
+        }
+        if arguments.writebackCache && arguments.maximumThreads < 2 {
+            throw .usage("max_threads=1 needs -o no_writeback_cache: a snapshot's flush of the kernel's dirty pages needs a second thread")
         }
         return arguments
     }

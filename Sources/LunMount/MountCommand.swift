@@ -132,7 +132,8 @@ struct MountCommand {
     }
 
     private func mountAndServe(_ pool: Pool, log: DaemonLog, channel: StartupChannel) -> Int32 {
-        var options = FileSystemOptions(directIO: arguments.directIO, ownerOnlyByDefault: arguments.fuseOptions.contains("allow_other"))
+        var options = FileSystemOptions(directIO: arguments.directIO, writebackCache: arguments.writebackCache,
+                                        ownerOnlyByDefault: arguments.fuseOptions.contains("allow_other"))
         if let resolved = realpath(mountpoint, nil) { options.mountpoint = String(cString: resolved); free(resolved) }
         let fileSystem = FileSystem(pool: pool, log: log, options: options)
         let session: FuseSession

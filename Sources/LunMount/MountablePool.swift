@@ -30,6 +30,9 @@ protocol MountablePool: AnyObject, Sendable {
     func externalCopyProgress(_ id: DiskID) -> CopyProgress?
     func setAccess(_ id: DiskID, of node: DiskNode, _ access: NodeAccess) throws(LunError)
 
+    func openDisk(_ id: DiskID) throws(LunError) -> OpenDisk
+    func read(_ disk: OpenDisk, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) -> Int
+    func write(_ disk: OpenDisk, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError)
     func read(_ id: DiskID, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) -> Int
     func write(_ id: DiskID, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError)
     func discard(_ id: DiskID, at offset: UInt64, length: UInt64) throws(LunError)

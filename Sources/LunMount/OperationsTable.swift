@@ -20,9 +20,15 @@ func makeOperationsTable() -> fuse_lowlevel_ops {
         // Must match the max_read mount option, or the kernel refuses INIT with EPROTO.
         connection.pointee.max_read = maximumRequestBytes
         connection.pointee.max_readahead = min(connection.pointee.max_readahead, maximumRequestBytes)
-        // Errors must reach the writer at write(2), so no writeback cache; splice slowed
-        // large reads in measurements, so it stays off; ASYNC_DIO is essential for O_DIRECT.
-        connection.pointee.want &= ~UInt32(FUSE_CAP_WRITEBACK_CACHE)
+        // The writeback cache (on unless -o no_writeback_cache) lets buffered writes return at
+        // page-cache speed; errors then surface at fsync and close (KernelPageCache). Splice
+        // slowed large reads in measurements, so it stays off; ASYNC_DIO is essential for O_DIRECT.
+        let writeback = userdata.map { Unmanaged<FileSystem>.fromOpaque($0).takeUnretainedValue().options.writebackCache } ?? false
+        if writeback && connection.pointee.capable & UInt32(FUSE_CAP_WRITEBACK_CACHE) != 0 {
+            connection.pointee.want |= UInt32(FUSE_CAP_WRITEBACK_CACHE)
+        } else {
+            connection.pointee.want &= ~UInt32(FUSE_CAP_WRITEBACK_CACHE)
+        }
         connection.pointee.want &= ~UInt32(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE)
         // Only this mount changes an image, so the kernel need not re-check the size (a
         // GETATTR, which costs the engine a walk of the disk's map) before cached reads.
@@ -32,7 +38,7 @@ func makeOperationsTable() -> fuse_lowlevel_ops {
         }
         if let userdata {
             let fs = Unmanaged<FileSystem>.fromOpaque(userdata).takeUnretainedValue()
-            fs.log.write("session: kernel protocol \(connection.pointee.proto_major).\(connection.pointee.proto_minor), max_write \(connection.pointee.max_write), max_readahead \(connection.pointee.max_readahead)")
+            fs.log.write("session: kernel protocol \(connection.pointee.proto_major).\(connection.pointee.proto_minor), max_write \(connection.pointee.max_write), max_readahead \(connection.pointee.max_readahead), writeback cache \(connection.pointee.want & UInt32(FUSE_CAP_WRITEBACK_CACHE) != 0 ? "on" : "off")")
         }
     }
 
@@ -117,7 +123,7 @@ func makeOperationsTable() -> fuse_lowlevel_ops {
             configure(info!, for: opened, directIO: directIO)
             let status = fuse_reply_open(request, info)
             // No RELEASE follows an open the caller never got.
-            if status != 0 { fs.closeImage(handle: opened.handle) }
+            if status != 0 { fs.closeImage(handle: info!.pointee.fh) }
             return status
         })
     }
@@ -130,7 +136,7 @@ func makeOperationsTable() -> fuse_lowlevel_ops {
             var entry = entry
             configure(info!, for: opened, directIO: directIO)
             let status = fuse_reply_create(request, &entry, info)
-            if status != 0 { fs.closeImage(handle: opened.handle) }
+            if status != 0 { fs.closeImage(handle: info!.pointee.fh) }
             return status
         })
     }
@@ -145,21 +151,27 @@ func makeOperationsTable() -> fuse_lowlevel_ops {
 
     ops.write = { request, ino, bytes, size, offset, info in
         answer(request, "write", "ino \(ino) offset \(offset) size \(size)", { fs throws(FuseFailure) in
-            try fs.write(handle: info!.pointee.fh, bytes: UnsafeRawBufferPointer(start: bytes, count: size), offset: offset)
+            try fs.write(handle: info!.pointee.fh, bytes: UnsafeRawBufferPointer(start: bytes, count: size), offset: offset,
+                         fromWriteBack: lunfs_fi_writepage(info!) != 0)
         }, reply: { written in
             fuse_reply_write(request, written)
         })
     }
 
-    // flush runs at every close(2); committing there would make each close an fsync.
-    ops.flush = { request, _, _ in fuse_reply_err(request, 0) }
+    // flush runs at every close(2); committing there would make each close an fsync. It
+    // fails only with a write-back refused since the last close (KernelPageCache).
+    ops.flush = { request, ino, info in
+        answerStatus(request, "flush", "ino \(ino)") { fs throws(FuseFailure) in
+            if let info { try fs.flushImage(handle: info.pointee.fh) }
+        }
+    }
     ops.release = { request, _, info in
         if let info { FileSystem.of(request).closeImage(handle: info.pointee.fh) }
         _ = fuse_reply_err(request, 0)
     }
 
-    ops.fsync = { request, ino, _, _ in
-        answerStatus(request, "fsync", "ino \(ino)") { fs throws(FuseFailure) in try fs.synchronize() }
+    ops.fsync = { request, ino, _, info in
+        answerStatus(request, "fsync", "ino \(ino)") { fs throws(FuseFailure) in try fs.synchronize(handle: info?.pointee.fh) }
     }
 
     ops.opendir = { request, ino, info in
@@ -250,7 +262,7 @@ func makeOperationsTable() -> fuse_lowlevel_ops {
 
 /// Fills in the open reply for an image: its handle, and how the kernel should cache it.
 private func configure(_ info: UnsafeMutablePointer<fuse_file_info>, for opened: OpenImage, directIO: Bool) {
-    info.pointee.fh = opened.handle
+    info.pointee.fh = opened.retainedHandle()
     lunfs_fi_set_direct_io(info, directIO ? 1 : 0)
     // Only this mount changes an image, and the kernel drops what a truncate or hole punch
     // changes, so pages cached at the last close are still good at the next open.

@@ -126,6 +126,10 @@ final class ThreadedCrashSimulationTests: XCTestCase {
         let snapshot: DiskID?
         let initial: [UInt8]
         var writes: [(offset: Int, bytes: [UInt8], stamp: Int?)] = []
+        /// Snapshots the writer took of its own disk during the run (mkdir commits with the
+        /// chain's I/O going on again): the name, the disk's bytes then, and whether mkdir
+        /// returned (then it must be there after the crash; otherwise it may be).
+        var midSnapshots: [(name: String, image: [UInt8], returned: Bool)] = []
     }
 
     struct Totals {
@@ -134,6 +138,7 @@ final class ThreadedCrashSimulationTests: XCTestCase {
         var corruptedReadsHealed = 0, corruptedReadsOnRAID0 = 0, readsRefusedOnRAID0 = 0
         var drivesGone = 0, commitsRefusedAfterDriveLoss = 0, drivesRebuilt = 0, latentBlocksRepairedByScrub = 0
         var bytesVerifiedAfterCrashes = 0, bytesReadVerified = 0, fsyncedBytesLost = 0, wrongBytes = 0
+        var midSnapshotsVerified = 0
 
         var summary: String {
             "\(points) crash points (\(cutsDuringWork) cut while the threads ran), "
@@ -143,7 +148,7 @@ final class ThreadedCrashSimulationTests: XCTestCase {
                 + "\(corruptedReadsHealed) corrupted reads served on RAID 1/5 (healed), "
                 + "\(corruptedReadsOnRAID0) on RAID 0 (\(readsRefusedOnRAID0) reads refused, never wrong bytes), "
                 + "\(drivesGone) drives gone (\(commitsRefusedAfterDriveLoss) commits refused until recorded), "
-                + "\(drivesRebuilt) gone stale and rebuilt, \(bytesVerifiedAfterCrashes) bytes verified after crashes "
+                + "\(drivesRebuilt) gone stale and rebuilt, \(midSnapshotsVerified) snapshots taken mid-run verified, \(bytesVerifiedAfterCrashes) bytes verified after crashes "
                 + "and \(bytesReadVerified) read during the runs, fsync'd bytes lost \(fsyncedBytesLost), wrong bytes \(wrongBytes)"
         }
     }
@@ -222,6 +227,18 @@ final class ThreadedCrashSimulationTests: XCTestCase {
                     if roll < 15 && !inUnsyncedTail {
                         // fsync: it covers every write of this thread, which all returned.
                         if !shared.commit(pool) && shared.cut.isDead { break }
+                        continue
+                    }
+                    if roll < 18 && !inUnsyncedTail && log.midSnapshots.count < 2 {
+                        let name = "mid\(op)"
+                        let returned = (try? pool.createSnapshot(of: log.disk, named: name)) != nil
+                        log.midSnapshots.append((name, image, returned))
+                        if !returned {
+                            if shared.cut.isDead { break }
+                            // Its commit may be refused while the faulty drive is gone; the
+                            // split stays and a later commit carries it.
+                            if shared.faultyDrive.isPresent { shared.fail("mkdir \(name) of disk \(log.disk) failed with every drive present and the power on") }
+                        }
                         continue
                     }
                     if roll < 35 {
@@ -347,6 +364,20 @@ final class ThreadedCrashSimulationTests: XCTestCase {
                     totals.fsyncedBytesLost += lost
                     failures.append("\(what): writer \(w)'s snapshot changed (\(lost) bytes)")
                 }
+                totals.bytesVerifiedAfterCrashes += kept.count
+            }
+            for mid in log.midSnapshots {
+                guard let id = reopened.child(named: mid.name, of: log.disk) else {
+                    if mid.returned { failures.append("\(what): writer \(w)'s snapshot \(mid.name) returned but is gone") }
+                    continue
+                }
+                let kept = try reopened.image(id)
+                if !sameBytes(kept, mid.image) {
+                    let lost = kept.count == mid.image.count ? zip(kept, mid.image).filter { $0 != $1 }.count : mid.image.count
+                    if mid.returned { totals.fsyncedBytesLost += lost } else { totals.wrongBytes += lost }
+                    failures.append("\(what): writer \(w)'s snapshot \(mid.name) (mkdir \(mid.returned ? "returned" : "cut")) differs in \(lost) bytes")
+                }
+                totals.midSnapshotsVerified += 1
                 totals.bytesVerifiedAfterCrashes += kept.count
             }
         }

@@ -45,6 +45,28 @@ final class CommandLineTests: MountTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: otherPool))
     }
 
+    /// One request thread cannot serve a snapshot's flush of the writeback cache (the flush
+    /// waits for WRITEs that another thread must serve): refused unless the cache is off.
+    func testOneThreadNeedsTheWritebackCacheOff() throws {
+        let otherPool = pool.root.appendingPathComponent("pool2").path
+        let other = pool.root.appendingPathComponent("mnt2").path
+        try FileManager.default.createDirectory(atPath: other, withIntermediateDirectories: true)
+        let result = try pool.lunfs(["mount", otherPool, other, "--create", "-o", "max_threads=1"])
+        XCTAssertEqual(result.status, 2)
+        XCTAssertTrue(result.errorOutput.contains("no_writeback_cache"), result.errorOutput)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: otherPool))
+        let off = try pool.lunfs(["mount", otherPool, other, "--create", "-o", "max_threads=1,no_writeback_cache"])
+        XCTAssertEqual(off.status, 0, off.errorOutput)
+        // Snapshots still work there (no flush: nothing waits for a second thread).
+        try makeDirectory(other + "/vm")
+        let fd = try openFile(other + "/vm/disk.img", O_RDWR)
+        try writeAll(fd, [1, 2, 3], at: 0)
+        close(fd)
+        try makeDirectory(other + "/vm/snap")
+        XCTAssertEqual(try readWholeFile(other + "/vm/snap/disk.img"), [1, 2, 3])
+        XCTAssertEqual(try pool.lunfs(["unmount", other]).status, 0)
+    }
+
     func testReadOnlyMountRefusesChanges() throws {
         try makeDirectory(pool.path("vm"))
         let bytes = [UInt8](repeating: 3, count: 65536)

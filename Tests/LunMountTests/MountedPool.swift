@@ -138,6 +138,8 @@ final class MountedPool {
     }
 
     /// `lunfs mount` of this pool; returns once the mount answers.
+    /// $LUNFS_TEST_MOUNT_OPTIONS (for instance `-o no_writeback_cache`) goes to every mount,
+    /// so that a run can take the mount tests through another mode.
     func mount(_ extraArguments: [String] = []) throws {
         var extraArguments = extraArguments
         // LUNFS_TEST_URING=off: the mount tests run on the /dev/fuse loop even where the
@@ -145,7 +147,9 @@ final class MountedPool {
         if ProcessInfo.processInfo.environment["LUNFS_TEST_URING"] == "off" && !extraArguments.contains(where: { $0.contains("uring=") }) {
             extraArguments += ["-o", "uring=off"]
         }
-        let result = try lunfs(["mount", poolPath, mountpoint] + extraArguments)
+        let modeArguments = (ProcessInfo.processInfo.environment["LUNFS_TEST_MOUNT_OPTIONS"] ?? "")
+            .split(separator: " ").map(String.init)
+        let result = try lunfs(["mount", poolPath, mountpoint] + modeArguments + extraArguments)
         guard result.status == 0 else {
             throw FixtureError("lunfs mount failed (\(result.status)): \(result.errorOutput)\(logTail())")
         }

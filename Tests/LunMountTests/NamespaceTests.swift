@@ -94,6 +94,10 @@ final class NamespaceTests: MountTestCase {
     }
 
     func testWriteToDeletedImageIsStale() throws {
+        // write(2) itself must answer ESTALE: without the writeback cache, which would take
+        // the bytes into the page cache first.
+        try pool.unmount()
+        try pool.mount(["-o", "no_writeback_cache"])
         try makeDirectory(pool.path("vm"))
         let fd = try openFile(pool.path("vm/disk.img"), O_RDWR)
         defer { close(fd) }

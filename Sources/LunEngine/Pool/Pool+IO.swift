@@ -12,7 +12,13 @@ extension Pool {
 
     /// Reads up to `buffer.count` bytes at `offset`; returns fewer at the end of the disk.
     public func read(_ id: DiskID, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) -> Int {
-        let d = try liveDisk(id)
+        try read(try openDisk(id), at: offset, into: buffer)
+    }
+
+    /// The same through a disk looked up once (an open image's): no `stateLock` to find it.
+    public func read(_ opened: OpenDisk, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) -> Int {
+        let d = opened.disk
+        let id = d.id
         if isExternalSnapshot(id) { return try readExternal(d, at: offset, into: buffer) }
         d.family.lock.lockShared()
         defer { d.family.lock.unlock() }
@@ -54,12 +60,18 @@ extension Pool {
     /// Writes all of `buffer` at `offset`, growing the disk if it ends past the size.
     public func write(_ id: DiskID, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError) {
         try checkWritable()
+        try write(try openDisk(id), at: offset, from: buffer)
+    }
+
+    /// The same through a disk looked up once (an open image's): no `stateLock` to find it.
+    public func write(_ opened: OpenDisk, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError) {
+        try checkWritable()
         let (end, overflow) = offset.addingReportingOverflow(UInt64(buffer.count))
         guard !overflow, end <= PoolGeometry.maxDiskSizeBytes else {
             throw .tooLarge("write ending at \(offset) + \(buffer.count) is past the largest disk size")
         }
-        let d = try liveDisk(id)
-        if isExternalSnapshot(id) { return try writeExternal(d, at: offset, from: buffer) }
+        let d = opened.disk
+        if isExternalSnapshot(d.id) { return try writeExternal(d, at: offset, from: buffer) }
         if try !writeWithSharedLock(d, at: offset, from: buffer) {
             try writeWithExclusiveLock(d, at: offset, from: buffer)
         }

@@ -102,7 +102,21 @@ extension Pool {
         guard x.hasImage else { throw .notPermitted("\(x.name) has no image to snapshot") }
         guard !isExternalSnapshot(id) else { throw .notPermitted("\(x.name) lives on separate storage; snapshot its file instead") }
         try x.family.blocking.raise(on: x.family, for: "a snapshot of \(x.name)", timeoutSeconds: quiesceTimeoutSeconds)
-        defer { x.family.blocking.lower(on: x.family) }
+        let split = Result { () throws(LunError) -> Disk in try splitLocked(x, named: name, reserved: reserved) }
+        x.family.blocking.lower(on: x.family)
+        let p = try split.get()
+        // The commit runs with the chain's I/O going on again. Redirect-on-write keeps the
+        // committed state intact meanwhile: the split shows every segment of x shared with the
+        // snapshot, so no write lands in place in one until it is unshared, and the ops that
+        // unshare it are logged after the split, so no record carries them without it.
+        try commit()
+        log("snapshot \(name) of \(x.name) (id \(p.id)) taken")
+        return p.id
+    }
+
+    /// The split of `createSnapshot`. Caller holds x's family lock exclusive.
+    private func splitLocked(_ x: Disk, named name: String, reserved: Bool?) throws(LunError) -> Disk {
+        let id = x.id
         guard !x.removed, x.hasImage else { throw .stale("disk \(id) was removed") }
         // Checked with the lock held: makeSnapclone changes it under the same lock.
         guard x.clone != .copying else {
@@ -126,9 +140,7 @@ extension Pool {
             state.apply(.split(successor: x.id, predecessor: p.id))
             return p
         }
-        try commit()
-        log("snapshot \(name) of \(x.name) (id \(p.id)) taken")
-        return p.id
+        return p
     }
 
     /// The frame of every change to one disk's place in the tree or chain: its family lock

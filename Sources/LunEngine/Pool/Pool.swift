@@ -386,8 +386,8 @@ public final class Pool: @unchecked Sendable {
         let freed = state.pendingFree
         let tooBig = !metadata.fits(recordBytes: metadata.recordSize(payloadBytes: payload.count))
         if tooBig {
-            defer { stateLock.unlock() }
-            try checkpointWithStateLocked()
+            stateLock.unlock()
+            try checkpointLocked()
             return
         }
         state.journal = ByteWriter(capacity: 4096)
@@ -448,26 +448,52 @@ public final class Pool: @unchecked Sendable {
         }
     }
 
-    /// Writes the whole state as a checkpoint. Caller holds `commitLock`.
+    /// Writes the whole state as a checkpoint. Caller holds `commitLock`. The state is encoded
+    /// under `stateLock`, and the drive syncs and the checkpoint's writes run after releasing
+    /// it, so that I/O of every disk goes on meanwhile (reads and writes need `stateLock` for
+    /// moments). Ops applied after the encoding stay in the journal: the next record, after
+    /// this checkpoint, carries them. Their data writes may land before the sync below or
+    /// after it; either way the checkpoint does not point at them.
     func checkpointLocked(clean: Bool = false) throws(LunError) {
         stateLock.lock()
-        defer { stateLock.unlock() }
-        try checkpointWithStateLocked(clean: clean)
-    }
-
-    private func checkpointWithStateLocked(clean: Bool = false) throws(LunError) {
-        try drives.syncDirty()
         let payload = state.encodeCheckpoint()
-        try metadata.writeCheckpoint(payload, clean: clean)
-        commits.add(1, ordering: .relaxed)
+        let journal = state.journal.bytes
         let freed = state.pendingFree
+        let durableIntent = state.intent
         state.journal = ByteWriter(capacity: 4096)
         state.pendingFree = []
+        // Until the checkpoint is durable, a write to a segment it unshares must still wait.
+        state.unsharedInFlight.formUnion(state.pendingUnshared)
+        let unshared = state.pendingUnshared
         state.pendingUnshared = []
-        state.intentDurable = state.intent
+        let joins = state.intentJoinsPending
         state.intentJoinsPending = []
-        // Releasing may empty stores; their freeStore ops go into the next record.
-        for f in freed { state.releaseRSEG(store: f.store, rseg: f.rseg) }
+        stateLock.unlock()
+        do {
+            // Data first: every op encoded was logged after its data writes completed.
+            try drives.syncDirty()
+            try metadata.writeCheckpoint(payload, clean: clean)
+        } catch {
+            stateLock.withLock {
+                var w = ByteWriter(capacity: journal.count + state.journal.bytes.count)
+                w.raw(journal); w.raw(state.journal.bytes)
+                state.journal = w
+                state.pendingFree = freed + state.pendingFree
+                state.pendingUnshared.formUnion(unshared)
+                state.unsharedInFlight.subtract(unshared)
+                state.intentJoinsPending.formUnion(joins.intersection(state.intent))
+            }
+            throw error
+        }
+        commits.add(1, ordering: .relaxed)
+        stateLock.withLock {
+            state.unsharedInFlight.subtract(unshared)
+            // Stores in the set when it was encoded are in the checkpoint; a store cleared
+            // since (`intentClear` in the journal) is no longer in `intent`.
+            state.intentDurable.formUnion(durableIntent.intersection(state.intent))
+            // Releasing may empty stores; their freeStore ops go into the next record.
+            for f in freed { state.releaseRSEG(store: f.store, rseg: f.rseg) }
+        }
     }
 
     /// Starts committing every few seconds in the background (the mounted daemon does this).

@@ -1,0 +1,120 @@
+// What the daemon does about the kernel's page cache of the images when the writeback cache
+// is on (docs/MOUNT.md, "Writeback cache"): it makes the kernel hand over an image's dirty
+// pages before a snapshot splits the disk, and it keeps a write-back the engine refused
+// (ENOSPC, EIO) from vanishing: the next fsync and the next close of that image fail with it,
+// and the kernel's copy of the refused bytes is dropped so that reads show what is stored.
+#if canImport(Glibc)
+import Glibc
+#endif
+import CFuse3
+import Foundation
+import LunEngine
+import Synchronization
+
+/// A write-back the engine refused, owed to the image's next fsync and next close.
+struct RefusedWriteBack: Sendable {
+    var errno: Int32
+    var owedToFsync = true
+    var owedToClose = true
+}
+
+final class KernelPageCache: @unchecked Sendable {
+    /// The session, while it exists (notify calls need it); nil before and after.
+    private let session = Mutex<UInt>(0)
+    private let refused = Mutex<[DiskID: RefusedWriteBack]>([:])
+
+    /// Flushes in progress, and how many may run at once: each holds a request thread until
+    /// the kernel's WRITEs are served by others, so one thread must always stay free.
+    private let flushes = Mutex<Int>(0)
+    private let flushLimit = Mutex<Int>(0)
+
+    /// The number of threads serving requests (at least 2 with the writeback cache).
+    func serve(withThreads count: Int) { flushLimit.withLock { $0 = max(0, count - 1) } }
+
+    /// Set once the session exists; set to nil before it is destroyed (this waits for a
+    /// drop of refused pages still running on its own thread).
+    func attach(_ session: OpaquePointer?) {
+        let bits = session.map { UInt(bitPattern: Int(bitPattern: UnsafeRawPointer($0))) } ?? 0
+        self.session.withLock { $0 = bits }
+    }
+
+    /// Makes the kernel write back every dirty page of `id`'s image (buffered writes and
+    /// shared mmaps alike) and waits until the daemon has taken them: the kernel launders
+    /// them through WRITE requests inside the notify, served by other worker threads. So the
+    /// caller must hold no lock those writes need, and other workers must be free. Clean
+    /// pages are dropped too. Without a session (no mount) or cached pages it does nothing.
+    /// `from`: only the pages from that offset to the end. The kernel launders the dirty pages
+    /// one at a time, each a WRITE it waits for, so this takes as long as the engine needs to
+    /// store them (docs/PERFORMANCE.md); only this image's pages are written.
+    /// EBUSY when every other request thread is already in a flush (waiting would leave none
+    /// to serve the WRITEs).
+    func writeBack(_ id: DiskID, from offset: off_t = 0) throws(FuseFailure) {
+        // libfuse's notify calls are safe from any thread while the session exists; the
+        // session outlives every request, so holding the mutex across the call is not needed.
+        guard let session = OpaquePointer(bitPattern: session.withLock({ $0 })) else { return }
+        let limit = flushLimit.withLock { $0 }
+        // One request thread (max_threads=1, allowed only with the writeback cache off): no
+        // other thread could serve the WRITEs, so no flush; only stores through a shared mmap
+        // not yet msync'd are then missed (docs/MOUNT.md).
+        if limit == 0 { return }
+        let admitted = flushes.withLock { running in
+            guard running < limit else { return false }
+            running += 1
+            return true
+        }
+        guard admitted else {
+            throw FuseFailure(EBUSY, "\(limit) flushes of dirty pages already hold every request thread but one; try again")
+        }
+        defer { flushes.withLock { $0 -= 1 } }
+        // -ENOENT: the kernel holds no inode for the image, so no pages either.
+        _ = fuse_lowlevel_notify_inval_inode(session, MountedNode.image(id).inodeNumber, offset, 0)
+    }
+
+    /// Makes the kernel ask again for the image's attributes (st_blocks changes as dirty
+    /// pages reach the pool, and with the writeback cache no write tells the kernel so).
+    func attributesChanged(_ id: DiskID) {
+        guard let session = OpaquePointer(bitPattern: session.withLock({ $0 })) else { return }
+        // A negative offset: the attributes only, no pages.
+        _ = fuse_lowlevel_notify_inval_inode(session, MountedNode.image(id).inodeNumber, -1, 0)
+    }
+
+    /// Records a write-back of `count` bytes at `offset` that the engine refused, and drops
+    /// the kernel's copy of that range (off this thread: the kernel waits for this WRITE's
+    /// reply before it lets the pages go).
+    func refusedWriteBack(_ id: DiskID, offset: off_t, count: Int, errno: Int32) {
+        refused.withLock { $0[id] = RefusedWriteBack(errno: errno) }
+        let ino = MountedNode.image(id).inodeNumber
+        Thread { [self] in
+            // Under the mutex, so that the session cannot be destroyed meanwhile (see attach).
+            session.withLock { bits in
+                guard let session = OpaquePointer(bitPattern: bits) else { return }
+                _ = fuse_lowlevel_notify_inval_inode(session, ino, offset, off_t(count))
+            }
+        }.start()
+    }
+
+    /// The error owed to this fsync of `id`'s image, if a write-back failed since the last one.
+    func takeForFsync(_ id: DiskID) -> Int32? {
+        refused.withLock { table in
+            guard var entry = table[id], entry.owedToFsync else { return nil }
+            entry.owedToFsync = false
+            table[id] = entry.owedToClose ? entry : nil
+            return entry.errno
+        }
+    }
+
+    /// The error owed to this close (FLUSH) of `id`'s image, if a write-back failed since the last.
+    func takeForClose(_ id: DiskID) -> Int32? {
+        refused.withLock { table in
+            guard var entry = table[id], entry.owedToClose else { return nil }
+            entry.owedToClose = false
+            table[id] = entry.owedToFsync ? entry : nil
+            return entry.errno
+        }
+    }
+
+    /// A deleted image owes nothing any more.
+    func forget(_ id: DiskID) {
+        refused.withLock { _ = $0.removeValue(forKey: id) }
+    }
+}
