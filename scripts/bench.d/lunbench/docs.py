@@ -176,10 +176,9 @@ def write_docs(results, png_rel, plot_error):
     L.append("- Every test starts with `sync`; read tests also with `echo 3 > "
              "/proc/sys/vm/drop_caches`. dio = O_DIRECT (libaio, queue depth 16); buf = through "
              "the page cache (psync, 4 jobs on the one file).")
-    L.append("- The fill before the tests uses fio's non-zero buffers. dd writes zeros from "
-             "/dev/zero over that filled file: qemu's detect-zeroes is off (its default), and "
-             "lunfs skips zeros only where nothing is mapped, which the fill rules out; the fio "
-             "columns use non-zero data.")
+    L.append("- The fill before the tests uses fio's non-zero buffers, and so does every write "
+             "test: the dd-write column writes one random MiB over and over (with /dev/zero, "
+             "lunfs would unmap the segments instead of writing them).")
     L.append("- mkdir-snapshot latency is the time of the mkdir(2) call, median of at least 5, "
              "on a 16 GiB disk with 1 GiB and then 16 GiB written (dd, 1 MiB blocks). Map "
              "memory comes from `lunfs status --json` (`mapBytesPerAllocatedMiB`). Daemon RSS "
