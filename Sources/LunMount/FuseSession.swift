@@ -86,7 +86,13 @@ final class FuseSession {
         isMounted = true
         if useRing {
             do {
-                transport = try UringTransport(session: session, threads: max(1, maximumThreads))
+                let ring = try UringTransport(session: session, threads: max(1, maximumThreads))
+                transport = ring
+                // The kernel queues a request on the ring of the CPU its sender runs on, and a
+                // flush's WRITEs are sent by the flushing thread itself: a queue must keep an
+                // entry that is not flushing, wherever that thread runs. Fewer flushes at once
+                // than entries per queue (UringTransport gives each at least two) ensures it.
+                fileSystem.kernelCache.serve(withThreads: min(max(1, maximumThreads), ring.entriesPerQueue))
             } catch {
                 fileSystem.log.write("session: requests over /dev/fuse: \(error.message) (\(errnoName(error.errno)))")
             }

@@ -109,6 +109,11 @@ struct MountArguments {
         }
         var arguments = MountArguments(poolPath: positional[0], mountpoint: positional[1], foreground: foreground,
                                        createPool: createPool, poolOptions: poolOptions, nbd: try nbd.finish())
+        // NBD clients write the pool beside the kernel's page cache: a dirty page the cache
+        // held could later be written back over an NBD client's newer bytes, and NBD reads
+        // would miss writes the cache still holds. So with --nbd the cache is off unless
+        // -o writeback_cache asks for it (docs/MOUNT.md says what that costs).
+        if arguments.nbd != nil { arguments.writebackCache = false }
         for option in options where !option.isEmpty {
             if option == "direct_io" {
                 arguments.directIO = true

@@ -16,7 +16,7 @@ final class UringTransport: @unchecked Sendable {
     init(session: OpaquePointer, threads: Int) throws(FuseFailure) {
         guard let created = lunfs_uring_transport_new() else { throw FuseFailure(ENOMEM, "no memory for the io_uring transport") }
         let queues = Int(lunfs_uring_possible_cpus())
-        let status = lunfs_uring_transport_install(created, UnsafeMutableRawPointer(session), UInt32(max(1, threads / queues)),
+        let status = lunfs_uring_transport_install(created, UnsafeMutableRawPointer(session), UInt32(max(2, threads / queues)),
                                                    Int(maximumRequestBytes))
         guard status == 0 else {
             lunfs_uring_transport_free(created)

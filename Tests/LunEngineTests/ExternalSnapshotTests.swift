@@ -139,6 +139,31 @@ final class ExternalSnapshotTests: XCTestCase {
     /// A snapshot whose file cannot be opened when V is written is recorded lost before V goes
     /// on: V is never held up by storage that is gone, and the snapshot answers EIO from then
     /// on (even once its file is back), never V's new bytes.
+    /// A write of zeros over a whole segment skips the segment and then unmaps it under the
+    /// chain's exclusive lock; a snapshot on separate storage can be taken in between (it may
+    /// get the lock first). The unmapping must copy the old bytes to it first: here the second
+    /// half runs right after the snapshot, as in that interleaving.
+    func testZeroedSegmentFreedAfterASnapshotOnSeparateStorageIsCopiedFirst() throws {
+        let drives = MemoryDrives(count: 6, sizeBytes: 128 << 20)
+        try drives.format(raid: .raid1)
+        let files = SimulatedExternalFiles()
+        let pool = try drives.open()
+        pool.setExternalDeviceOpener(files.opener)
+        let v = try pool.createDisk(named: "vm")
+        var rng = TestRandom(seed: 0x2E50)
+        let seg = pool.segmentBytes
+        let before = rng.bytes(4 * seg)
+        try pool.write(v, at: 0, before)
+        let vss = try pool.createExternalSnapshot(of: v, named: "s", file: "/ext/s.img", blockBytes: 16384)
+        // The zeros over segment 2 were "skipped" before the snapshot; now the unmapping.
+        try pool.freeZeroedSegments(try pool.liveDisk(v), [(k: 2, whole: true)])
+        var after = before
+        after.replaceSubrange(2 * seg..<3 * seg, with: [UInt8](repeating: 0, count: seg))
+        assertSameBytes(try pool.image(v), after, "the disk reads the zeros")
+        assertSameBytes(try pool.image(vss), before, "the snapshot still reads the bytes of its instant")
+        try pool.close()
+    }
+
     func testSnapshotWhoseFileIsGoneIsLostNotWrong() throws {
         let drives = MemoryDrives(count: 5, sizeBytes: 64 << 20)
         try drives.format(raid: .raid5)

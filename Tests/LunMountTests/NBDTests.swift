@@ -129,6 +129,32 @@ final class NBDTests: MountTestCase {
         XCTAssertTrue(try copyOut("vm") == model, "NBD does not show the tree's writes")
     }
 
+    /// A write through the tree covering part of a page, then an NBD write of the rest of that
+    /// page, then nothing but an fsync through the tree: with the kernel's writeback cache the
+    /// page, dirty with the old rest, would be written back over the NBD write. A mount with
+    /// --nbd keeps the cache off, so both writes stay, seen alike through the tree and NBD;
+    /// and a later write through the tree is seen by NBD at once, without an fsync.
+    func testATreeWriteAndAnNBDWriteToOnePageBothStay() throws {
+        var random = SeededGenerator(seed: newSeed(#function))
+        let size = 1 << 20
+        var model = try makeDisk("vm", sizeBytes: size, ranges: [(0, size)], random: &random)
+        let fd = try openFile(pool.path("vm/disk.img"), O_RDWR)
+        defer { close(fd) }
+        let head = random.bytes(512)
+        try writeAll(fd, head, at: 8192)
+        model.replaceSubrange(8192..<8192 + 512, with: head)
+        try client("qemu-io", ["-f", "raw", "-c", "write -P 0x6b 8704 3584", "-c", "flush", uri("vm")])
+        model.replaceSubrange(8704..<8704 + 3584, with: repeatElement(0x6b, count: 3584))
+        try check(fsync(fd), "fsync")
+        XCTAssertTrue(try readBytes(fd, count: size, at: 0) == model, "the tree lost a write")
+        XCTAssertTrue(try copyOut("vm") == model, "NBD lost a write")
+        // And a write through the tree reaches NBD readers at once, without an fsync.
+        let more = random.bytes(700)
+        try writeAll(fd, more, at: 20000)
+        model.replaceSubrange(20000..<20700, with: more)
+        XCTAssertTrue(try copyOut("vm") == model, "NBD does not see a write that returned through the tree")
+    }
+
     func testBlockStatusMatchesSeekDataOfTheTree() throws {
         var random = SeededGenerator(seed: newSeed(#function))
         _ = try makeDisk("vm", sizeBytes: 64 << 20, ranges: [(3 << 20, 1), (10 << 20, 2 << 20 + 5), (63 << 20 + 100, 1000)], random: &random)

@@ -45,6 +45,31 @@ final class RequestLoopTests: XCTestCase {
         XCTAssertGreaterThan(served.overDevice, 100)
     }
 
+    /// The kernel queues a request on the ring of the CPU its sender runs on, and the WRITEs
+    /// that a snapshot's flush of dirty pages makes the kernel send come from the flushing
+    /// thread itself. With the daemon and mkdir on one CPU and two request threads, the
+    /// flushing thread held that queue's only entry and mkdir hung for good; now every queue
+    /// keeps an entry that is not flushing.
+    func testSnapshotFlushOnAPinnedSmallRingDoesNotHang() throws {
+        // This thread, and so the daemon it starts and every thread of it, on CPU 0.
+        let me = String(getpid())
+        XCTAssertEqual(try runProgram("taskset", ["-p", "-c", "0", me]).status, 0)
+        defer { _ = try? runProgram("taskset", ["-p", "-c", "0-\(ProcessInfo.processInfo.processorCount - 1)", me]) }
+        let pool = try mountPool(["-o", "max_threads=2"])
+        try makeDirectory(pool.path("vm"))
+        let image = pool.path("vm/disk.img")
+        let fd = try openFile(image, O_RDWR)
+        defer { close(fd) }
+        let bytes = (0..<(64 << 10)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
+        try writeAll(fd, bytes, at: 0)
+        let mkdir = try runProgram("timeout", ["30", "taskset", "-c", "0", "mkdir", pool.path("vm/s")])
+        XCTAssertEqual(mkdir.status, 0, "mkdir of a snapshot while dirty pages wait, daemon pinned: \(mkdir.errorOutput)\n\(pool.logTail())")
+        guard mkdir.status == 0 else { return }
+        let snapshotFD = try openFile(pool.path("vm/s/disk.img"), O_RDONLY)
+        defer { close(snapshotFD) }
+        XCTAssertEqual(try readBytes(snapshotFD, count: bytes.count, at: 0), bytes, "the snapshot holds the write that returned before mkdir")
+    }
+
     /// Eight threads at once, buffered and O_DIRECT, reads and writes, with a snapshot taken in
     /// the middle: several entries of each queue busy together, and mkdir's flush among them.
     func testConcurrentRequestsAndASnapshotOnTheRing() throws {

@@ -74,6 +74,16 @@ extension Pool {
                 }
                 guard Self.isAllZero(UnsafeRawBufferPointer(buffer!)) else { continue }
             }
+            if whole {
+                // The zeros were never written, so the segment still holds its old bytes: a
+                // snapshot on separate storage taken since the write (it may have got the lock
+                // first) must copy them before they go. Failing that, the zeros are written.
+                let seg = UInt64(segmentBytes)
+                do { try copyBeforeChange(of: d, from: UInt64(k) * seg, to: UInt64(k + 1) * seg) } catch {
+                    unwritten.append(k)
+                    continue
+                }
+            }
             stateLock.withLock {
                 let change = SharingChain.afterDrop(d, k, copy: nil)
                 assert(change.freed.count == 1, "an exclusive segment is freed, not handed on")

@@ -1,58 +1,32 @@
-// The background copy (BGCOPY) of a mounted pool's snapclones: one thread that copies one
-// segment of each copying snapclone in turn and then rests as long as the copy took, so the
-// copy takes at most half of the time and user I/O to the same drives keeps at least half of
-// its throughput. It sleeps while no snapclone is copying and wakes when one is made.
+// The background copy (BGCOPY) of a mounted pool's snapclones: one segment of each copying
+// snapclone in turn, on a ThrottledCopyThread (at most half of the time), and the rate of each
+// copy over the last seconds, which `lunfs status` turns into time left.
 import Foundation
 import Synchronization
 
 final class SnapcloneCopier: @unchecked Sendable {
-    private weak var pool: Pool?
-    private let condition = NSCondition()
-    private var stopping = false
-    private var woken = false
-    private var running = false
-    /// Rest after each step, as a multiple of the time the step took (1: half the time copying).
-    let restFactor: Double
+    private var thread: ThrottledCopyThread!
     /// Per copying snapclone, (time, segments copied) after its steps of the last `rateWindow`
     /// seconds: the rate `lunfs status` turns into time left.
     private let samples = Mutex<[DiskID: [(time: Double, copied: Int)]]>([:])
     static let rateWindow = 10.0
 
     init(pool: Pool, restFactor: Double = 1) {
-        self.pool = pool
-        self.restFactor = restFactor
+        thread = ThrottledCopyThread(
+            name: "lunfs-bgcopy", restFactor: restFactor,
+            work: { [weak pool] in pool?.copyingSnapclones() },
+            step: { [weak pool, unowned self] (id) throws(LunError) in
+                guard let pool else { return }
+                record(id, try pool.copySnapclone(id, segments: 1))
+            },
+            failed: { [weak pool] id, error in pool?.log("background copy of disk \(id): \(error); trying again in 5 s") })
     }
 
-    func start() {
-        condition.withLock { running = true }
-        let t = Thread { [self] in run() }
-        t.name = "lunfs-bgcopy"
-        t.start()
-    }
-
+    func start() { thread.start() }
     /// A snapclone was made: look again now.
-    func wake() {
-        condition.withLock { woken = true; condition.broadcast() }
-    }
-
+    func wake() { thread.wake() }
     /// Returns once the thread has finished its step and stopped.
-    func stop() {
-        condition.lock()
-        stopping = true
-        condition.broadcast()
-        while running { condition.wait() }
-        condition.unlock()
-    }
-
-    /// Waits up to `seconds`, or until woken or stopped; false once stopping.
-    private func rest(_ seconds: Double) -> Bool {
-        condition.lock()
-        defer { condition.unlock() }
-        let until = Date(timeIntervalSinceNow: seconds)
-        while !stopping && !woken && condition.wait(until: until) {}
-        woken = false
-        return !stopping
-    }
+    func stop() { thread.stop() }
 
     private func record(_ id: DiskID, _ progress: CopyProgress) {
         let now = Date().timeIntervalSince1970
@@ -71,29 +45,6 @@ final class SnapcloneCopier: @unchecked Sendable {
         samples.withLock { all in
             guard let list = all[id], let first = list.first, let last = list.last, last.time - first.time >= 1 else { return nil }
             return max(0, Double(last.copied - first.copied)) / (last.time - first.time)
-        }
-    }
-
-    private func run() {
-        defer { condition.withLock { running = false; condition.broadcast() } }
-        while let pool, !condition.withLock({ stopping }) {
-            let clones = pool.copyingSnapclones()
-            if clones.isEmpty {
-                if !rest(2) { return }
-                continue
-            }
-            for id in clones {
-                let start = Date()
-                do {
-                    let progress = try pool.copySnapclone(id, segments: 1)
-                    record(id, progress)
-                } catch {
-                    pool.log("background copy of disk \(id): \(error); trying again in 5 s")
-                    if !rest(5) { return }
-                    continue
-                }
-                if !rest(Date().timeIntervalSince(start) * restFactor) { return }
-            }
         }
     }
 }
