@@ -9,15 +9,8 @@ import Foundation
 import LunEngineTesting
 
 final class ConcurrencyTests: XCTestCase {
-    final class Failures: @unchecked Sendable {
-        let lock = NSLock()
-        var messages: [String] = []
-        func add(_ m: String) { lock.withLock { messages.append(m) } }
-    }
-    final class Models: @unchecked Sendable {
-        let lock = NSLock()
-        var images: [DiskID: [UInt8]] = [:]
-    }
+    typealias Failures = ThreadFailures
+    typealias Models = ThreadModels
 
     func testThreadsWritingSnapshottingAndCommittingAtOnce() throws {
         let drives = MemoryDrives(count: 8, sizeBytes: 256 << 20)

@@ -10,15 +10,8 @@ import Foundation
 import LunEngineTesting
 
 final class DegradedWriteTests: XCTestCase {
-    final class Failures: @unchecked Sendable {
-        let lock = NSLock()
-        var messages: [String] = []
-        func add(_ m: String) { lock.withLock { messages.append(m) } }
-    }
-    final class Models: @unchecked Sendable {
-        let lock = NSLock()
-        var images: [DiskID: [UInt8]] = [:]
-    }
+    typealias Failures = ThreadFailures
+    typealias Models = ThreadModels
 
     func testRAID5WritesGoOnWithADriveGoneAndReadAfterItsRebuildAndAnotherLoss() throws {
         try exercise(.raid5, driveCount: 5, gone: 3, lostLater: 0, seed: 1101)

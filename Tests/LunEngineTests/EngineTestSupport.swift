@@ -53,3 +53,16 @@ func sameBytes(_ a: [UInt8], _ b: [UInt8]) -> Bool {
     if a.isEmpty { return true }
     return a.withUnsafeBytes { x in b.withUnsafeBytes { y in memcmp(x.baseAddress!, y.baseAddress!, a.count) == 0 } }
 }
+
+/// What the threads of a threaded test found wrong, gathered for one assertion at the end.
+final class ThreadFailures: @unchecked Sendable {
+    let lock = NSLock()
+    var messages: [String] = []
+    func add(_ m: String) { lock.withLock { messages.append(m) } }
+}
+
+/// Each disk's expected bytes, shared by the threads of a threaded test.
+final class ThreadModels: @unchecked Sendable {
+    let lock = NSLock()
+    var images: [DiskID: [UInt8]] = [:]
+}
