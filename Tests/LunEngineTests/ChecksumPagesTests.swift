@@ -75,7 +75,7 @@ final class ChecksumPagesTests: XCTestCase {
     /// the drives hold every checksum as soon as the write returned: a pool opened on them
     /// without a commit reads every block without a checksum failure, and a scrub of every
     /// store finds nothing, on every RAID level.
-    func testCommitWritesTheChecksumsAFreshPoolVerifies() throws {
+    func testChecksumsReachTheDrivesAtOnceAndReadsFindThePagesInMemory() throws {
         for level in [RAIDLevel.raid0, .raid1, .raid5] {
             let drives = MemoryDrives(count: 8, sizeBytes: 96 << 20)
             try drives.format(raid: level)

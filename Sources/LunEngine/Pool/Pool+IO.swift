@@ -59,7 +59,6 @@ extension Pool {
 
     /// Writes all of `buffer` at `offset`, growing the disk if it ends past the size.
     public func write(_ id: DiskID, at offset: UInt64, from buffer: UnsafeRawBufferPointer) throws(LunError) {
-        try checkWritable()
         try write(try openDisk(id), at: offset, from: buffer)
     }
 
