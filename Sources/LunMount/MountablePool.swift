@@ -38,6 +38,10 @@ protocol MountablePool: AnyObject, Sendable {
     func discard(_ id: DiskID, at offset: UInt64, length: UInt64) throws(LunError)
     func seek(_ id: DiskID, from offset: UInt64, data: Bool) throws(LunError) -> UInt64?
     func scrub(repair: Bool) -> ScrubReport
+
+    func changeSummary(_ id: DiskID) throws(LunError) -> ChangeSummary?
+    func readChanges(_ disk: OpenDisk, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) -> Int
+    func seekChanges(_ id: DiskID, from offset: UInt64, data: Bool) throws(LunError) -> UInt64?
 }
 
 extension Pool: MountablePool {}
