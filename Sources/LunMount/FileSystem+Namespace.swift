@@ -53,7 +53,12 @@ extension FileSystem {
         let child = pool.child(named: name, of: directory?.id)
         // A snapshot named changes.img from before the name was reserved keeps its name.
         if let directory, name == changesFileName, child == nil {
-            guard hasChangeFile(directory) else { throw FuseFailure(ENOENT, "\(directory.name) has no predecessor, so no changes.img") }
+            guard hasChangeFile(directory) else {
+                // As for any name that does not exist: not worth a log line.
+                var failure = FuseFailure(ENOENT, "\(directory.name) has no predecessor, so no changes.img")
+                failure.isRoutineProbe = true
+                throw failure
+            }
             return entry(for: .changes(directory))
         }
         guard let id = child, let info = pool.info(id) else {
