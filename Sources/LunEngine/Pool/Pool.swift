@@ -35,6 +35,8 @@ public final class Pool: @unchecked Sendable {
     public var lastPassQuiesceSeconds = 5.0
     /// Where a snapclone's predecessor gets its copies: on the write path or in a second pass.
     public var snapcloneVariant = SnapcloneVariant.secondPass
+    /// Snapshots dropped for space, and who is told (SpacePolicy.swift); memory only.
+    let spacePolicy = SpacePolicyState()
     /// The background copier of the mounted pool, if started.
     var snapcloneCopier: SnapcloneCopier?
     /// Snapshots on separate storage: their open files and their background copy (External/).
