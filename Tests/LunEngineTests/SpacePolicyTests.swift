@@ -180,6 +180,68 @@ final class SpacePolicyTests: XCTestCase {
         }
     }
 
+    /// The power goes out at every sync of a write that drops a snapshot (the drop's commit,
+    /// then the write's own): after the crash the pool checks clean, the dropped snapshot is
+    /// either gone or whole with its bytes, the snapshot that is not expendable and every byte
+    /// committed before are intact, and the written range reads its new bytes or zeros.
+    func testPowerCutAtEverySyncOfADrop() throws {
+        var cut = 0, completed = false
+        while !completed && cut < 60 {
+            var set = SimulatedDriveSet(count: 5, sizeBytes: 24 << 20, seed: 1508 + UInt64(cut))
+            let plan = PowerCut.Plan()
+            func devices() -> [BlockDevice] { set.drives.map { PowerCut($0, plan) } }
+            try Pool.format(devices: devices(), raid: .raid5)
+            let pool = try Pool.open(devices: devices())
+            var rng = TestRandom(seed: 1509)
+            let vm = try pool.createDisk(named: "vm")
+            let n = Int(pool.usage().freeBytes) / seg / 5
+            var image = rng.bytes(n * seg)
+            try pool.write(vm, at: 0, image)
+            let old = try pool.createSnapshot(of: vm, named: "old")
+            try pool.setExpendable(old, true)
+            let oldImage = image
+            image = rng.bytes(n * seg)
+            try pool.write(vm, at: 0, image)
+            let keep = try pool.createSnapshot(of: vm, named: "keep")
+            let keepImage = image
+            image = rng.bytes(n * seg)
+            try pool.write(vm, at: 0, image)
+            try pool.setOnFull(vm, .dropSnapshots)
+            try pool.commit()
+            let big = rng.bytes((Int(pool.usage().freeBytes) / seg + n / 2) * seg)
+            plan.syncsLeft = cut
+            do {
+                try pool.write(vm, at: UInt64(n * seg), big)
+                completed = !plan.dead
+                if completed { XCTAssertEqual(pool.droppedSnapshots().recent.map(\.path), ["vm/old"], "the write needed the drop") }
+            } catch {
+                XCTAssertTrue(plan.dead, "cut \(cut): \(error) without a power cut")
+            }
+            set.crash(seed: 1510 + UInt64(cut))
+            plan.syncsLeft = nil
+            plan.dead = false
+            let reopened = try Pool.open(devices: devices())
+            XCTAssertEqual(try PoolChecker(pool: reopened, scrub: true).run().problems, [], "cut \(cut)")
+            if reopened.info(old) != nil { assertSameBytes(try reopened.image(old), oldImage, "cut \(cut): old, not dropped") }
+            assertSameBytes(try reopened.image(keep), keepImage, "cut \(cut): keep")
+            let after = try reopened.image(vm)
+            assertSameBytes(Array(after[0..<n * seg]), image, "cut \(cut): vm's committed bytes")
+            if after.count > n * seg {
+                let written = Array(after[(n * seg)...])
+                for k in 0..<(written.count + seg - 1) / seg {
+                    let piece = Array(written[(k * seg)..<min(written.count, (k + 1) * seg)])
+                    let new = Array(big[(k * seg)..<min(big.count, (k + 1) * seg)])
+                    XCTAssertTrue(sameBytes(piece, new) || sameBytes(piece, [UInt8](repeating: 0, count: piece.count)),
+                                  "cut \(cut): vm segment \(n + k) is neither the write nor zeros")
+                }
+            }
+            try reopened.close()
+            cut += 1
+        }
+        XCTAssertTrue(completed, "the write finished without a power cut after \(cut) syncs")
+        print("SpacePolicyTests: the power cut at each of \(cut - 1) syncs of a write that dropped a snapshot")
+    }
+
     /// Writers rewriting their own segments of a drop-snapshots disk, a committer, and a
     /// thread taking expendable snapshots (and one that is not, at the start) on a pool too
     /// small for them all: every write succeeds, the kept snapshot keeps its bytes, every
