@@ -1,6 +1,7 @@
 // The disk.img files: open, read, write, sync, truncate, fallocate and SEEK_DATA/SEEK_HOLE,
-// each a direct call into the engine; and the read-only changes.img files beside them. The file handle names the disk and the generation it
-// was opened in, so a handle outlives neither its disk nor its image (ESTALE).
+// each a direct call into the engine; and the read-only changes.img files beside them. The
+// file handle names the disk and the generation it was opened in, so a handle outlives
+// neither its disk nor its image (ESTALE).
 #if canImport(Glibc)
 import Glibc
 #endif
