@@ -80,6 +80,7 @@ extension FileSystem {
         case .image(let info):
             attributes.st_ino = UInt(MountedNode.image(info.id).inodeNumber)
             applyAccess(&attributes, info.imageAccess, type: S_IFREG, defaultMode: options.ownerOnlyByDefault ? 0o600 : 0o644)
+            attributes.st_mode &= ~Self.imageDroppedModeBits
             attributes.st_nlink = 1
             attributes.st_size = Int(truncatingIfNeeded: info.sizeBytes)
             attributes.st_blocks = Int(truncatingIfNeeded: info.allocatedBytes / statBlockUnitBytes)
@@ -99,6 +100,12 @@ extension FileSystem {
         }
         return attributes
     }
+
+    /// Images never carry set-user-ID or set-group-ID: the session tells the kernel at INIT that
+    /// the file system removes them on write, chown and truncate (FUSE_HANDLE_KILLPRIV_V2), which
+    /// spares a `security.capability` round trip before every buffered write, and an image that
+    /// never has them keeps that promise with no work on the write path. chmod drops them.
+    static let imageDroppedModeBits: mode_t = 0o6000
 
     /// Mode and owner: as chmod/chown set them, else the defaults.
     private func applyAccess(_ attributes: inout stat, _ access: NodeAccess?, type: mode_t, defaultMode: mode_t) {

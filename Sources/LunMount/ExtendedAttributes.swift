@@ -99,9 +99,11 @@ extension FileSystem {
     }
 
     func getAttribute(_ ino: fuse_ino_t, name: String, capacity: Int) throws(FuseFailure) -> AttributeReply {
-        // The kernel asks for security.capability before every buffered write: answer
-        // names outside our namespace without a trip into the engine.
-        guard name.hasPrefix(ExtendedAttribute.namespacePrefix) else { throw FuseFailure.absentAttribute(name) }
+        // Names outside our namespace are answered without a trip into the engine.
+        guard name.hasPrefix(ExtendedAttribute.namespacePrefix) else {
+            if name == "security.capability" { capabilityLookups.wrappingAdd(1, ordering: .relaxed) }
+            throw FuseFailure.absentAttribute(name)
+        }
         if case .root = try resolve(ino), name == ExtendedAttribute.scrubName {
             return try fitted(Array(lastScrub.withLock { $0 }.utf8), capacity: capacity)
         }

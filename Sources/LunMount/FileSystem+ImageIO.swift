@@ -330,6 +330,10 @@ extension FileSystem {
         let current = attributes(of: node)
         var mode = current.st_mode & 0o7777, uid = current.st_uid, gid = current.st_gid
         if fields & FUSE_SET_ATTR_MODE != 0 { mode = wanted.st_mode & 0o7777 }
+        if case .image = node, mode & Self.imageDroppedModeBits != 0 {
+            log.write("chmod: set-user-ID and set-group-ID are dropped on images (mode \(String(mode, radix: 8)))")
+            mode &= ~Self.imageDroppedModeBits
+        }
         if fields & FUSE_SET_ATTR_UID != 0 { uid = wanted.st_uid }
         if fields & FUSE_SET_ATTR_GID != 0 { gid = wanted.st_gid }
         guard mode != current.st_mode & 0o7777 || uid != current.st_uid || gid != current.st_gid else { return }

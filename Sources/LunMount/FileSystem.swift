@@ -48,6 +48,9 @@ final class FileSystem: Sendable {
     let openImages = OpenImageTable()
     /// The result of the last scrub asked for through `user.lunfs.scrub`.
     let lastScrub = Mutex<String>("no scrub has run during this mount")
+    /// Lookups of `security.capability`: the kernel's check before a write when it does not
+    /// know that lunfs removes privileges itself (FUSE_HANDLE_KILLPRIV_V2). Logged at unmount.
+    let capabilityLookups = Atomic<Int>(0)
     /// The kernel's cached pages of the images: write-back before a snapshot, refused write-backs.
     let kernelCache = KernelPageCache()
 
