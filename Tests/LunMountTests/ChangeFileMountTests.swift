@@ -59,6 +59,14 @@ final class ChangeFileMountTests: MountTestCase {
         XCTAssertEqual(st.st_mode & 0o777, 0o444, "read-only")
         XCTAssertEqual(Int(st.st_blocks) * 512, 4 * segment, "segments 1, 3, 6 and 7")
         XCTAssertEqual(try dataExtents(tuesdayChanges), [segment..<2 * segment, 3 * segment..<4 * segment, 6 * segment..<8 * segment])
+        // Who may read disk.img may read its changes, nobody else; chmod of changes.img itself is refused.
+        try check(chmod(pool.path("vm/tuesday/disk.img"), 0o640))
+        // The kernel may keep changes.img's attributes for their timeout (1 s).
+        let deadline = Date().addingTimeInterval(3)
+        repeat { try check(stat(tuesdayChanges, &st)) } while st.st_mode & 0o7777 != 0o440 && Date() < deadline && usleep(50_000) == 0
+        XCTAssertEqual(st.st_mode & 0o7777, 0o440)
+        XCTAssertEqual(errnoOf { try check(chmod(tuesdayChanges, 0o644)) }, EPERM)
+        try check(chmod(pool.path("vm/tuesday/disk.img"), 0o644))
         XCTAssertEqual(errnoOf { _ = try openFile(tuesdayChanges, O_RDWR) }, EACCES)
         XCTAssertEqual(errnoOf { try check(truncate(tuesdayChanges, 0)) }, EACCES)
         XCTAssertEqual(errnoOf { try check(unlink(tuesdayChanges)) }, EPERM)
