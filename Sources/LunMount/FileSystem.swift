@@ -63,9 +63,14 @@ final class FileSystem: Sendable {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         self.mountedAt = now
-        // A snapshot the space policy dropped is gone as if by rmdir: its handles turn stale.
-        // (The engine logs the drop; the kernel may keep its name cached for the entry timeout.)
-        pool.observeDroppedSnapshots { [weak self] dropped in self?.retire(dropped.id, imageOnly: false) }
+        // A snapshot the space policy dropped is gone as if by rmdir: its handles turn stale and
+        // the kernel forgets its name (the engine logs the drop).
+        pool.observeDroppedSnapshots { [weak self] dropped in
+            guard let self else { return }
+            retire(dropped.id, imageOnly: false)
+            let parent = dropped.parent.map { MountedNode.directory($0).inodeNumber } ?? MountedNode.rootInodeNumber
+            kernelCache.nameRemoved(parent: parent, dropped.name)
+        }
     }
 
     /// The file system a request belongs to: the userdata given to `fuse_session_new`.

@@ -52,6 +52,10 @@ final class SpacePolicyMountTests: MountTestCase {
         image += more
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: vm).sorted(), ["changes.img", "disk.img", "keep"])
         XCTAssertEqual(try readWholeFile(pool.path("vm/keep/disk.img")), kept, "the snapshot that is not expendable keeps its bytes")
+        var st = stat()
+        let deadline = Date().addingTimeInterval(3)
+        while stat(pool.path("vm/old"), &st) == 0 && Date() < deadline { usleep(20_000) }
+        XCTAssertEqual(errnoOf { try check(stat(pool.path("vm/old"), &st)) }, ENOENT, "a dropped snapshot's directory is gone")
         XCTAssertEqual(try readBytes(fd, count: image.count, at: 0), image)
         let log = try String(contentsOfFile: pool.poolPath + "/lunfs.log", encoding: .utf8)
         let drops = log.split(separator: "\n").filter { $0.contains("space policy:") }

@@ -21,6 +21,8 @@ public enum OnFullPolicy: String, Sendable, Equatable {
 /// A snapshot the space policy deleted, for the log, `lunfs status` and the file system.
 public struct DroppedSnapshot: Sendable, Equatable {
     public var id: DiskID
+    /// Its directory's name and the disk whose directory held it.
+    public var name: String, parent: DiskID?
     /// Its tree path when it was dropped (`vm/monday`).
     public var path: String
     /// The disk whose write needed the space.
@@ -169,7 +171,8 @@ extension Pool {
                 throw error
             }
             let freed = usage().freeBytes.subtractingReportingOverflow(freeBefore)
-            let dropped = DroppedSnapshot(id: victim.id, path: path, forDisk: treePath(of: d.id) ?? d.name,
+            let dropped = DroppedSnapshot(id: victim.id, name: victim.name, parent: victim.parent, path: path,
+                                          forDisk: treePath(of: d.id) ?? d.name,
                                           at: UInt64(Date().timeIntervalSince1970),
                                           freedBytes: freed.overflow ? 0 : freed.partialValue)
             log("space policy: the pool is full; dropped expendable snapshot \(path) (id \(victim.id)) for a write to \(dropped.forDisk), \(dropped.freedBytes) bytes freed")
