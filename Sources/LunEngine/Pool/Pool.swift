@@ -39,6 +39,8 @@ public final class Pool: @unchecked Sendable {
     var snapcloneCopier: SnapcloneCopier?
     /// Snapshots on separate storage: their open files and their background copy (External/).
     let externals = ExternalSnapshotRegistry()
+    /// Rebuilds and drive evacuations, and the lock of PSEG moves (Pool/PoolJobs.swift).
+    let jobs = PoolJobs()
     /// Added to the write-intent set's clock, so that a test can age the set without waiting.
     let intentClockOffset = Mutex<Double>(0)
     /// What recovery noticed when the pool was opened (damaged copies it worked around).
