@@ -524,6 +524,7 @@ public final class Pool: @unchecked Sendable {
         snapcloneCopier = copier
         copier.start()
         startExternalCopies()
+        startRebuilds()
     }
 
     /// Commits everything and releases the drives and the lock. The pool is unusable after.
@@ -531,6 +532,7 @@ public final class Pool: @unchecked Sendable {
         if closed { return }
         snapcloneCopier?.stop()
         externals.copier?.stop()
+        jobs.rebuilder.withLock { $0 }?.stop()
         committerStop.lock()
         committerStopping = true
         committerStop.broadcast()

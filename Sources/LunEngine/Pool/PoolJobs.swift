@@ -47,7 +47,14 @@ final class PoolJobs: Sendable {
         running.withLock { $0[id]?.bytesDone = bytesDone }
     }
 
+    func setTotal(_ id: Int, bytesTotal: UInt64) {
+        running.withLock { $0[id]?.bytesTotal = bytesTotal }
+    }
+
     func finish(_ id: Int) { running.withLock { $0[id] = nil } }
+
+    /// The background rebuild of a mounted pool, once started (`Pool.startBackgroundCopies`).
+    let rebuilder = Mutex<MemberRebuilder?>(nil)
 
     var all: [PoolJob] { running.withLock { $0.sorted { $0.key < $1.key }.map(\.value) } }
 }
