@@ -23,14 +23,15 @@ public struct UnreadableRange: Sendable, Equatable, CustomStringConvertible {
 extension Pool {
     /// Members on drives out of service that redundancy can rebuild now and that have a drive
     /// to go to: RAID 1 members whose partner is in service, RAID 5 members whose four others are.
-    func rebuildableMembers() -> [StoreMemberSlot] {
+    /// `onDrives` limits it to members on those drives.
+    func rebuildableMembers(onDrives: Set<Int>? = nil) -> [StoreMemberSlot] {
         stateLock.withLock {
             let rsds = state.rsds
             var out: [StoreMemberSlot] = []
             for id in 0..<rsds.highWater where rsds.isLive(id) {
                 guard let layout = rsds.layout(id, geometry), layout.level != .raid0 else { continue }
                 let members = rsds.memberList(id)
-                for (m, member) in members.enumerated() where !drives.isAvailable(member.drive) {
+                for (m, member) in members.enumerated() where !drives.isAvailable(member.drive) && onDrives.map({ $0.contains(member.drive) }) ?? true {
                     let slot = StoreMemberSlot(store: id, member: m)
                     guard layout.redundancySources(ofMember: m).allSatisfy({ drives.isAvailable(members[$0].drive) }),
                           !moveTargetsLocked(slot).isEmpty else { continue }
@@ -117,8 +118,8 @@ extension Pool {
 
     /// Replaces each metadata mirror on a drive out of service by a drive in service that is
     /// not a mirror, with one checkpoint.
-    func moveMetadataMirrorsOffLostDrives() throws(LunError) {
-        let lost = metadata.mirrors.filter { !drives.isAvailable($0) }
+    func moveMetadataMirrorsOffLostDrives(_ only: Set<Int>? = nil) throws(LunError) {
+        let lost = metadata.mirrors.filter { d in !drives.isAvailable(d) && (only?.contains(d) ?? true) }
         for d in lost { try moveMetadataMirrors(off: d, preferring: nil) }
     }
 
@@ -188,12 +189,21 @@ extension Pool {
 
 /// The background rebuild of a mounted pool: one member per step on a ThrottledCopyThread (at
 /// most half of the time), its progress a `PoolJob` of kind `.rebuild` while there is work.
+///
+/// A drive is rebuilt only once it has been out of service for `delaySeconds`
+/// (`LUNFS_REBUILD_DELAY`, 30 s by default): a drive file put back, or a cable replugged,
+/// within that time costs nothing but its stale chunks' rebuild in place.
 final class MemberRebuilder: @unchecked Sendable {
     private var thread: ThrottledCopyThread<StoreMemberSlot>!
     private let job = Mutex<Int?>(nil)
     private let done = Atomic<Int>(0)
+    /// When the rebuilder first saw each drive out of service (only its own thread uses it).
+    private var outSince: [Int: Date] = [:]
+    let delaySeconds: Double
+    static var defaultDelaySeconds: Double { ProcessInfo.processInfo.environment["LUNFS_REBUILD_DELAY"].flatMap(Double.init) ?? 30 }
 
-    init(pool: Pool, restFactor: Double = 1) {
+    init(pool: Pool, restFactor: Double = 1, delaySeconds: Double = MemberRebuilder.defaultDelaySeconds) {
+        self.delaySeconds = delaySeconds
         thread = ThrottledCopyThread(
             name: "lunfs-rebuild", restFactor: restFactor,
             work: { [weak pool, unowned self] in
@@ -211,8 +221,18 @@ final class MemberRebuilder: @unchecked Sendable {
 
     /// What is left to rebuild; registers the job while there is some, and drops it after.
     private func work(_ pool: Pool) -> [StoreMemberSlot] {
-        do { try pool.moveMetadataMirrorsOffLostDrives() } catch { pool.log("moving metadata mirrors off lost drives: \(error)") }
-        let slots = pool.rebuildableMembers()
+        pool.noticeDeletedDriveFiles()
+        let now = Date()
+        var due = Set<Int>()
+        for d in 0..<pool.drives.count {
+            if pool.drives.isAvailable(d) { outSince[d] = nil; continue }
+            let since = outSince[d] ?? now
+            outSince[d] = since
+            if now.timeIntervalSince(since) >= delaySeconds { due.insert(d) }
+        }
+        guard !due.isEmpty else { return [] }
+        do { try pool.moveMetadataMirrorsOffLostDrives(due) } catch { pool.log("moving metadata mirrors off lost drives: \(error)") }
+        let slots = pool.rebuildableMembers(onDrives: due)
         let pseg = pool.geometry.psegSizeBytes
         job.withLock { id in
             if slots.isEmpty {
