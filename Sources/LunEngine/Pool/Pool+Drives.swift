@@ -172,12 +172,13 @@ extension Pool {
     }
 
     /// Why drive `d` cannot leave the pool, if it cannot.
-    func checkRemovable(_ d: Int) throws(LunError) {
+    /// `joining`: drives about to be added first (`replace`).
+    func checkRemovable(_ d: Int, joining: Int = 0) throws(LunError) {
         guard d >= 0, d < drives.count, !drives.isRetired(d) else { throw .notFound("the pool has no drive \(d)") }
         guard !metadata.mirrors.contains(d) else {
             throw .busy("drive \(d) holds a copy of the pool's metadata (mirrors are drives \(metadata.mirrors)); it cannot be removed")
         }
-        let remaining = drives.memberSlots.count - 1 - drainingDriveIndexes.filter { $0 != d }.count
+        let remaining = drives.memberSlots.count + joining - 1 - drainingDriveIndexes.filter { $0 != d }.count
         let needed = defaultRAID.memberCount == 8 ? 2 : (defaultRAID == .raid5 ? 5 : 1)
         guard remaining >= needed else {
             throw .invalid("removing drive \(d) would leave \(remaining) drives; the pool's default \(defaultRAID) needs \(needed)")
@@ -232,6 +233,38 @@ extension Pool {
             }
             log("drive \(d) (\(device?.name ?? "missing")) removed from the pool")
         }
+    }
+
+    // MARK: The verbs
+
+    /// `drive add`: each path joins the pool in turn; returns their indexes. Leveling then
+    /// spreads used PSEGs onto them in the background (or at once on an unmounted pool).
+    public func addDrives(paths: [String], force: Bool = false) throws(LunError) -> [Int] {
+        guard !paths.isEmpty else { throw .invalid("drive add needs at least one drive path") }
+        var added: [Int] = []
+        for path in paths { added.append(try addDrive(path: path, force: force)) }
+        return added
+    }
+
+    /// `drive remove`: drive `d` takes no new stores; when it holds nothing it is forgotten at
+    /// once, otherwise leveling empties it and then forgets it. Returns whether it is gone.
+    @discardableResult
+    public func removeDrive(_ d: Int) throws(LunError) -> Bool {
+        try beginRemoval(d)
+        if usedSegments(onDrive: d) == 0 {
+            try forgetDrive(d)
+            return true
+        }
+        return false
+    }
+
+    /// `drive replace`: `path` joins the pool and drive `d` is emptied onto the drives (the new
+    /// one first, as it is the emptiest) and then forgotten. Returns the new drive's index.
+    public func replaceDrive(_ d: Int, withPath path: String, force: Bool = false) throws(LunError) -> Int {
+        try checkRemovable(d, joining: 1)
+        let added = try addDrive(path: path, force: force)
+        try removeDrive(d)
+        return added
     }
 
     // MARK: drives.list

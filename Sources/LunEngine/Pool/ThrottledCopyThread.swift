@@ -7,7 +7,8 @@
 // ExternalSnapshotCopier).
 import Foundation
 
-final class ThrottledCopyThread: @unchecked Sendable {
+/// `Item` names what a step copies: a disk for the copiers, a pass for leveling.
+final class ThrottledCopyThread<Item>: @unchecked Sendable {
     private let condition = NSCondition()
     private var stopping = false
     private var woken = false
@@ -15,13 +16,13 @@ final class ThrottledCopyThread: @unchecked Sendable {
     /// Rest after each step, as a multiple of the time the step took (1: half the time copying).
     let restFactor: Double
     private let name: String
-    /// The disks with copying left; nil once the pool is gone.
-    private let work: () -> [DiskID]?
-    private let step: (DiskID) throws(LunError) -> Void
-    private let failed: (DiskID, LunError) -> Void
+    /// The items with copying left; nil once the pool is gone.
+    private let work: () -> [Item]?
+    private let step: (Item) throws(LunError) -> Void
+    private let failed: (Item, LunError) -> Void
 
-    init(name: String, restFactor: Double, work: @escaping () -> [DiskID]?,
-         step: @escaping (DiskID) throws(LunError) -> Void, failed: @escaping (DiskID, LunError) -> Void) {
+    init(name: String, restFactor: Double, work: @escaping () -> [Item]?,
+         step: @escaping (Item) throws(LunError) -> Void, failed: @escaping (Item, LunError) -> Void) {
         self.name = name
         self.restFactor = restFactor
         self.work = work
