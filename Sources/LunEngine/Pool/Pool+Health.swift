@@ -30,18 +30,12 @@ extension Pool {
             let rsds = state.rsds
             var degraded = Set<UInt32>(), unreadable = Set<UInt32>()
             for id in 0..<rsds.highWater where rsds.isLive(id) && rsds.usedMask(id) != 0 {
-                guard let level = rsds.level(id) else { continue }
+                guard let layout = rsds.layout(id, geometry) else { continue }
                 let out = rsds.memberList(id).map { !drives.isAvailable($0.drive) }
-                let lost: Bool, weakened: Bool
-                switch level {
-                case .raid0: lost = out.contains(true); weakened = false
-                case .raid5:
-                    let n = out.filter { $0 }.count
-                    lost = n >= 2; weakened = n == 1
-                case .raid1:
-                    lost = (0..<4).contains { out[$0] && out[$0 + 4] }
-                    weakened = !lost && out.contains(true)
+                let lost = layout.redundancyGroups.contains { group in
+                    !layout.groupReadable(outCount: group.filter { out[$0] }.count, groupSize: group.count)
                 }
+                let weakened = !lost && layout.level != .raid0 && out.contains(true)
                 guard lost || weakened else { continue }
                 if lost { risk.unreadableStores += 1 } else { risk.degradedStores += 1 }
                 for r in 0..<geometry.rsegsPerStore where rsds.isUsed(id, rseg: r) {
