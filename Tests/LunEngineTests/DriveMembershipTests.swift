@@ -61,32 +61,78 @@ final class DriveMembershipTests: XCTestCase {
         XCTAssertEqual(try pool.addDrive(device: extra[1]), 7)
         XCTAssertEqual(pool.usedSegments(onDrive: 5), 0, "a drive being emptied took new stores")
         try pool.forgetDrive(5)
+        // Drive 3 holds data: it is emptied by leveling steps taken while the writers go on.
+        XCTAssertGreaterThan(pool.usedSegments(onDrive: 3), 0)
+        XCTAssertFalse(try pool.removeDrive(3))
+        var moves = 0
+        while moves < 400, let step = try pool.levelingStep() { if step > 0 { moves += 1 } }
         group.wait()
+        try pool.levelCompletely()
+        XCTAssertGreaterThan(moves, 0)
         stop.value.store(true, ordering: .releasing)
         while !committer.isFinished { usleep(1000) }
         XCTAssertEqual(failures.messages, [])
         XCTAssertGreaterThan(pool.usedSegments(onDrive: 6) + pool.usedSegments(onDrive: 7), 0, "added drives took no stores")
-        XCTAssertEqual(pool.driveListing().map(\.index), [0, 1, 2, 3, 4, 6, 7])
-        XCTAssertEqual(pool.usage().driveCount, 7)
+        XCTAssertEqual(pool.driveListing().map(\.index), [0, 1, 2, 4, 6, 7])
+        XCTAssertEqual(pool.usage().driveCount, 6)
         XCTAssertEqual(pool.usage().missingDrives, 0)
         XCTAssertThrowsError(try pool.forgetDrive(5))
         XCTAssertThrowsError(try pool.forgetDrive(0), "a metadata mirror cannot leave")
         XCTAssertEqual(try PoolChecker(pool: pool).run().problems, [])
         try pool.close()
 
-        let sizes = [UInt64](repeating: size, count: 5) + [0, size, size]
-        let list: [BlockDevice?] = drives.devices + [nil, extra[0], extra[1]]
-        // The removed drive's line may be left behind by a crash: open ignores it.
-        for given in [list, drives.devices + [extra[2], extra[0], extra[1]]] {
+        var sizes = [UInt64](repeating: size, count: 5) + [0, size, size]
+        sizes[3] = 0
+        let original: [BlockDevice?] = drives.devices
+        let list: [BlockDevice?] = original[0..<3] + [nil, original[4]] + [nil, extra[0], extra[1]]
+        // The removed drives' lines may be left behind by a crash: open ignores them.
+        for given in [list, original + [extra[2], extra[0], extra[1]]] {
             let reopened = try Pool.open(devices: given, sizes: sizes)
-            XCTAssertEqual(reopened.driveListing().map(\.index), [0, 1, 2, 3, 4, 6, 7])
+            XCTAssertEqual(reopened.driveListing().map(\.index), [0, 1, 2, 4, 6, 7])
             XCTAssertEqual(reopened.usage().missingDrives, 0)
             XCTAssertEqual(try PoolChecker(pool: reopened, scrub: true).run().problems, [])
             for (id, expected) in models.images { assertSameBytes(try reopened.image(id), expected, "disk \(id) after reopen") }
             try reopened.close()
         }
-        // The forgotten drive lost its identity: it can join a pool again.
+        // The forgotten drives lost their identity: they can join a pool again.
         XCTAssertNil(DriveIdentity.read(extra[2]))
+        XCTAssertNil(DriveIdentity.read(drives.devices[3]))
+    }
+
+    /// Leveling after three drives join: each drive ends within one PSEG (and a half, for the
+    /// rounding) of its share of the used PSEGs, and no disk's map changed.
+    func testLevelingSpreadsUsedPSEGsInProportionToSizeAndKeepsMaps() throws {
+        for level in [RAIDLevel.raid1, .raid5] {
+            let drives = MemoryDrives(count: 5, sizeBytes: 64 << 20)
+            try drives.format(raid: level)
+            let pool = try drives.open()
+            var rng = SeededRandom(seed: 77)
+            var images: [DiskID: [UInt8]] = [:]
+            for n in 0..<2 {
+                let id = try pool.createDisk(named: "d\(n)", raid: level)
+                let bytes = rng.bytes(24 << 20)
+                try pool.write(id, at: 0, bytes)
+                images[id] = bytes
+            }
+            try pool.commit()
+            func maps() -> [DiskID: [Int: UInt32]] {
+                pool.stateLock.withLock {
+                    var out: [DiskID: [Int: UInt32]] = [:]
+                    for d in pool.state.disks.values { d.map.forEachMapped { k, e in out[d.id, default: [:]][k] = e.raw } }
+                    return out
+                }
+            }
+            let before = maps()
+            for n in 0..<3 { _ = try pool.addDrive(device: MemoryDevice(name: "new\(n)", sizeBytes: 64 << 20)) }
+            XCTAssertFalse(pool.levelingBacklog().isLevel)
+            try pool.levelCompletely()
+            XCTAssertEqual(maps(), before, "\(level): leveling changed a map")
+            let shares = pool.stateLock.withLock { pool.levelingSharesLocked() }
+            for s in shares { XCTAssertLessThanOrEqual(abs(s.excess), 1.5, "\(level): drive \(s.drive) holds \(s.used), its share is \(s.ideal)") }
+            XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [])
+            for (id, expected) in images { assertSameBytes(try pool.image(id), expected, "\(level) disk \(id)") }
+            try pool.close()
+        }
     }
 
     func testAddRefusesMembersForeignDrivesAndTooSmallOnes() throws {

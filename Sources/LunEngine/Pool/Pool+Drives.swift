@@ -83,6 +83,13 @@ extension Pool {
         try checkWritable()
         guard driveListLines != nil else { throw .invalid("this pool has no \(Pool.driveListName) to name a drive in") }
         let full = path.hasPrefix("/") ? path : directory + "/" + path
+        guard FileManager.default.fileExists(atPath: full) else { throw .notFound("no drive file or device at \(full)") }
+        let real = URL(fileURLWithPath: full).resolvingSymlinksInPath().path
+        for d in drives.memberSlots {
+            if let name = drives.devices(d)?.name, URL(fileURLWithPath: name).resolvingSymlinksInPath().path == real {
+                throw .exists("\(path) is already drive \(d) of this pool")
+            }
+        }
         let device = try FileDevice(path: full)
         guard device.lockExclusive() else {
             throw .busy("drive \(path) is in use by another process (a lunfs pool on it is open)")
@@ -243,6 +250,7 @@ extension Pool {
         guard !paths.isEmpty else { throw .invalid("drive add needs at least one drive path") }
         var added: [Int] = []
         for path in paths { added.append(try addDrive(path: path, force: force)) }
+        wakeLeveling()
         return added
     }
 
@@ -255,6 +263,7 @@ extension Pool {
             try forgetDrive(d)
             return true
         }
+        wakeLeveling()
         return false
     }
 

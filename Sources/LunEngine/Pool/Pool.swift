@@ -59,6 +59,8 @@ public final class Pool: @unchecked Sendable {
     var driveListLines: [String]?
     /// Serialises changes of the drive set (Pool+Drives.swift); taken before `commitLock`.
     let membershipLock = Lock()
+    /// The background leveling of a mounted pool (LevelingJob.swift).
+    let levelingState = Mutex(LevelingState())
 
     /// Seconds between background commits of a mounted pool, like ext4's commit interval.
     public static let backgroundCommitSeconds = 5.0
@@ -539,6 +541,7 @@ public final class Pool: @unchecked Sendable {
         snapcloneCopier = copier
         copier.start()
         startExternalCopies()
+        startLeveling()
     }
 
     /// Commits everything and releases the drives and the lock. The pool is unusable after.
@@ -546,6 +549,7 @@ public final class Pool: @unchecked Sendable {
         if closed { return }
         snapcloneCopier?.stop()
         externals.copier?.stop()
+        stopLeveling()
         committerStop.lock()
         committerStopping = true
         committerStop.broadcast()
