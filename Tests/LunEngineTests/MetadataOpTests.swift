@@ -25,6 +25,7 @@ final class MetadataOpTests: XCTestCase {
         .putExternal(ExternalSnapshotRecord(id: 301, source: 7, filePath: "/backup/vm-\u{e9}.img", mapPath: "/backup/vm-\u{e9}.img.lunfs-valid",
                                             blockBytes: 65536, sizeBytes: 5 << 30, independent: true, token: 0x0123_4567_89AB_CDEF, lost: true)),
         .dropExternal(301),
+        .moveMember(store: 70_000, member: 4, from: StoreMember(drive: 2, pseg: 300), to: StoreMember(drive: 9, pseg: 70_000)),
     ]
 
     func testEveryOpDecodesToWhatWasEncoded() throws {

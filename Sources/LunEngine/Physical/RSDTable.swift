@@ -59,6 +59,12 @@ final class RSDTable: @unchecked Sendable {
         highWater = max(highWater, id + 1)
     }
 
+    /// Member `m` of a live store now is `member` (a PSEG move; readers see the old or the new one).
+    func setMember(_ id: Int, _ m: Int, _ member: StoreMember) {
+        precondition(isLive(id) && m < (level(id)?.memberCount ?? 0))
+        members[id * Self.maxMembers + m] = member.packed
+    }
+
     func undefine(_ id: Int) {
         precondition(isLive(id) && usedMasks[id] == 0, "freeing store \(id) that is in use")
         levels[id] = Self.freeLevel

@@ -17,6 +17,9 @@ struct StoreIO: @unchecked Sendable {
     /// An in-place write of one stripe row holds its lock from the first block to the last
     /// checksum; a read that finds damage takes it before it believes what it found.
     private let stripeLocks: [Lock]
+    /// Reads count themselves here, so that a PSEG move knows when no read can still be using
+    /// a member it switched away from.
+    let memberSwitch = MemberSwitchGate()
 
     /// False on a read-only pool: reads still return the good copy but write nothing (another
     /// process may be writing the same drives).
@@ -103,6 +106,8 @@ struct StoreIO: @unchecked Sendable {
     func read(store: Int, rseg: Int, offset: Int, into buffer: UnsafeMutableRawBufferPointer,
               describe: () -> String = { "" }) throws(LunError) {
         precondition(offset >= 0 && offset + buffer.count <= Int(geometry.rsegSizeBytes))
+        let gate = memberSwitch.enter()
+        defer { memberSwitch.leave(gate) }
         guard let level = table.level(store) else { preconditionFailure("read of undefined store \(store)") }
         let bb = Self.blockBytes
         let start = offset & ~(bb - 1), end = (offset + buffer.count + bb - 1) & ~(bb - 1)
@@ -214,7 +219,7 @@ struct StoreIO: @unchecked Sendable {
 
     /// Fills `piece` (blocks at `within` of data member `member`) from the store's redundancy,
     /// checking every block it reads.
-    private func readRedundantCopy(store: Int, level: RAIDLevel, rseg: Int, member: Int, within: Int,
+    func readRedundantCopy(store: Int, level: RAIDLevel, rseg: Int, member: Int, within: Int,
                                    into piece: UnsafeMutableRawBufferPointer) throws(LunError) {
         let sources = layout(store, level).redundancySources(ofMember: member)
         switch level {

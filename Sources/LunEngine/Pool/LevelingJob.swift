@@ -45,7 +45,8 @@ final class LevelingJob: @unchecked Sendable {
                 s = (id, 0)
             }
             if moved > 0 { s!.done += pseg }
-            pool.jobs.progress(s!.id, bytesDone: s!.done, bytesTotal: s!.done + left)
+            pool.jobs.progress(s!.id, bytesDone: s!.done)
+            pool.jobs.setTotal(s!.id, bytesTotal: s!.done + left)
         }
     }
 

@@ -139,13 +139,19 @@ extension Pool {
                 driveListLines = lines
             }
             try commitLock.withLock { () throws(LunError) in
+                // The allocator knows the slot before anyone can see it (closed: nothing is
+                // taken on it), so whoever walks the drives finds an entry for each.
+                stateLock.withLock {
+                    state.psegs.addDrive(slot, psegs: usable)
+                    state.psegs.setClosed(slot, true)
+                }
                 let installed = drives.install(device, checksumAreaStart: ChecksumArea.start(driveSizeBytes: size, psegSizeBytes: geometry.psegSizeBytes))
                 precondition(installed == slot)
                 metadata.setDriveSet(count: slot + 1, retired: sb.retiredDrives, sizes: metadata.driveSizes + [size])
                 // If this fails no superblock counts the drive yet; the next checkpoint that
                 // succeeds does. Its PSEGs are taken only once one has.
                 try checkpointLocked()
-                stateLock.withLock { state.psegs.addDrive(slot, psegs: usable) }
+                stateLock.withLock { state.psegs.setClosed(slot, false) }
             }
             log("drive \(slot) (\(device.name)) added to the pool: \(usable - geometry.quorumPSEGs) data segments")
             return slot
@@ -157,10 +163,12 @@ extension Pool {
     /// Starts emptying drive `d` to remove it: new stores take nothing on it from now on, and
     /// the choice is recorded (a crash does not forget it). Leveling moves its PSEGs away;
     /// `forgetDrive` removes it once it holds nothing.
-    public func beginRemoval(_ d: Int) throws(LunError) {
+    public func beginRemoval(_ d: Int, preferring successor: Int? = nil) throws(LunError) {
         try checkWritable()
         try membershipLock.withLock { () throws(LunError) in
             try checkRemovable(d)
+            // A metadata mirror on it moves first (one checkpoint), to the successor if it may.
+            if metadata.mirrors.contains(d) { try moveMetadataMirrors(off: d, preferring: successor) }
             try commitLock.withLock { () throws(LunError) in
                 stateLock.withLock { state.psegs.setClosed(d, true) }
                 var sb = metadata.superblock
@@ -182,9 +190,6 @@ extension Pool {
     /// `joining`: drives about to be added first (`replace`).
     func checkRemovable(_ d: Int, joining: Int = 0) throws(LunError) {
         guard d >= 0, d < drives.count, !drives.isRetired(d) else { throw .notFound("the pool has no drive \(d)") }
-        guard !metadata.mirrors.contains(d) else {
-            throw .busy("drive \(d) holds a copy of the pool's metadata (mirrors are drives \(metadata.mirrors)); it cannot be removed")
-        }
         let remaining = drives.memberSlots.count + joining - 1 - drainingDriveIndexes.filter { $0 != d }.count
         let needed = defaultRAID.memberCount == 8 ? 2 : (defaultRAID == .raid5 ? 5 : 1)
         guard remaining >= needed else {
@@ -207,6 +212,9 @@ extension Pool {
             try commitLock.withLock { () throws(LunError) in
                 try stateLock.withLock { () throws(LunError) in
                     let used = state.psegs.usedData(drive: d)
+                    guard !metadata.mirrors.contains(d) else {
+                        throw LunError.busy("drive \(d) holds a copy of the pool's metadata; drive remove moves it first")
+                    }
                     guard used == 0 else {
                         throw LunError.busy("drive \(d) still holds \(used) segments; they must be moved off first")
                     }
@@ -257,8 +265,8 @@ extension Pool {
     /// `drive remove`: drive `d` takes no new stores; when it holds nothing it is forgotten at
     /// once, otherwise leveling empties it and then forgets it. Returns whether it is gone.
     @discardableResult
-    public func removeDrive(_ d: Int) throws(LunError) -> Bool {
-        try beginRemoval(d)
+    public func removeDrive(_ d: Int, preferring successor: Int? = nil) throws(LunError) -> Bool {
+        try beginRemoval(d, preferring: successor)
         if usedSegments(onDrive: d) == 0 {
             try forgetDrive(d)
             return true
@@ -272,7 +280,7 @@ extension Pool {
     public func replaceDrive(_ d: Int, withPath path: String, force: Bool = false) throws(LunError) -> Int {
         try checkRemovable(d, joining: 1)
         let added = try addDrive(path: path, force: force)
-        try removeDrive(d)
+        try removeDrive(d, preferring: added)
         return added
     }
 

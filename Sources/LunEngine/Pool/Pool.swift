@@ -39,6 +39,8 @@ public final class Pool: @unchecked Sendable {
     var snapcloneCopier: SnapcloneCopier?
     /// Snapshots on separate storage: their open files and their background copy (External/).
     let externals = ExternalSnapshotRegistry()
+    /// Rebuilds and drive evacuations, and the lock of PSEG moves (Pool/PoolJobs.swift).
+    let jobs = PoolJobs()
     /// Added to the write-intent set's clock, so that a test can age the set without waiting.
     let intentClockOffset = Mutex<Double>(0)
     /// What recovery noticed when the pool was opened (damaged copies it worked around).
@@ -542,6 +544,7 @@ public final class Pool: @unchecked Sendable {
         copier.start()
         startExternalCopies()
         startLeveling()
+        startRebuilds()
     }
 
     /// Commits everything and releases the drives and the lock. The pool is unusable after.
@@ -550,6 +553,7 @@ public final class Pool: @unchecked Sendable {
         snapcloneCopier?.stop()
         externals.copier?.stop()
         stopLeveling()
+        jobs.rebuilder.withLock { $0 }?.stop()
         committerStop.lock()
         committerStopping = true
         committerStop.broadcast()

@@ -4,10 +4,9 @@
 // half of the time and user I/O to the same drives keeps at least half of its throughput.
 // With nothing to copy it looks again every 2 s, or at once when woken; a failing step is
 // retried after 5 s. What a step copies is the owner's business (SnapcloneCopier,
-// ExternalSnapshotCopier).
+// ExternalSnapshotCopier: a disk per step; MemberRebuilder: a store member per step).
 import Foundation
 
-/// `Item` names what a step copies: a disk for the copiers, a pass for leveling.
 final class ThrottledCopyThread<Item>: @unchecked Sendable {
     private let condition = NSCondition()
     private var stopping = false
@@ -16,7 +15,7 @@ final class ThrottledCopyThread<Item>: @unchecked Sendable {
     /// Rest after each step, as a multiple of the time the step took (1: half the time copying).
     let restFactor: Double
     private let name: String
-    /// The items with copying left; nil once the pool is gone.
+    /// The items (disks, members) with copying left; nil once the pool is gone.
     private let work: () -> [Item]?
     private let step: (Item) throws(LunError) -> Void
     private let failed: (Item, LunError) -> Void
