@@ -150,4 +150,36 @@ final class DriveMembershipTests: XCTestCase {
         XCTAssertEqual(try pool.addDrive(device: other.devices[0], force: true), 2)
         try pool.close()
     }
+
+    /// A drive that is gone is removed too: its members are rebuilt from redundancy onto the
+    /// others by the moves, then its slot is retired and the pool is no longer degraded.
+    func testMissingDriveIsRemovedByRebuildingItsMembers() throws {
+        let drives = MemoryDrives(count: 6, sizeBytes: 64 << 20)
+        try drives.format(raid: .raid5)
+        var pool = try drives.open()
+        let id = try pool.createDisk(named: "d")
+        var rng = SeededRandom(seed: 9)
+        let bytes = rng.bytes(20 << 20)
+        try pool.write(id, at: 0, bytes)
+        try pool.close()
+        pool = try drives.open(missing: [4])
+        XCTAssertEqual(pool.usage().missingDrives, 1)
+        XCTAssertGreaterThan(pool.usedSegments(onDrive: 4), 0)
+        XCTAssertFalse(try pool.removeDrive(4))
+        try pool.levelCompletely()
+        XCTAssertEqual(pool.driveListing().map(\.index), [0, 1, 2, 3, 5])
+        XCTAssertEqual(pool.usage().missingDrives, 0)
+        XCTAssertFalse(pool.redundancyRisk().isDegraded)
+        assertSameBytes(try pool.image(id), bytes, "after the missing drive was removed")
+        try pool.close()
+        var given: [BlockDevice?] = drives.devices
+        given[4] = nil
+        var sizes = drives.devices.map(\.sizeBytes)
+        sizes[4] = 0
+        let reopened = try Pool.open(devices: given, sizes: sizes)
+        XCTAssertEqual(reopened.usage().missingDrives, 0)
+        XCTAssertEqual(try PoolChecker(pool: reopened, scrub: true).run().problems, [])
+        assertSameBytes(try reopened.image(id), bytes, "after reopening")
+        try reopened.close()
+    }
 }

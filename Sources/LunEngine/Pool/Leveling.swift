@@ -26,12 +26,15 @@ struct LevelingShare {
 }
 
 extension Pool {
-    /// Each drive in service with what it holds and should hold: the used PSEGs of all of them,
-    /// shared in proportion to the data PSEGs of those not being emptied. Caller holds `stateLock`.
+    /// Each drive in service (and each being emptied) with what it holds and should hold: the
+    /// used PSEGs of all of them, shared in proportion to the data PSEGs of those not being
+    /// emptied. Caller holds `stateLock`.
     func levelingSharesLocked() -> [LevelingShare] {
         let quorum = geometry.quorumPSEGs
         let draining = Set(drainingDriveIndexes)
-        let drivesInService = drives.memberSlots.filter { drives.isAvailable($0) }
+        // A drive being emptied takes part even when it is gone: its members are rebuilt from
+        // redundancy by the move. Other drives out of service are the rebuild's business.
+        let drivesInService = drives.memberSlots.filter { drives.isAvailable($0) || draining.contains($0) }
         var shares: [LevelingShare] = []
         var capacity: [Int: Int] = [:]
         for d in drivesInService {

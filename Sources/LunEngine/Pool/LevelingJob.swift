@@ -78,7 +78,7 @@ extension Pool {
     /// Drives joined or left: leveling looks again now.
     func wakeLeveling() {
         let job = levelingState.withLock { s -> LevelingJob? in
-            s.blocked = false
+            s.blockedAt = nil
             return s.job
         }
         job?.wake()
@@ -87,15 +87,20 @@ extension Pool {
     /// Leveling found no move that helps while work remains (a drive being emptied whose
     /// members have nowhere to go): it rests until drives change.
     func noteLevelingBlocked() {
-        levelingState.withLock { $0.blocked = true }
+        levelingState.withLock { $0.blockedAt = Date() }
     }
 
-    /// Whether leveling rests because no move helps until drives change.
-    public func levelingBlocked() -> Bool { levelingState.withLock { $0.blocked } }
+    /// Whether leveling rests because no move helps until drives change. It looks again after
+    /// `LevelingState.recheckSeconds` anyway: a rebuild may have freed the way meanwhile.
+    public func levelingBlocked() -> Bool {
+        levelingState.withLock { s in s.blockedAt.map { Date().timeIntervalSince($0) < LevelingState.recheckSeconds } ?? false }
+    }
 }
 
 /// The daemon's leveling job and whether it waits for drives to change.
 struct LevelingState {
     var job: LevelingJob?
-    var blocked = false
+    /// When leveling last found no move that helps.
+    var blockedAt: Date?
+    static let recheckSeconds = 10.0
 }
