@@ -118,6 +118,13 @@ private func printDrives(_ r: StatusReport) {
 
 /// Each running job with a bar, bytes done and left, rate and time left.
 private func printJobs(_ r: StatusReport) {
+    if let l = r.leveling {
+        var text = "leveling: \(formatSize(l.backlogBytes)) of segments to move"
+        if !l.draining.isEmpty { text += "; drives being removed: \(l.draining.map(String.init).joined(separator: ", "))" }
+        if l.waiting { text += "; waiting (no move helps under the RAID rules until drives change)" }
+        else if r.live != true { text += " (the daemon levels it once the pool is mounted)" }
+        print(text)
+    }
     guard let jobs = r.jobs, !jobs.isEmpty else { return }
     print("jobs:")
     for j in jobs {
