@@ -11,11 +11,54 @@ import LunEngineTesting
 final class PSEGMoveTests: XCTestCase {
     func testMovesWithWritersAndACommitter() throws {
         for level in [RAIDLevel.raid0, .raid1, .raid5] {
-            try runMovesWithWriters(level, seed: UInt64(level.rawValue) &+ 101)
+            try runWithWriters(level, seed: UInt64(level.rawValue) &+ 101) { pool, failures in
+                var rng = SeededRandom(seed: UInt64(level.rawValue) ^ 0x5EED)
+                var moves = 0
+                for _ in 0..<40 {
+                    let stores = pool.stateLock.withLock { (0..<pool.state.rsds.highWater).filter { pool.state.rsds.isLive($0) } }
+                    guard !stores.isEmpty else { continue }
+                    let store = stores[Int(rng.below(UInt64(stores.count)))]
+                    let slot = StoreMemberSlot(store: store, member: Int(rng.below(UInt64(level.memberCount))))
+                    let targets = pool.moveTargets(for: slot)
+                    guard !targets.isEmpty else { continue }
+                    do {
+                        try pool.movePSEG(slot, toDrive: targets[Int(rng.below(UInt64(targets.count)))])
+                        moves += 1
+                    } catch {
+                        // A store freed meanwhile is fine; anything else is not.
+                        if pool.stateLock.withLock({ pool.state.rsds.isLive(store) }) { failures.add("\(level) move of \(slot): \(error)") }
+                    }
+                }
+                if moves <= 10 { failures.add("\(level): only \(moves) moves made") }
+            }
         }
     }
 
-    private func runMovesWithWriters(_ level: RAIDLevel, seed: UInt64) throws {
+    /// `drive remove` and `drive replace` in the engine: every member of a drive (here drive
+    /// 0, a metadata mirror) moves off it while writers run, onto drive 8 where the rules
+    /// allow; afterwards the pool opens and reads everything without drive 0.
+    func testEvacuatingADriveWithWritersRunning() throws {
+        for level in [RAIDLevel.raid1, .raid5] {
+            let run = try runWithWriters(level, seed: UInt64(level.rawValue) &+ 707) { pool, failures in
+                do {
+                    try pool.evacuateDrive(0, onto: 8)
+                } catch { failures.add("\(level) evacuate: \(error)") }
+                if !pool.members(onDrive: 0).isEmpty { failures.add("\(level): drive 0 still holds members") }
+                if pool.metadata.mirrors.contains(0) { failures.add("\(level): drive 0 is still a metadata mirror") }
+                if pool.members(onDrive: 8).isEmpty { failures.add("\(level): nothing went to drive 8") }
+            }
+            let without = try run.drives.open(missing: [0])
+            XCTAssertFalse(without.redundancyRisk().isDegraded, "\(level): drive 0 held nothing")
+            for (id, image) in run.images { assertSameBytes(try without.image(id), image, "\(level) disk \(id) without drive 0") }
+            try without.close()
+        }
+    }
+
+    /// Three writer threads check their disks against models while a committer commits and
+    /// `mover` runs; then the pool is closed, reopened, checked, counted and compared.
+    @discardableResult
+    private func runWithWriters(_ level: RAIDLevel, seed: UInt64, mover: @escaping @Sendable (Pool, ThreadFailures) -> Void) throws
+        -> (drives: MemoryDrives, images: [DiskID: [UInt8]]) {
         let drives = MemoryDrives(count: 9, sizeBytes: 96 << 20)
         try drives.format(raid: level)
         let pool = try drives.open()
@@ -63,31 +106,14 @@ final class PSEGMoveTests: XCTestCase {
             }.start()
         }
         group.enter()
-        let moves = Atomic<Int>(0)
         Thread {
             defer { group.leave() }
-            var rng = SeededRandom(seed: seed ^ 0x5EED)
-            for _ in 0..<40 {
-                let stores = pool.stateLock.withLock { (0..<pool.state.rsds.highWater).filter { pool.state.rsds.isLive($0) } }
-                guard !stores.isEmpty else { continue }
-                let store = stores[Int(rng.below(UInt64(stores.count)))]
-                let slot = StoreMemberSlot(store: store, member: Int(rng.below(UInt64(level.memberCount))))
-                let targets = pool.moveTargets(for: slot)
-                guard !targets.isEmpty else { continue }
-                do {
-                    try pool.movePSEG(slot, toDrive: targets[Int(rng.below(UInt64(targets.count)))])
-                    moves.add(1, ordering: .relaxed)
-                } catch {
-                    // A store freed meanwhile is fine; anything else is not.
-                    if pool.stateLock.withLock({ pool.state.rsds.isLive(store) }) { failures.add("\(level) move of \(slot): \(error)") }
-                }
-            }
+            mover(pool, failures)
         }.start()
         group.wait()
         stop.value.store(true, ordering: .releasing)
         while !committer.isFinished { usleep(1000) }
         XCTAssertEqual(failures.messages, [], "\(level)")
-        XCTAssertGreaterThan(moves.load(ordering: .relaxed), 10, "\(level): moves made")
         let free = pool.stateLock.withLock { pool.state.psegs.freeCount }
         try pool.close()
         let again = try drives.open()
@@ -95,5 +121,6 @@ final class PSEGMoveTests: XCTestCase {
         XCTAssertEqual(again.state.psegs.freeCount, free, "\(level): free PSEGs per drive after reopening")
         for id in ids { assertSameBytes(try again.image(id), models.images[id]!, "\(level) disk \(id) after reopening") }
         try again.close()
+        return (drives, models.images)
     }
 }

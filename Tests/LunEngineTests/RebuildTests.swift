@@ -85,7 +85,7 @@ final class RebuildTests: XCTestCase {
                                      sizes: drives.devices.map(\.sizeBytes))
             let slots = pool.rebuildableMembers()
             XCTAssertGreaterThanOrEqual(slots.count, 2, "\(level)")
-            for slot in slots.prefix(slots.count / 2) { try pool.rebuildMember(slot) }
+            try pool.rebuildMembers(Array(slots.prefix(slots.count / 2)))
             // Drive 6 vanishes; a write notices (a read alone only falls back).
             vanishing[6].gone.value.store(true, ordering: .releasing)
             let first = images.keys.min()!
@@ -104,6 +104,52 @@ final class RebuildTests: XCTestCase {
             XCTAssertGreaterThan(try readEverythingReadable(readOnly, images, "\(level) read-only, drive 6 back"), 0)
             try readOnly.close()
         }
+    }
+
+    /// The background job: with a writer running, a drive that leaves service is rebuilt
+    /// into free space, the job shows in `runningJobs()` with its bytes, and goes away when done.
+    func testBackgroundRebuildWhileWriting() throws {
+        let drives = MemoryDrives(count: 8, sizeBytes: 96 << 20)
+        var images = try fill(drives, .raid5, seed: 5150, disks: 6)
+        let vanishing = drives.devices.map { VanishingDevice($0) }
+        let pool = try Pool.open(devices: vanishing, sizes: drives.devices.map(\.sizeBytes))
+        let rebuilder = MemberRebuilder(pool: pool, restFactor: 0.2, delaySeconds: 0)
+        vanishing[4].gone.value.store(true, ordering: .releasing)
+        let ids = images.keys.sorted()
+        var rng = SeededRandom(seed: 77)
+        // A write notices the drive is gone and takes it out of service.
+        for id in ids {
+            let bytes = rng.bytes(100_000)
+            try pool.write(id, at: 500_000, bytes)
+            images[id]!.replaceSubrange(500_000..<600_000, with: bytes)
+        }
+        XCTAssertFalse(pool.members(onDrive: 4).isEmpty)
+        rebuilder.start()
+        var sawJob = false
+        let deadline = Date(timeIntervalSinceNow: 60)
+        while !pool.members(onDrive: 4).isEmpty && Date() < deadline {
+            if let job = pool.runningJobs().first {
+                XCTAssertEqual(job.kind, .rebuild)
+                XCTAssertGreaterThan(job.bytesTotal, 0)
+                XCTAssertLessThanOrEqual(job.bytesDone, job.bytesTotal)
+                sawJob = true
+            }
+            let id = ids[Int(rng.below(UInt64(ids.count)))]
+            let off = Int(rng.below(UInt64(size - 70_000)))
+            let bytes = rng.bytes(70_000)
+            try pool.write(id, at: UInt64(off), bytes)
+            images[id]!.replaceSubrange(off..<off + 70_000, with: bytes)
+            try pool.commit()
+        }
+        rebuilder.stop()
+        XCTAssertTrue(sawJob, "the rebuild showed as a job")
+        XCTAssertEqual(pool.members(onDrive: 4), [], "everything rebuilt off drive 4")
+        XCTAssertFalse(pool.redundancyRisk().isDegraded)
+        try assertImages(pool, images, "after the background rebuild")
+        try pool.close()
+        let again = try drives.open(missing: [4, 6])
+        try assertImages(again, images, "without drives 4 and 6")
+        try again.close()
     }
 
     /// Reads every segment: each is right or fails with EIO inside a range `unreadableRanges`

@@ -1,6 +1,7 @@
 // Reads and writes inside one RStore, by RAID level. Every RSEG is one stripe row (StoreLayout
 // says where each column and the parity lie), so a whole-RSEG write on RAID 5 is a
-// full-stripe write and computes parity without reading. Reads of RAID 1 and 5 survive one missing or failing member; RAID 0 cannot.
+// full-stripe write and computes parity without reading. Reads of RAID 1 and 5 survive one
+// missing or failing member; RAID 0 cannot.
 //
 // Every block read is checked against its checksum (BlockChecksums). A block that fails is
 // read again under the stripe lock (an in-place write holds it from a block to its checksum,

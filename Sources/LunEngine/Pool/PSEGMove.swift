@@ -67,18 +67,64 @@ extension Pool {
     /// or the copy cannot be written (nothing changes: the new PSEG is given back).
     @discardableResult
     public func movePSEG(_ slot: StoreMemberSlot, toDrive target: Int) throws(LunError) -> UInt64 {
+        let result = try movePSEGs([slot]) { [self] slot throws(LunError) -> Int in
+            guard moveTargetsLocked(slot).contains(target) else {
+                throw .invalid("\(slot) cannot move to drive \(target): the drive is out of service, full, or holds a member it must not share a drive with")
+            }
+            return target
+        }
+        if let failure = result.failed.first { throw failure.error }
+        return result.copied
+    }
+
+    /// Moves several members, each to the drive `target` picks for it (called under
+    /// `stateLock` just before its copy, so it sees the moves before it), with one commit for
+    /// all: a rebuild's step, where a commit per member would cost more than the copies. A
+    /// member whose move fails stays where it was and is returned in `failed`.
+    func movePSEGs(_ slots: [StoreMemberSlot], target: (StoreMemberSlot) throws(LunError) -> Int)
+        throws(LunError) -> (copied: UInt64, failed: [(slot: StoreMemberSlot, error: LunError)]) {
         try checkWritable()
         jobs.moveLock.lock()
         defer { jobs.moveLock.unlock() }
+        var copied: UInt64 = 0
+        var failed: [(slot: StoreMemberSlot, error: LunError)] = []
+        var oldMembers: [StoreMember] = []
+        for slot in slots {
+            do {
+                let moved = try copyAndSwitch(slot, target: target)
+                oldMembers.append(moved.old)
+                copied += moved.copied
+            } catch {
+                failed.append((slot, error))
+            }
+        }
+        guard !oldMembers.isEmpty else { return (copied, failed) }
+        // Make the switches durable, then give the old PSEGs back.
+        do {
+            try commit()
+        } catch {
+            // The old PSEGs stay held (a leak until the next open rebuilds the allocator from
+            // the RSDs): a later commit may make the switches durable.
+            log("PSEG moves: the commit failed (\(error)); \(oldMembers.count) old PSEGs stay held until the pool is opened again")
+            throw error
+        }
+        storeIO.memberSwitch.waitForReadsBefore()
+        stateLock.withLock { for old in oldMembers { state.psegs.release(drive: old.drive, pseg: old.pseg) } }
+        return (copied, failed)
+    }
+
+    /// Takes a PSEG on the drive `target` picks, copies the member there under the store's
+    /// stripe locks and switches it (logged, not yet committed). Caller holds `moveLock`.
+    private func copyAndSwitch(_ slot: StoreMemberSlot, target: (StoreMemberSlot) throws(LunError) -> Int)
+        throws(LunError) -> (old: StoreMember, copied: UInt64) {
         // 1. Take the new PSEG.
         let taken = try stateLock.withLock { () throws(LunError) -> (StoreLayout, StoreMember, StoreMember) in
             guard let layout = state.rsds.layout(slot.store, geometry), slot.member < layout.memberCount else {
                 throw .invalid("\(slot) does not exist")
             }
-            guard moveTargetsLocked(slot).contains(target), let pseg = state.psegs.take(drive: target) else {
-                throw .invalid("\(slot) cannot move to drive \(target): the drive is out of service, full, or holds a member it must not share a drive with")
-            }
-            return (layout, state.rsds.member(slot.store, slot.member), StoreMember(drive: target, pseg: pseg))
+            let drive = try target(slot)
+            guard let pseg = state.psegs.take(drive: drive) else { throw .noSpace("drive \(drive) has no free PSEG") }
+            return (layout, state.rsds.member(slot.store, slot.member), StoreMember(drive: drive, pseg: pseg))
         }
         let (layout, old, new) = taken
         // 2. Copy under the store's stripe locks, then switch.
@@ -90,7 +136,7 @@ extension Pool {
         } catch {
             for l in locks { l.unlock() }
             stateLock.withLock { state.psegs.release(drive: new.drive, pseg: new.pseg) }
-            log("move of \(slot) from drive \(old.drive) to drive \(target) failed, nothing changed: \(error)")
+            log("move of \(slot) from drive \(old.drive) to drive \(new.drive) failed, nothing changed: \(error)")
             throw error
         }
         let switched = stateLock.withLock { () -> Bool in
@@ -106,18 +152,7 @@ extension Pool {
         }
         for l in locks { l.unlock() }
         guard switched else { throw .busy("\(slot) changed during its move; nothing moved") }
-        // 3. Make the switch durable, then give the old PSEG back.
-        do {
-            try commit()
-        } catch {
-            // The old PSEG stays held (a leak of one PSEG until the next open rebuilds the
-            // allocator from the RSDs): a later commit may make the switch durable.
-            log("move of \(slot): the commit failed (\(error)); drive \(old.drive) PSEG \(old.pseg) stays held until the pool is opened again")
-            throw error
-        }
-        storeIO.memberSwitch.waitForReadsBefore()
-        stateLock.withLock { state.psegs.release(drive: old.drive, pseg: old.pseg) }
-        return copied
+        return (old, copied)
     }
 
     /// Copies each used RSEG's piece of member `m` from `old` to `new`, checked; a piece or block

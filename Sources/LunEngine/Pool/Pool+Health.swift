@@ -1,6 +1,9 @@
 // The pool's health as `lunfs status` shows it: each drive's state, size, use and error counts,
 // and what the drives out of service put at risk. Plain values copied out under `stateLock`,
 // so the daemon can answer while I/O goes on.
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension Pool {
     /// Every drive with its state, the space stores use on it, and its errors.
@@ -58,6 +61,21 @@ extension Pool {
                 if gone { risk.disksWithUnreadableData.append(d.id) }
             }
             return risk
+        }
+    }
+}
+
+extension Pool {
+    /// A drive file deleted under a running pool still reads and writes through its open
+    /// descriptor, but its bytes are gone when the pool closes: such a drive is taken out of
+    /// service now (and so rebuilt into free space, Pool/RebuildIntoFreeSpace.swift).
+    func noticeDeletedDriveFiles() {
+        for d in 0..<drives.count where drives.isAvailable(d) {
+            guard let file = drives.devices(d) as? FileDevice else { continue }
+            var st = stat()
+            if fstat(file.fileDescriptor, &st) == 0 && st.st_nlink == 0 {
+                drives.markFailed(d, .io("its file \(file.name) was deleted"))
+            }
         }
     }
 }

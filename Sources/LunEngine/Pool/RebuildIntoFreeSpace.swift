@@ -23,14 +23,15 @@ public struct UnreadableRange: Sendable, Equatable, CustomStringConvertible {
 extension Pool {
     /// Members on drives out of service that redundancy can rebuild now and that have a drive
     /// to go to: RAID 1 members whose partner is in service, RAID 5 members whose four others are.
-    func rebuildableMembers() -> [StoreMemberSlot] {
+    /// `onDrives` limits it to members on those drives.
+    func rebuildableMembers(onDrives: Set<Int>? = nil) -> [StoreMemberSlot] {
         stateLock.withLock {
             let rsds = state.rsds
             var out: [StoreMemberSlot] = []
             for id in 0..<rsds.highWater where rsds.isLive(id) {
                 guard let layout = rsds.layout(id, geometry), layout.level != .raid0 else { continue }
                 let members = rsds.memberList(id)
-                for (m, member) in members.enumerated() where !drives.isAvailable(member.drive) {
+                for (m, member) in members.enumerated() where !drives.isAvailable(member.drive) && onDrives.map({ $0.contains(member.drive) }) ?? true {
                     let slot = StoreMemberSlot(store: id, member: m)
                     guard layout.redundancySources(ofMember: m).allSatisfy({ drives.isAvailable(members[$0].drive) }),
                           !moveTargetsLocked(slot).isEmpty else { continue }
@@ -41,17 +42,21 @@ extension Pool {
         }
     }
 
-    /// Rebuilds one member onto the best drive it may go to, if it is still on a drive out of
-    /// service; returns the bytes written (0 when there was nothing to do).
+    /// Members one step of a rebuild takes (with one commit for all).
+    static let rebuildBatch = 8
+
+    /// Rebuilds each member still on a drive out of service onto the best drive it may go to,
+    /// with one commit for all; returns how many it rebuilt and why the others failed.
     @discardableResult
-    func rebuildMember(_ slot: StoreMemberSlot) throws(LunError) -> UInt64 {
-        let target = stateLock.withLock { () -> Int? in
-            guard state.rsds.isLive(slot.store), slot.member < (state.rsds.level(slot.store)?.memberCount ?? 0),
-                  !drives.isAvailable(state.rsds.member(slot.store, slot.member).drive) else { return nil }
-            return moveTargetsLocked(slot).first
+    func rebuildMembers(_ slots: [StoreMemberSlot]) throws(LunError) -> (rebuilt: Int, failed: [String]) {
+        let result = try movePSEGs(slots) { [self] slot throws(LunError) -> Int in
+            guard !drives.isAvailable(state.rsds.member(slot.store, slot.member).drive) else {
+                throw .exists("\(slot) is no longer on a drive out of service")
+            }
+            guard let drive = moveTargetsLocked(slot).first else { throw .noSpace("no drive may take \(slot)") }
+            return drive
         }
-        guard let target else { return 0 }
-        return try movePSEG(slot, toDrive: target)
+        return (slots.count - result.failed.count, result.failed.map { "\($0.slot): \($0.error)" })
     }
 
     /// Rebuilds every member that can be rebuilt now, and moves the metadata mirrors off
@@ -69,14 +74,17 @@ extension Pool {
         defer { jobs.finish(job) }
         var rebuilt = 0
         var failed: [String] = []
-        for (i, slot) in slots.enumerated() {
+        var done = 0
+        for batch in slots.chunked(Self.rebuildBatch) {
             do {
-                try rebuildMember(slot)
-                rebuilt += 1
+                let result = try rebuildMembers(batch)
+                rebuilt += result.rebuilt
+                failed += result.failed
             } catch {
-                failed.append("\(slot): \(error)")
+                failed += batch.map { "\($0): \(error)" }
             }
-            jobs.progress(job, bytesDone: UInt64(i + 1) * geometry.psegSizeBytes)
+            done += batch.count
+            jobs.progress(job, bytesDone: UInt64(done) * geometry.psegSizeBytes)
         }
         log("rebuilt \(rebuilt) members of drives out of service onto free space" + (failed.isEmpty ? "" : "; \(failed.count) could not be rebuilt"))
         return (rebuilt, failed)
@@ -100,14 +108,22 @@ extension Pool {
                                      bytesTotal: UInt64(slots.count) * geometry.psegSizeBytes, startedAt: Date()))
         defer { jobs.finish(job) }
         var stuck: [String] = []
-        for (i, slot) in slots.enumerated() {
-            let targets = moveTargets(for: slot)
-            guard let target = onto.flatMap({ targets.contains($0) ? $0 : nil }) ?? targets.first else {
-                stuck.append("\(slot): no drive it may go to")
-                continue
+        var done = 0
+        for batch in slots.chunked(Self.rebuildBatch) {
+            do {
+                let result = try movePSEGs(batch) { [self] slot throws(LunError) -> Int in
+                    let targets = moveTargetsLocked(slot)
+                    guard let target = onto.flatMap({ targets.contains($0) ? $0 : nil }) ?? targets.first else {
+                        throw .noSpace("no drive it may go to")
+                    }
+                    return target
+                }
+                stuck += result.failed.map { "\($0.slot): \($0.error)" }
+            } catch {
+                stuck += batch.map { "\($0): \(error)" }
             }
-            do { try movePSEG(slot, toDrive: target) } catch { stuck.append("\(slot): \(error)") }
-            jobs.progress(job, bytesDone: UInt64(i + 1) * geometry.psegSizeBytes)
+            done += batch.count
+            jobs.progress(job, bytesDone: UInt64(done) * geometry.psegSizeBytes)
         }
         guard stuck.isEmpty else {
             throw .io("drive \(drive) still holds \(stuck.count) members that could not move: " + stuck.prefix(4).joined(separator: "; "))
@@ -117,8 +133,8 @@ extension Pool {
 
     /// Replaces each metadata mirror on a drive out of service by a drive in service that is
     /// not a mirror, with one checkpoint.
-    func moveMetadataMirrorsOffLostDrives() throws(LunError) {
-        let lost = metadata.mirrors.filter { !drives.isAvailable($0) }
+    func moveMetadataMirrorsOffLostDrives(_ only: Set<Int>? = nil) throws(LunError) {
+        let lost = metadata.mirrors.filter { d in !drives.isAvailable(d) && (only?.contains(d) ?? true) }
         for d in lost { try moveMetadataMirrors(off: d, preferring: nil) }
     }
 
@@ -188,31 +204,51 @@ extension Pool {
 
 /// The background rebuild of a mounted pool: one member per step on a ThrottledCopyThread (at
 /// most half of the time), its progress a `PoolJob` of kind `.rebuild` while there is work.
+///
+/// A drive is rebuilt only once it has been out of service for `delaySeconds`
+/// (`LUNFS_REBUILD_DELAY`, 30 s by default): a drive file put back, or a cable replugged,
+/// within that time costs nothing but its stale chunks' rebuild in place.
 final class MemberRebuilder: @unchecked Sendable {
-    private var thread: ThrottledCopyThread<StoreMemberSlot>!
+    private var thread: ThrottledCopyThread<[StoreMemberSlot]>!
     private let job = Mutex<Int?>(nil)
     private let done = Atomic<Int>(0)
+    /// When the rebuilder first saw each drive out of service (only its own thread uses it).
+    private var outSince: [Int: Date] = [:]
+    let delaySeconds: Double
+    static var defaultDelaySeconds: Double { ProcessInfo.processInfo.environment["LUNFS_REBUILD_DELAY"].flatMap(Double.init) ?? 30 }
 
-    init(pool: Pool, restFactor: Double = 1) {
+    init(pool: Pool, restFactor: Double = 1, delaySeconds: Double = MemberRebuilder.defaultDelaySeconds) {
+        self.delaySeconds = delaySeconds
         thread = ThrottledCopyThread(
             name: "lunfs-rebuild", restFactor: restFactor,
             work: { [weak pool, unowned self] in
                 guard let pool else { return nil }
                 return work(pool)
             },
-            step: { [weak pool, unowned self] (slot) throws(LunError) in
+            step: { [weak pool, unowned self] (batch) throws(LunError) in
                 guard let pool else { return }
-                try pool.rebuildMember(slot)
-                let n = done.add(1, ordering: .relaxed).newValue
+                let result = try pool.rebuildMembers(batch)
+                for failure in result.failed.prefix(2) { pool.log("rebuild of \(failure)") }
+                let n = done.add(batch.count, ordering: .relaxed).newValue
                 if let id = job.withLock({ $0 }) { pool.jobs.progress(id, bytesDone: UInt64(n) * pool.geometry.psegSizeBytes) }
             },
-            failed: { [weak pool] slot, error in pool?.log("rebuild of \(slot): \(error); trying again in 5 s") })
+            failed: { [weak pool] batch, error in pool?.log("rebuild of \(batch.count) members: \(error); trying again in 5 s") })
     }
 
     /// What is left to rebuild; registers the job while there is some, and drops it after.
-    private func work(_ pool: Pool) -> [StoreMemberSlot] {
-        do { try pool.moveMetadataMirrorsOffLostDrives() } catch { pool.log("moving metadata mirrors off lost drives: \(error)") }
-        let slots = pool.rebuildableMembers()
+    private func work(_ pool: Pool) -> [[StoreMemberSlot]] {
+        pool.noticeDeletedDriveFiles()
+        let now = Date()
+        var due = Set<Int>()
+        for d in 0..<pool.drives.count {
+            if pool.drives.isAvailable(d) { outSince[d] = nil; continue }
+            let since = outSince[d] ?? now
+            outSince[d] = since
+            if now.timeIntervalSince(since) >= delaySeconds { due.insert(d) }
+        }
+        guard !due.isEmpty else { return [] }
+        do { try pool.moveMetadataMirrorsOffLostDrives(due) } catch { pool.log("moving metadata mirrors off lost drives: \(error)") }
+        let slots = pool.rebuildableMembers(onDrives: due)
         let pseg = pool.geometry.psegSizeBytes
         job.withLock { id in
             if slots.isEmpty {
@@ -226,7 +262,7 @@ final class MemberRebuilder: @unchecked Sendable {
                 id = pool.jobs.start(PoolJob(kind: .rebuild, drive: nil, bytesDone: 0, bytesTotal: UInt64(slots.count) * pseg, startedAt: Date()))
             }
         }
-        return slots
+        return slots.chunked(Pool.rebuildBatch)
     }
 
     func start() { thread.start() }
@@ -248,5 +284,12 @@ extension Pool {
             return slot
         }
         rebuilder?.start()
+    }
+}
+
+extension Array {
+    /// The elements in consecutive pieces of at most `size`.
+    func chunked(_ size: Int) -> [[Element]] {
+        stride(from: 0, to: count, by: size).map { Array(self[$0..<Swift.min($0 + size, count)]) }
     }
 }
