@@ -61,6 +61,22 @@ final class DriveMountTests: MountTestCase {
         try pool.remount()
         XCTAssertEqual(try readWholeFile(pool.path("kept/disk.img")), kept, "after remounting the pool of 6 drives")
         XCTAssertEqual(try driveUse().keys.sorted(), [1, 2, 3, 4, 5, 7])
+
+        // Unmounted, the verbs open the pool themselves and level it before they return.
+        try pool.unmount()
+        let file = pool.root.appendingPathComponent("extra-8.img").path
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: nil))
+        try check(truncate(file, 128 << 20))
+        for args in [["add", pool.poolPath, file], ["remove", pool.poolPath, "7"]] {
+            let r = try pool.lunfs(["drive"] + args)
+            XCTAssertEqual(r.status, 0, "drive \(args): " + r.output + r.errorOutput)
+        }
+        let offline = try pool.lunfs(["drive", "list", pool.poolPath])
+        XCTAssertEqual(offline.output.split(separator: "\n").dropFirst().map { $0.split(separator: " ").first.map(String.init) ?? "" },
+                       ["1", "2", "3", "4", "5", "8"], offline.output)
+        try pool.mount()
+        XCTAssertEqual(try readWholeFile(pool.path("kept/disk.img")), kept, "after the unmounted add and remove")
+        XCTAssertGreaterThan(try driveUse()[8] ?? 0, 0, "the unmounted add levelled onto the new drive")
     }
 
     /// Used bytes per drive index, from `lunfs status --json` (the daemon's live figures).
