@@ -19,14 +19,7 @@ final class DriveMembershipTests: XCTestCase {
         XCTAssertEqual(pool.drainingDriveIndexes, [5])
         let failures = ThreadFailures()
         let models = ThreadModels()
-        let stop = AtomicFlag(false)
-        let committer = Thread {
-            while !stop.value.load(ordering: .acquiring) {
-                do { try pool.commit() } catch { failures.add("commit: \(error)") }
-                usleep(3000)
-            }
-        }
-        committer.start()
+        let committer = BackgroundCommitter(pool, failures: failures, pauseMicroseconds: 3000)
         let group = DispatchGroup()
         let diskBytes = 6 << 20
         for t in 0..<3 {
@@ -69,8 +62,7 @@ final class DriveMembershipTests: XCTestCase {
         group.wait()
         try pool.levelCompletely()
         XCTAssertGreaterThan(moves, 0)
-        stop.value.store(true, ordering: .releasing)
-        while !committer.isFinished { usleep(1000) }
+        committer.stop()
         XCTAssertEqual(failures.messages, [])
         XCTAssertGreaterThan(pool.usedSegments(onDrive: 6) + pool.usedSegments(onDrive: 7), 0, "added drives took no stores")
         XCTAssertEqual(pool.driveListing().map(\.index), [0, 1, 2, 4, 6, 7])

@@ -111,6 +111,7 @@ extension Pool {
         return try membershipLock.withLock { () throws(LunError) -> Int in
             let sb = metadata.superblock
             let slot = drives.count
+            precondition(metadata.driveSizes.count == slot, "a size is recorded for every slot")
             guard slot < DriveSet.maxDrives else { throw .noSpace("a pool has at most \(DriveSet.maxDrives) drive slots, this one uses all") }
             let geometry = self.geometry
             let size = device.sizeBytes
