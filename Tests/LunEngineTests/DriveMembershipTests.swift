@@ -118,6 +118,7 @@ final class DriveMembershipTests: XCTestCase {
             for n in 0..<3 { _ = try pool.addDrive(device: MemoryDevice(name: "new\(n)", sizeBytes: 64 << 20)) }
             XCTAssertFalse(pool.levelingBacklog().isLevel)
             try pool.levelCompletely()
+            XCTAssertTrue(pool.levelingBacklog().isLevel, "\(level): \(pool.levelingBacklog())")
             XCTAssertEqual(maps(), before, "\(level): leveling changed a map")
             let shares = pool.stateLock.withLock { pool.levelingSharesLocked() }
             for s in shares { XCTAssertLessThanOrEqual(abs(s.excess), 1.5, "\(level): drive \(s.drive) holds \(s.used), its share is \(s.ideal)") }

@@ -8,8 +8,8 @@ import Foundation
 
 /// How far the pool is from level: the moves leveling still has to make.
 public struct LevelingBacklog: Sendable, Equatable {
-    /// PSEGs to move so that no drive holds more than its share (rounded up), those of
-    /// drives being emptied included.
+    /// PSEGs to move so that no drive holds a whole PSEG more than its share, those of drives
+    /// being emptied included.
     public var psegs: Int
     /// Drives being emptied (until they are forgotten, which leveling does once they hold nothing).
     public var draining: [Int]
@@ -52,7 +52,9 @@ extension Pool {
     public func levelingBacklog() -> LevelingBacklog {
         stateLock.withLock {
             let shares = levelingSharesLocked()
-            let psegs = shares.reduce(0) { $0 + ($1.draining ? $1.used : max(0, Int(($1.excess - 0.5).rounded(.up)))) }
+            // Whole PSEGs over the share: zero everywhere once no move helps (the gaps are then
+            // at most one PSEG, and the excesses sum to zero).
+            let psegs = shares.reduce(0) { $0 + ($1.draining ? $1.used : Int(max(0, $1.excess).rounded(.down))) }
             return LevelingBacklog(psegs: psegs, draining: drainingDriveIndexes)
         }
     }
