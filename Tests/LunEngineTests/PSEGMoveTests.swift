@@ -54,6 +54,29 @@ final class PSEGMoveTests: XCTestCase {
         }
     }
 
+    /// The gate a move waits at before it gives the old PSEG back: it waits for a read that
+    /// counted itself in before, in either half, and not for reads that come after.
+    func testMemberSwitchGateWaitsForEarlierReadsOnly() {
+        let gate = MemberSwitchGate()
+        for _ in 0..<2 {
+            let early = gate.enter()
+            let passed = AtomicFlag(false)
+            let done = DispatchSemaphore(value: 0)
+            Thread {
+                gate.waitForReadsBefore()
+                passed.value.store(true, ordering: .releasing)
+                done.signal()
+            }.start()
+            usleep(50_000)
+            // Reads that start now use the other half and do not hold the mover up forever.
+            let late = gate.enter()
+            gate.leave(late)
+            XCTAssertFalse(passed.value.load(ordering: .acquiring), "the mover waits for the read that was there before")
+            gate.leave(early)
+            XCTAssertEqual(done.wait(timeout: .now() + 5), .success, "the mover goes on once that read ended")
+        }
+    }
+
     /// Three writer threads check their disks against models while a committer commits and
     /// `mover` runs; then the pool is closed, reopened, checked, counted and compared.
     @discardableResult

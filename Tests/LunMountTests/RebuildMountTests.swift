@@ -23,25 +23,8 @@ final class RebuildMountTests: MountTestCase {
         return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(json.output.utf8)) as? [String: Any], json.output)
     }
 
-    private func assertImages(_ images: [String: [UInt8]], _ what: String) throws {
-        for (path, bytes) in images.sorted(by: { $0.key < $1.key }) {
-            let read = try readWholeFile(pool.path(path))
-            XCTAssertTrue(read.count == bytes.count && sameBytes(read[...], bytes[...]), "\(path) \(what)")
-        }
-    }
-
     func testDeletedDriveFileIsRebuiltIntoFreeSpaceThenASecondOneGoes() throws {
-        var rng = SeededRandom(seed: newSeed("testDeletedDriveFileIsRebuiltIntoFreeSpaceThenASecondOneGoes"))
-        var images: [String: [UInt8]] = [:]
-        for (name, size) in [("vm", 6 << 20), ("db", 3 << 20 + 12345)] {
-            try makeDirectory(pool.path(name))
-            let bytes = rng.bytes(size)
-            let fd = try openFile(pool.path(name + "/disk.img"), O_WRONLY)
-            try writeAll(fd, bytes, at: 0)
-            try check(fsync(fd))
-            close(fd)
-            images[name + "/disk.img"] = bytes
-        }
+        let images = try writeImages(seed: newSeed("testDeletedDriveFileIsRebuiltIntoFreeSpaceThenASecondOneGoes"))
         // Drive 2 (a metadata mirror) goes; the daemon still holds it open, so reads and writes
         // would go on working until the unmount, when its bytes would be gone.
         XCTAssertEqual(unlink(drivePath(2)), 0)
@@ -60,13 +43,13 @@ final class RebuildMountTests: MountTestCase {
         }
         let text = try pool.lunfs(["status", pool.poolPath]).output
         XCTAssertTrue(rebuilt, "drive 2 left service and every store has its redundancy again: \(text)\(pool.logTail())")
-        try assertImages(images, "after drive 2 was rebuilt into free space")
+        try assertImages(images, "drive 2 was rebuilt into free space")
         XCTAssertEqual(unlink(drivePath(5)), 0)
-        try assertImages(images, "with drive 5 deleted too")
+        try assertImages(images, "drive 5 was deleted too")
         // Without both files: every image still reads (no page cache between: a fresh mount).
         try pool.unmount()
         try pool.mount()
-        try assertImages(images, "mounted again without drives 2 and 5")
+        try assertImages(images, "a remount without drives 2 and 5")
         pool.checksAfterTest = false   // drives 2 and 5 are gone on purpose
     }
 }
