@@ -1,8 +1,10 @@
 // Drives joining and leaving a mounted pool (issue 14's mount test): while fio writes and
 // verifies (crc32c) a 64 MiB disk through the tree, `lunfs drive add` grows the pool from 5
-// to 8 drives and `lunfs drive remove --wait` shrinks it to 6 (a metadata mirror among them); another disk's bytes read back
-// the same after every step and after a remount, and `lunfs drive list` and `status` show
-// the drive set. The fixture's `check --scrub` afterwards proves the maps and stores agree.
+// to 8 drives and `lunfs drive remove --wait` shrinks it to 6 (a metadata mirror among them);
+// another disk's bytes read back the same after every step and after a remount, and `lunfs
+// drive list` and `status` show the drive set. Unmounted, add, remove and replace (of a
+// mirror) level the pool before they return. The fixture's `check --scrub` afterwards proves
+// the maps and stores agree.
 import Foundation
 import XCTest
 
@@ -64,16 +66,20 @@ final class DriveMountTests: MountTestCase {
 
         // Unmounted, the verbs open the pool themselves and level it before they return.
         try pool.unmount()
-        let file = pool.root.appendingPathComponent("extra-8.img").path
-        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: nil))
-        try check(truncate(file, 128 << 20))
-        for args in [["add", pool.poolPath, file], ["remove", pool.poolPath, "7"]] {
+        let files8and9 = (8...9).map { pool.root.appendingPathComponent("extra-\($0).img").path }
+        for file in files8and9 {
+            XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: nil))
+            try check(truncate(file, 128 << 20))
+        }
+        // Drive 1 holds a metadata mirror: replace moves it to the new drive 9.
+        for args in [["add", pool.poolPath, files8and9[0]], ["remove", pool.poolPath, "7"], ["replace", pool.poolPath, "1", files8and9[1]]] {
             let r = try pool.lunfs(["drive"] + args)
             XCTAssertEqual(r.status, 0, "drive \(args): " + r.output + r.errorOutput)
         }
         let offline = try pool.lunfs(["drive", "list", pool.poolPath])
-        XCTAssertEqual(offline.output.split(separator: "\n").dropFirst().map { $0.split(separator: " ").first.map(String.init) ?? "" },
-                       ["1", "2", "3", "4", "5", "8"], offline.output)
+        let offlineRows = offline.output.split(separator: "\n").dropFirst()
+        XCTAssertEqual(offlineRows.map { $0.split(separator: " ").first.map(String.init) ?? "" }, ["2", "3", "4", "5", "8", "9"], offline.output)
+        XCTAssertTrue(offlineRows.last!.contains("metadata"), offline.output)
         try pool.mount()
         XCTAssertEqual(try readWholeFile(pool.path("kept/disk.img")), kept, "after the unmounted add and remove")
         XCTAssertGreaterThan(try driveUse()[8] ?? 0, 0, "the unmounted add levelled onto the new drive")
