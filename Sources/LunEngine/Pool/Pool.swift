@@ -164,7 +164,7 @@ public final class Pool: @unchecked Sendable {
 
     /// Writes a new, empty pool onto `devices` (files, block devices or simulated drives).
     public static func format(devices: [BlockDevice], raid: RAIDLevel, psegSizeBytes: UInt64 = PoolGeometry.defaultPSEGSizeBytes) throws(LunError) {
-        guard !devices.isEmpty, devices.count <= 255 else { throw .invalid("a pool needs 1 to 255 drives") }
+        guard !devices.isEmpty, devices.count <= DriveSet.maxDrives else { throw .invalid("a pool needs 1 to \(DriveSet.maxDrives) drives") }
         let needed: Int = raid == .raid5 ? 5 : raid == .raid1 ? 2 : 1
         guard devices.count >= needed else { throw .invalid("\(raid) needs at least \(needed) drives, the pool has \(devices.count)") }
         let smallest = devices.map(\.sizeBytes).min()!
@@ -292,6 +292,7 @@ public final class Pool: @unchecked Sendable {
     /// Used directly by tests on simulated drives.
     public static func open(devices given: [BlockDevice?], sizes: [UInt64]? = nil, directory: String = "(memory)", readOnly: Bool = false,
                             repair: Bool = false, log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
+        guard given.count <= DriveSet.maxDrives else { throw .invalid("\(given.count) drives are listed; a pool has at most \(DriveSet.maxDrives)") }
         var resolution = DriveIdentity.resolve(devices: given, recorded: sizes)
         var drives = DriveSet(devices: resolution.devices, log: log)
         // Nothing on a foreign drive is the pool's: recovery must not read it. A blank one
