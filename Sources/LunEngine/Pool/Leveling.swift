@@ -68,7 +68,7 @@ extension Pool {
         let sources = shares.filter { $0.used > 0 && ($0.draining || $0.excess > 0.5) }
             .sorted { ($0.draining ? 1 : 0, $0.excess) > ($1.draining ? 1 : 0, $1.excess) }
         for source in sources {
-            // Members of small stores first does not matter: every member is one PSEG.
+            // Every member is one PSEG; the first that may go somewhere better will do.
             for slot in members(onDrive: source.drive).prefix(256) {
                 let targets = moveTargets(for: slot).compactMap { byDrive[$0] }.filter { !$0.draining }
                     .sorted { $0.excess < $1.excess || ($0.excess == $1.excess && $0.drive < $1.drive) }
