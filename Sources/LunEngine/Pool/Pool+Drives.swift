@@ -258,8 +258,9 @@ extension Pool {
     public func addDrives(paths: [String], force: Bool = false) throws(LunError) -> [Int] {
         guard !paths.isEmpty else { throw .invalid("drive add needs at least one drive path") }
         var added: [Int] = []
+        // Those added before a refused path stay added, and are levelled onto.
+        defer { if !added.isEmpty { wakeLeveling() } }
         for path in paths { added.append(try addDrive(path: path, force: force)) }
-        wakeLeveling()
         return added
     }
 
