@@ -59,38 +59,71 @@ extension Pool {
         }
     }
 
-    /// The next PSEG to move and where, or nil when no move brings the pool nearer to level:
-    /// a member of the drive furthest over its share (a drive being emptied first) to the
-    /// drive furthest under its share that the store's distinct-drive rules allow.
-    func nextLevelingMove() -> (slot: StoreMemberSlot, target: Int)? {
-        let shares = stateLock.withLock { levelingSharesLocked() }
-        let byDrive = Dictionary(uniqueKeysWithValues: shares.map { ($0.drive, $0) })
-        let sources = shares.filter { $0.used > 0 && ($0.draining || $0.excess > 0.5) }
-            .sorted { ($0.draining ? 1 : 0, $0.excess) > ($1.draining ? 1 : 0, $1.excess) }
-        for source in sources {
-            // Every member is one PSEG; the first that may go somewhere better will do.
-            for slot in members(onDrive: source.drive).prefix(256) {
-                let targets = moveTargets(for: slot).compactMap { byDrive[$0] }.filter { !$0.draining }
-                    .sorted { $0.excess < $1.excess || ($0.excess == $1.excess && $0.drive < $1.drive) }
-                // A move must shrink the gap: the target ends below where the source started.
-                if let best = targets.first, source.draining || source.excess - best.excess > 1 {
-                    return (slot, best.drive)
+    /// The next PSEGs to move and where (at most `limit`), empty when no move brings the pool
+    /// nearer to level: each a member of the drive furthest over its share (a drive being
+    /// emptied first) to the drive furthest under its share that the store's distinct-drive
+    /// rules allow, planned one after another on the shares as the moves before leave them.
+    func nextLevelingMoves(limit: Int) -> [(slot: StoreMemberSlot, target: Int)] {
+        var shares = Dictionary(uniqueKeysWithValues: stateLock.withLock { levelingSharesLocked() }.map { ($0.drive, $0) })
+        var members: [Int: ArraySlice<StoreMemberSlot>] = [:]
+        var plan: [(slot: StoreMemberSlot, target: Int)] = []
+        var planned = Set<StoreMemberSlot>()
+        while plan.count < limit {
+            let sources = shares.values.filter { $0.used > 0 && ($0.draining || $0.excess > 0.5) }
+                .sorted { ($0.draining ? 1 : 0, $0.excess, -$0.drive) > ($1.draining ? 1 : 0, $1.excess, -$1.drive) }
+            var found: (slot: StoreMemberSlot, source: Int, target: Int)?
+            search: for source in sources {
+                if members[source.drive] == nil { members[source.drive] = self.members(onDrive: source.drive).prefix(256) }
+                // Every member is one PSEG; the first that may go somewhere better will do.
+                for slot in members[source.drive]! where !planned.contains(slot) {
+                    let targets = moveTargets(for: slot).compactMap { shares[$0] }.filter { !$0.draining }
+                        .sorted { $0.excess < $1.excess || ($0.excess == $1.excess && $0.drive < $1.drive) }
+                    // A move must shrink the gap: the target ends below where the source started.
+                    if let best = targets.first, source.draining || source.excess - best.excess > 1 {
+                        found = (slot, source.drive, best.drive)
+                        break search
+                    }
                 }
             }
+            guard let found else { break }
+            plan.append((found.slot, found.target))
+            planned.insert(found.slot)
+            shares[found.source]!.used -= 1
+            shares[found.target]!.used += 1
         }
-        return nil
+        return plan
     }
 
-    /// One leveling step: moves one PSEG (returns the bytes copied), or forgets a drive that
-    /// was being emptied and now holds nothing (returns 0); nil when there is nothing to do.
-    public func levelingStep() throws(LunError) -> UInt64? {
+    /// PSEGs moved by one leveling step, with one commit: a commit per PSEG would cost more
+    /// than its copy.
+    static let levelingBatch = 8
+
+    /// One leveling step: moves up to `levelingBatch` PSEGs with one commit (returns how many
+    /// moved), or forgets a drive that was being emptied and now holds nothing (returns 0);
+    /// nil when there is nothing to do.
+    public func levelingStep() throws(LunError) -> Int? {
         try checkWritable()
         for d in drainingDriveIndexes where usedSegments(onDrive: d) == 0 {
             try forgetDrive(d)
             return 0
         }
-        guard let move = nextLevelingMove() else { return nil }
-        return try movePSEG(move.slot, toDrive: move.target)
+        let plan = nextLevelingMoves(limit: Pool.levelingBatch)
+        guard !plan.isEmpty else { return nil }
+        let planned = Dictionary(uniqueKeysWithValues: plan.map { ($0.slot, $0.target) })
+        let result = try movePSEGs(plan.map(\.slot)) { (slot) throws(LunError) -> Int in
+            // The moves before this one are switched now: the planned drive must still be one
+            // this member may go to (a store's other member may have gone there meanwhile).
+            guard let target = planned[slot], moveTargetsLocked(slot).contains(target) else {
+                throw .invalid("\(slot): its planned drive is no longer one it may go to")
+            }
+            return target
+        }
+        let moved = plan.count - result.failed.count
+        if moved == 0, let failure = result.failed.first?.error {
+            if case .invalid = failure { return nil }
+            throw failure
+        }
+        return moved
     }
 
     /// Levels the pool in this thread until nothing is left to do (an unmounted pool's
@@ -98,8 +131,8 @@ extension Pool {
     /// Fails when a drive being emptied is left holding PSEGs no move can take.
     public func levelCompletely(progress: (Int, LevelingBacklog) -> Void = { _, _ in }) throws(LunError) {
         var moved = 0
-        while let bytes = try levelingStep() {
-            if bytes > 0 { moved += 1 }
+        while let step = try levelingStep() {
+            moved += step
             progress(moved, levelingBacklog())
         }
         let left = levelingBacklog()

@@ -34,7 +34,7 @@ final class LevelingJob: @unchecked Sendable {
     func stop() { thread.stop() }
 
     /// Shows the job (started at the first step) with what is left now.
-    private func record(_ pool: Pool, moved: UInt64) {
+    private func record(_ pool: Pool, moved: Int) {
         let pseg = pool.poolGeometry.psegSizeBytes
         let backlog = pool.levelingBacklog()
         let left = UInt64(backlog.psegs) * pseg
@@ -44,7 +44,7 @@ final class LevelingJob: @unchecked Sendable {
                 let id = pool.jobs.start(PoolJob(kind: kind, drive: backlog.draining.first, bytesDone: 0, bytesTotal: left, startedAt: Date()))
                 s = (id, 0)
             }
-            if moved > 0 { s!.done += pseg }
+            s!.done += UInt64(moved) * pseg
             pool.jobs.progress(s!.id, bytesDone: s!.done)
             pool.jobs.setTotal(s!.id, bytesTotal: s!.done + left)
         }
