@@ -217,7 +217,12 @@ final class MemberRebuilder: @unchecked Sendable {
     let delaySeconds: Double
     static var defaultDelaySeconds: Double { ProcessInfo.processInfo.environment["LUNFS_REBUILD_DELAY"].flatMap(Double.init) ?? 30 }
 
-    init(pool: Pool, restFactor: Double = 1, delaySeconds: Double = MemberRebuilder.defaultDelaySeconds) {
+    /// Rest after each step, as a multiple of its time: 2, not the 1 of the other background
+    /// copies, because a RAID 5 rebuild reads four bytes for each it writes, so that copying a
+    /// third of the time leaves user reads at least half of their throughput (scripts/rebuild-throughput).
+    static let restFactor = 2.0
+
+    init(pool: Pool, restFactor: Double = MemberRebuilder.restFactor, delaySeconds: Double = MemberRebuilder.defaultDelaySeconds) {
         self.delaySeconds = delaySeconds
         thread = ThrottledCopyThread(
             name: "lunfs-rebuild", restFactor: restFactor,
