@@ -37,6 +37,8 @@ final class Disk: @unchecked Sendable {
     /// chain's expendable snapshots; and whether this snapshot may be dropped so (DiskRecord).
     var onFull: OnFullPolicy = .fail
     var expendable = false
+    /// The disk group whose drives hold its stores (DiskGroups.swift), fixed before its first write.
+    var group = DiskGroups.defaultGroup
 
     init(id: DiskID, name: String, parent: DiskID?, family: SharingFamily, sizeBytes: UInt64, raid: RAIDLevel,
          createdAt: UInt64, entriesPerLMap: Int) {

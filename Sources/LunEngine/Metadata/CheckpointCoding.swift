@@ -31,6 +31,9 @@ extension PoolState {
         // the zero padding reads as a count of 0).
         w.varint(UInt64(externals.count))
         for id in externals.keys.sorted() { externals[id]!.encode(into: &w) }
+        // Drives not in the default group (DiskGroups.swift; absent before groups existed).
+        w.varint(UInt64(driveGroups.count))
+        for d in driveGroups.keys.sorted() { w.varint(UInt64(d)); w.string(driveGroups[d]!) }
         return w.bytes
     }
 
@@ -77,6 +80,18 @@ extension PoolState {
                 let record = try ExternalSnapshotRecord.decode(from: &r)
                 guard disks[record.id] != nil else { throw .corrupt("checkpoint: external snapshot of missing disk \(record.id)") }
                 externals[record.id] = record
+            }
+        }
+        if r.remaining > 0 {
+            let groupCount = try r.varint()
+            guard groupCount <= UInt64(DriveSet.maxDrives) else { throw .corrupt("checkpoint: \(groupCount) drive groups") }
+            for _ in 0..<groupCount {
+                let d = try r.varint()
+                let name = try r.string()
+                guard d < UInt64(DriveSet.maxDrives), DiskGroups.isValidName(name) else {
+                    throw .corrupt("checkpoint: drive \(d) in group \(name)")
+                }
+                driveGroups[Int(d)] = name
             }
         }
         return r.position

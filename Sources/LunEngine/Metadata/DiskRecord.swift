@@ -25,6 +25,11 @@ struct DiskRecord: Equatable {
     /// drop-snapshots, 2 expendable). Encoded only when one is set, as for access.
     var onFull: OnFullPolicy = .fail
     var expendable = false
+    /// The disk group (DiskGroups.swift). Encoded only when not the default one: then the
+    /// reserved-segment count carries `extensionBit`, and a byte of extension flags follows
+    /// everything else (1: the group's name follows as a string).
+    var group = DiskGroups.defaultGroup
+    static let extensionBit: UInt64 = 1 << 40
 
     /// The space policy's byte, 0 when neither is set.
     private var policyBits: UInt8 { (onFull == .dropSnapshots ? 1 : 0) | (expendable ? 2 : 0) }
@@ -44,7 +49,8 @@ struct DiskRecord: Equatable {
              | (clone == .copying ? 16 : 0) | (clone == .independent ? 32 : 0)
              | (directoryAccess != nil || imageAccess != nil ? 64 : 0) | (policyBits != 0 ? 128 : 0))
         w.u64(createdAt)
-        w.varint(UInt64(reservedSegments))
+        let extended = group != DiskGroups.defaultGroup
+        w.varint(UInt64(reservedSegments) | (extended ? Self.extensionBit : 0))
         if directoryAccess != nil || imageAccess != nil {
             // Which follow (1: directory, 2: image), then mode, uid, gid of each.
             w.u8((directoryAccess != nil ? 1 : 0) | (imageAccess != nil ? 2 : 0))
@@ -53,6 +59,7 @@ struct DiskRecord: Equatable {
             }
         }
         if policyBits != 0 { w.u8(policyBits) }
+        if extended { w.u8(1); w.string(group) }
     }
 
     static func decode(from r: inout ByteReader) throws(LunError) -> DiskRecord {
@@ -67,7 +74,8 @@ struct DiskRecord: Equatable {
         let flags = try r.u8()
         guard flags & 48 != 48 else { throw .corrupt("disk record \(id): flags \(flags)") }
         let createdAt = try r.u64()
-        let reservedSegments = try r.varint()
+        let reservedField = try r.varint()
+        let reservedSegments = reservedField & ~Self.extensionBit
         guard reservedSegments <= UInt64(Int32.max) else { throw .corrupt("disk record \(id): \(reservedSegments) reserved segments") }
         var access: [NodeAccess?] = [nil, nil]
         if flags & 64 != 0 {
@@ -84,13 +92,20 @@ struct DiskRecord: Equatable {
             policy = try r.u8()
             guard policy != 0, policy & ~3 == 0 else { throw .corrupt("disk record \(id): space policy \(policy)") }
         }
+        var group = DiskGroups.defaultGroup
+        if reservedField & Self.extensionBit != 0 {
+            let extensions = try r.u8()
+            guard extensions == 1 else { throw .corrupt("disk record \(id): extension flags \(extensions)") }
+            group = try r.string()
+            guard DiskGroups.isValidName(group) else { throw .corrupt("disk record \(id): group name \(group)") }
+        }
         return DiskRecord(id: id, name: name, parent: parent, predecessor: predecessor, successor: successor,
                           sizeBytes: size, raid: raid, hasImage: flags & 1 != 0, hasWritten: flags & 2 != 0,
                           reserveSnapshots: flags & 4 != 0, reserved: flags & 8 != 0, createdAt: createdAt,
                           reservedSegments: Int(reservedSegments),
                           clone: flags & 16 != 0 ? .copying : flags & 32 != 0 ? .independent : .none,
                           directoryAccess: access[0], imageAccess: access[1],
-                          onFull: policy & 1 != 0 ? .dropSnapshots : .fail, expendable: policy & 2 != 0)
+                          onFull: policy & 1 != 0 ? .dropSnapshots : .fail, expendable: policy & 2 != 0, group: group)
     }
 }
 
@@ -102,7 +117,7 @@ extension Disk {
                    reserveSnapshots: reserveSnapshots, reserved: reserved, createdAt: createdAt,
                    reservedSegments: reservedSegments, clone: clone,
                    directoryAccess: directoryAccess, imageAccess: imageAccess,
-                   onFull: onFull, expendable: expendable)
+                   onFull: onFull, expendable: expendable, group: group)
     }
 }
 
@@ -135,6 +150,7 @@ extension PoolState {
             d.imageAccess = record.imageAccess
             d.onFull = record.onFull
             d.expendable = record.expendable
+            d.group = record.group
             disks[record.id] = d
             nextDiskID = max(nextDiskID, record.id + 1)
             return d
@@ -157,6 +173,7 @@ extension PoolState {
         set(\.imageAccess, record.imageAccess)
         set(\.onFull, record.onFull)
         set(\.expendable, record.expendable)
+        set(\.group, record.group)
         return d
     }
 

@@ -46,6 +46,8 @@ public struct DiskInfo: Sendable, Equatable {
     /// `user.lunfs.on_full` and `user.lunfs.expendable` (SpacePolicy.swift).
     public var onFull: OnFullPolicy = .fail
     public var expendable = false
+    /// `user.lunfs.group`: the disk group its stores live in (DiskGroups.swift).
+    public var group = "default"
 }
 
 extension DiskInfo {

@@ -27,8 +27,8 @@ struct LevelingShare {
 
 extension Pool {
     /// Each drive in service (and each being emptied) with what it holds and should hold: the
-    /// used PSEGs of all of them, shared in proportion to the data PSEGs of those not being
-    /// emptied. Caller holds `stateLock`.
+    /// used PSEGs of each RSS, shared in proportion to the data PSEGs of its drives. Caller
+    /// holds `stateLock`.
     func levelingSharesLocked() -> [LevelingShare] {
         let quorum = geometry.quorumPSEGs
         let draining = Set(drainingDriveIndexes)
@@ -41,10 +41,27 @@ extension Pool {
             capacity[d] = draining.contains(d) ? 0 : max(0, state.psegs.psegCount[d] - quorum)
             shares.append(LevelingShare(drive: d, used: state.psegs.usedData(drive: d), ideal: 0, draining: draining.contains(d)))
         }
-        let used = shares.reduce(0) { $0 + $1.used }
-        let room = capacity.values.reduce(0, +)
-        guard room > 0 else { return shares }
-        for i in shares.indices { shares[i].ideal = Double(used) * Double(capacity[shares[i].drive]!) / Double(room) }
+        // Shares are computed within each RSS (DiskGroups.swift): PSEGs never leave theirs. A
+        // drive being emptied is in none (its ideal is 0 in any case).
+        var rssOf: [Int: Int] = [:]
+        var rssNumber = 0
+        for group in Set(drivesInService.map { state.group(ofDrive: $0) }).sorted() {
+            for rss in state.redundantStorageSets(of: group) {
+                for d in rss { rssOf[d] = rssNumber }
+                rssNumber += 1
+            }
+        }
+        var used: [Int: Int] = [:], room: [Int: Int] = [:]
+        for s in shares {
+            let bucket = rssOf[s.drive] ?? -1 - s.drive
+            used[bucket, default: 0] += s.used
+            room[bucket, default: 0] += capacity[s.drive]!
+        }
+        for i in shares.indices {
+            let bucket = rssOf[shares[i].drive] ?? -1 - shares[i].drive
+            guard room[bucket]! > 0 else { continue }
+            shares[i].ideal = Double(used[bucket]!) * Double(capacity[shares[i].drive]!) / Double(room[bucket]!)
+        }
         return shares
     }
 

@@ -53,8 +53,10 @@ extension Pool {
         let partner = layout.partner(ofMember: slot.member).map { members[$0].drive }
         // Not onto a drive being emptied to be removed (Pool+Drives.swift).
         let free = state.psegs.allocatableFreeCount
+        // Inside the store's group and RSS (DiskGroups.swift).
+        let rss = state.homeRSS(ofStore: slot.store)
         let usable = (0..<drives.count).filter {
-            $0 != members[slot.member].drive && drives.isAvailable($0) && free[$0] > 0 && $0 != partner
+            $0 != members[slot.member].drive && drives.isAvailable($0) && free[$0] > 0 && $0 != partner && rss.contains($0)
         }
         let distinct = usable.filter { !others.contains($0) }
         let candidates = layout.level == .raid5 || !distinct.isEmpty ? distinct : usable

@@ -19,6 +19,8 @@ public struct DriveListing: Sendable, Equatable {
     public var isMirror: Bool
     /// Being emptied to be removed: takes no new stores.
     public var isDraining: Bool
+    /// Its disk group (DiskGroups.swift).
+    public var group: String = "default"
 }
 
 extension Pool {
@@ -68,9 +70,11 @@ extension Pool {
     public func driveListing() -> [DriveListing] {
         let mirrors = Set(metadata.mirrors)
         let draining = metadata.superblock.drainingDrives
+        let groups = stateLock.withLock { state.driveGroups }
         return driveStatuses().map { s in
             DriveListing(index: s.index, name: s.name, state: s.state, sizeBytes: s.sizeBytes, usedBytes: s.usedBytes,
-                         isMirror: mirrors.contains(s.index), isDraining: s.index < 64 && draining & (1 << UInt64(s.index)) != 0)
+                         isMirror: mirrors.contains(s.index), isDraining: s.index < 64 && draining & (1 << UInt64(s.index)) != 0,
+                         group: groups[s.index] ?? DiskGroups.defaultGroup)
         }
     }
 
@@ -79,8 +83,9 @@ extension Pool {
     /// Adds the drive file (or block device) at `path` to the pool and returns its index.
     /// `drives.list` names it by `path` as given. A drive that holds another pool's superblock
     /// is refused unless `force`; one of this pool that is a member is always refused.
-    public func addDrive(path: String, force: Bool = false) throws(LunError) -> Int {
+    public func addDrive(path: String, force: Bool = false, group: String = DiskGroups.defaultGroup) throws(LunError) -> Int {
         try checkWritable()
+        try Pool.checkGroupName(group)
         guard driveListLines != nil else { throw .invalid("this pool has no \(Pool.driveListName) to name a drive in") }
         let full = path.hasPrefix("/") ? path : directory + "/" + path
         guard FileManager.default.fileExists(atPath: full) else { throw .notFound("no drive file or device at \(full)") }
@@ -95,7 +100,7 @@ extension Pool {
             throw .busy("drive \(path) is in use by another process (a lunfs pool on it is open)")
         }
         do {
-            let slot = try addDrive(device: device, listLine: "\(path) \(device.sizeBytes)", force: force)
+            let slot = try addDrive(device: device, listLine: "\(path) \(device.sizeBytes)", force: force, group: group)
             lockedDrives.append(device)
             return slot
         } catch {
@@ -105,9 +110,12 @@ extension Pool {
     }
 
     /// Adds `device` in the next slot: its identity first, then its drives.list line (when the
-    /// pool has a list), then the checkpoint that counts it. Its PSEGs are free at once after.
-    public func addDrive(device: BlockDevice, listLine: String? = nil, force: Bool = false) throws(LunError) -> Int {
+    /// pool has a list), then the checkpoint that counts it and records its `group`. Its PSEGs
+    /// are free at once after.
+    public func addDrive(device: BlockDevice, listLine: String? = nil, force: Bool = false,
+                         group: String = DiskGroups.defaultGroup) throws(LunError) -> Int {
         try checkWritable()
+        try Pool.checkGroupName(group)
         return try membershipLock.withLock { () throws(LunError) -> Int in
             let sb = metadata.superblock
             let slot = drives.count
@@ -145,6 +153,7 @@ extension Pool {
                 stateLock.withLock {
                     state.psegs.addDrive(slot, psegs: usable)
                     state.psegs.setClosed(slot, true)
+                    if group != DiskGroups.defaultGroup { state.driveGroups[slot] = group }
                 }
                 let installed = drives.install(device, checksumAreaStart: ChecksumArea.start(driveSizeBytes: size, psegSizeBytes: geometry.psegSizeBytes))
                 precondition(installed == slot)
@@ -154,7 +163,7 @@ extension Pool {
                 try checkpointLocked()
                 stateLock.withLock { state.psegs.setClosed(slot, false) }
             }
-            log("drive \(slot) (\(device.name)) added to the pool: \(usable - geometry.quorumPSEGs) data segments")
+            log("drive \(slot) (\(device.name)) added to the pool in group \(group): \(usable - geometry.quorumPSEGs) data segments")
             return slot
         }
     }
@@ -220,6 +229,7 @@ extension Pool {
                         throw LunError.busy("drive \(d) still holds \(used) segments; they must be moved off first")
                     }
                     state.psegs.retire(drive: d)
+                    state.driveGroups[d] = nil
                 }
                 drives.retire(d)
                 var sb = metadata.superblock
@@ -255,12 +265,13 @@ extension Pool {
 
     /// `drive add`: each path joins the pool in turn; returns their indexes. Leveling then
     /// spreads used PSEGs onto them in the background (or at once on an unmounted pool).
-    public func addDrives(paths: [String], force: Bool = false) throws(LunError) -> [Int] {
+    public func addDrives(paths: [String], force: Bool = false, group: String = DiskGroups.defaultGroup) throws(LunError) -> [Int] {
         guard !paths.isEmpty else { throw .invalid("drive add needs at least one drive path") }
+        try Pool.checkGroupName(group)
         var added: [Int] = []
         // Those added before a refused path stay added, and are levelled onto.
         defer { if !added.isEmpty { wakeLeveling() } }
-        for path in paths { added.append(try addDrive(path: path, force: force)) }
+        for path in paths { added.append(try addDrive(path: path, force: force, group: group)) }
         return added
     }
 

@@ -360,7 +360,7 @@ extension Pool {
             }
             var got: [(store: Int, rseg: Int)] = []
             for _ in 0..<count {
-                guard let r = state.allocateRSEG(level: d.raid, available: drives.isAvailable) else {
+                guard let r = state.allocateRSEG(level: d.raid, group: d.group, available: drives.isAvailable) else {
                     for g in got { state.releaseRSEG(store: g.store, rseg: g.rseg) }
                     throw .noSpace("the pool has no free \(d.raid) segment for \(d.name)")
                 }

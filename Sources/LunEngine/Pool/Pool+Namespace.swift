@@ -24,7 +24,7 @@ extension Pool {
                         reservedBytes: UInt64(d.reservedSegments) * seg, reserved: d.reserved,
                         reserveSnapshots: d.reserveSnapshots, hasWritten: d.hasWritten, kind: kind(of: d),
                         directoryAccess: d.directoryAccess, imageAccess: d.imageAccess,
-                        onFull: d.onFull, expendable: d.expendable)
+                        onFull: d.onFull, expendable: d.expendable, group: d.group)
             .withExternalBytes(state.externals[d.id] != nil)
     }
 
@@ -136,6 +136,7 @@ extension Pool {
                 $0.hasWritten = x.hasWritten
                 $0.reserved = reserved ?? x.reserveSnapshots
                 $0.reservedSegments = reserve
+                $0.group = x.group
             }
             state.reservedTotal += reserve
             state.apply(.split(successor: x.id, predecessor: p.id))

@@ -11,8 +11,11 @@ final class PoolState: @unchecked Sendable {
     var nextDiskID: DiskID = 1
     let rsds: RSDTable
     var psegs: PSEGAllocator
-    /// Stores of each level that have a free RSEG, most recent last (ids may be stale).
-    private var partialStores: [UInt8: [Int]] = [:]
+    /// Stores of each level and group that have a free RSEG, most recent last (ids may be
+    /// stale), by `partialKey`.
+    private var partialStores: [String: [Int]] = [:]
+    /// The group of each drive not in the default one (DiskGroups.swift), kept in the checkpoint.
+    var driveGroups: [Int: String] = [:]
     /// Ops applied since the last commit, encoded as the next journal record's payload.
     var journal = ByteWriter(capacity: 4096)
     /// RSEGs freed by ops in `journal`: reusable only once that record is durable.
@@ -183,10 +186,13 @@ final class PoolState: @unchecked Sendable {
     /// there; the store reads and writes as any degraded store does, and when the drive comes
     /// back as stale, its rebuild (RedundancyResync) fills that member like every other. So
     /// a pool with a drive missing still accepts writes until space is really gone.
-    private func chooseMembers(level: RAIDLevel, freeCount free: inout [Int], available: (Int) -> Bool = { _ in true }) -> [Int]? {
+    /// Only drives in `allowed` (one RSS) are considered, when it is given.
+    private func chooseMembers(level: RAIDLevel, freeCount free: inout [Int], available: (Int) -> Bool = { _ in true },
+                               allowed: Set<Int>? = nil) -> [Int]? {
         var chosen: [Int] = []
+        let inRSS = { (d: Int) in allowed?.contains(d) ?? true }
         for member in 0..<level.memberCount {
-            let usable = (0..<free.count).filter { free[$0] > 0 && available($0) }
+            let usable = (0..<free.count).filter { free[$0] > 0 && available($0) && inRSS($0) }
             var candidates = usable.filter { !chosen.contains($0) }
             // A RAID 1 partner chosen before this member (StoreLayout pairs members c and c + 4).
             let partner = StoreLayout.partner(level: level, member: member).flatMap { $0 < member ? chosen[$0] : nil } ?? -1
@@ -201,7 +207,7 @@ final class PoolState: @unchecked Sendable {
                 // Degraded from birth, while the store keeps a full copy on drives in service.
                 let outAlready = level == .raid5 ? chosen.contains { !available($0) } : (partner >= 0 && !available(partner))
                 if !outAlready {
-                    let out = (0..<free.count).filter { free[$0] > 0 && !available($0) && $0 != partner }
+                    let out = (0..<free.count).filter { free[$0] > 0 && !available($0) && $0 != partner && inRSS($0) }
                     candidates = level == .raid1 ? out : out.filter { !chosen.contains($0) }
                 }
             }
@@ -212,23 +218,34 @@ final class PoolState: @unchecked Sendable {
         return chosen
     }
 
-    /// Allocates one RSEG of `level`, creating a store if needed; nil when the pool is full.
-    func allocateRSEG(level: RAIDLevel, available: (Int) -> Bool) -> (store: Int, rseg: Int)? {
-        var stack = partialStores[level.rawValue] ?? []
+    /// Allocates one RSEG of `level` in `group`, creating a store if needed (its members all
+    /// in one RSS of the group: the one where it finds the most free PSEGs); nil when the
+    /// group is full.
+    func allocateRSEG(level: RAIDLevel, group: String = DiskGroups.defaultGroup, available: (Int) -> Bool) -> (store: Int, rseg: Int)? {
+        let key = partialKey(level, group)
+        var stack = partialStores[key] ?? []
         while let id = stack.last {
-            if rsds.level(id) == level && rsds.usedMask(id) != UInt8(truncatingIfNeeded: (1 << geometry.rsegsPerStore) - 1) {
+            if rsds.level(id) == level && rsds.usedMask(id) != UInt8(truncatingIfNeeded: (1 << geometry.rsegsPerStore) - 1)
+                && self.group(ofStore: id) == group {
                 let mask = rsds.usedMask(id)
                 let rseg = (~mask).trailingZeroBitCount
                 rsds.markUsed(id, rseg: rseg)
                 usedRSEGs += 1
-                partialStores[level.rawValue] = stack
+                partialStores[key] = stack
                 return (id, rseg)
             }
             stack.removeLast()
         }
-        partialStores[level.rawValue] = stack
-        var free = psegs.allocatableFreeCount
-        guard let drives = chooseMembers(level: level, freeCount: &free, available: available),
+        partialStores[key] = stack
+        let free = psegs.allocatableFreeCount
+        var best: (drives: [Int], free: Int)?
+        for rss in redundantStorageSets(of: group) {
+            var scratch = free
+            guard let drives = chooseMembers(level: level, freeCount: &scratch, available: available, allowed: Set(rss)) else { continue }
+            let room = rss.reduce(0) { $0 + free[$1] }
+            if best == nil || room > best!.free { best = (drives, room) }
+        }
+        guard let drives = best?.drives,
               let id = rsds.firstFreeID(), id <= Int(LMapEntry.maxStoreID) else { return nil }
         var members: [StoreMember] = []
         for d in drives {
@@ -238,7 +255,7 @@ final class PoolState: @unchecked Sendable {
         apply(.defineStore(store: id, level: level, members: members))
         rsds.markUsed(id, rseg: 0)
         usedRSEGs += 1
-        partialStores[level.rawValue, default: []].append(id)
+        partialStores[key, default: []].append(id)
         return (id, 0)
     }
 
@@ -249,7 +266,7 @@ final class PoolState: @unchecked Sendable {
         if rsds.usedMask(store) == 0 {
             apply(.freeStore(store: store))
         } else if let level = rsds.level(store) {
-            partialStores[level.rawValue, default: []].append(store)
+            partialStores[partialKey(level, group(ofStore: store)), default: []].append(store)
         }
     }
 
@@ -285,7 +302,7 @@ final class PoolState: @unchecked Sendable {
         }
         for id in 0..<rsds.highWater where rsds.isLive(id) {
             if rsds.usedMask(id) == 0 { apply(.freeStore(store: id)) } else if let level = rsds.level(id) {
-                partialStores[level.rawValue, default: []].append(id)
+                partialStores[partialKey(level, group(ofStore: id)), default: []].append(id)
             }
         }
         // Families: one per chain.
