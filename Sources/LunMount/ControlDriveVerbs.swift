@@ -25,12 +25,15 @@ extension ControlVerbs {
             return try Self.encodeResult(statusDrives(pool, live: true))
         }
         add("drive-add") { request throws(ControlFailure) in
-            try Self.only(request, ["paths", "force"])
+            try Self.only(request, ["paths", "force", "group"])
             guard let paths = request.arguments["paths"] as? [String], !paths.isEmpty, paths.allSatisfy({ !$0.isEmpty }) else {
                 throw ControlFailure(EINVAL, "drive-add needs \"paths\": a list of drive paths")
             }
             let force = try Self.flag(request, "force")
-            let added = try Self.engine { () throws(LunError) in try pool.addDrives(paths: paths, force: force) }
+            guard let group = (request.arguments["group"] ?? DiskGroups.defaultGroup) as? String else {
+                throw ControlFailure(EINVAL, "drive-add: \"group\" must be a group name")
+            }
+            let added = try Self.engine { () throws(LunError) in try pool.addDrives(paths: paths, force: force, group: group) }
             return try Self.encodeResult(DriveChangeResult(added: added))
         }
         add("drive-remove") { request throws(ControlFailure) in

@@ -18,6 +18,8 @@ public struct StatusReport: Codable {
         public var readErrors: Int?, writeErrors: Int?, checksumErrors: Int?, repairs: Int?
         /// Holds a copy of the metadata; being emptied to be removed (`lunfs drive remove`).
         public var mirror: Bool?, draining: Bool?
+        /// Its disk group (`drive add --group`).
+        public var group: String? = nil
     }
     public struct Disk: Codable {
         public var id: UInt32, path: String, sizeBytes: UInt64, allocatedBytes: UInt64, uniqueBytes: UInt64
@@ -39,6 +41,8 @@ public struct StatusReport: Codable {
         public var chain: Int?, chainPosition: Int?
         /// The space policy: `drop-snapshots` (nil for the default, fail), and expendable (nil: no).
         public var onFull: String? = nil, expendable: Bool? = nil
+        /// Its disk group (`user.lunfs.group`).
+        public var group: String? = nil
     }
     /// A snapshot the space policy deleted (live figures, since the pool was opened).
     public struct DroppedSnapshot: Codable {
@@ -132,7 +136,8 @@ func statusDrives(_ pool: Pool, live: Bool) -> [StatusReport.Drive] {
                            state: d.state.rawValue, sizeBytes: d.sizeBytes, usedBytes: d.usedBytes,
                            readErrors: live ? d.errors.readErrors : nil, writeErrors: live ? d.errors.writeErrors : nil,
                            checksumErrors: live ? d.errors.checksumErrors : nil, repairs: live ? d.errors.repairs : nil,
-                           mirror: listing[d.index]?.isMirror, draining: listing[d.index]?.isDraining)
+                           mirror: listing[d.index]?.isMirror, draining: listing[d.index]?.isDraining,
+                           group: listing[d.index]?.group)
     }
 }
 
@@ -182,7 +187,8 @@ func statusDisks(_ pool: Pool, _ infos: [DiskInfo], chains: [[DiskID]]) -> [Stat
                              externalFile: pool.externalFile(of: i.id), copiedBlocks: external?.copied,
                              copyTotalBlocks: external?.total,
                              depth: depth, chain: place[i.id]?.chain, chainPosition: place[i.id]?.position,
-                             onFull: i.onFull == .fail ? nil : i.onFull.rawValue, expendable: i.expendable ? true : nil))
+                             onFull: i.onFull == .fail ? nil : i.onFull.rawValue, expendable: i.expendable ? true : nil,
+                             group: i.group))
             if depth < 256 { visit(i.id, depth: depth + 1) }
         }
     }

@@ -44,6 +44,9 @@ enum ExtendedAttribute: String, CaseIterable {
     /// "1" if this snapshot may be deleted by a drop-snapshots disk of its chain; settable on
     /// snapshots.
     case expendable = "user.lunfs.expendable"
+    /// The disk group whose drives hold the disk's stores (`drive add --group`); settable
+    /// before the disk's first write.
+    case group = "user.lunfs.group"
 
     static let namespacePrefix = "user.lunfs."
     /// On the mount's root: writing `check` or `repair` scrubs the whole pool (every block
@@ -59,7 +62,7 @@ enum ExtendedAttribute: String, CaseIterable {
 
     var isSettable: Bool {
         switch self {
-        case .raid, .reserved, .reserveSnapshots, .kind, .onFull, .expendable: return true
+        case .raid, .reserved, .reserveSnapshots, .kind, .onFull, .expendable, .group: return true
         default: return false
         }
     }
@@ -95,6 +98,7 @@ extension FileSystem {
         case .externalFile: return pool.externalFile(of: info.id)
         case .onFull: return info.onFull.rawValue
         case .expendable: return info.expendable ? "1" : "0"
+        case .group: return info.group
         }
     }
 
@@ -188,6 +192,8 @@ extension FileSystem {
         case .expendable:
             let on = try flag(text, name: name)
             try engine { () throws(LunError) in try pool.setExpendable(info.id, on) }
+        case .group:
+            try engine { () throws(LunError) in try pool.setGroup(info.id, text) }
         default:
             preconditionFailure("\(name) is not settable")
         }

@@ -45,6 +45,7 @@ protocol MountablePool: AnyObject, Sendable {
 
     func setOnFull(_ id: DiskID, _ policy: OnFullPolicy) throws(LunError)
     func setExpendable(_ id: DiskID, _ expendable: Bool) throws(LunError)
+    func setGroup(_ id: DiskID, _ group: String) throws(LunError)
     func observeDroppedSnapshots(_ body: @escaping @Sendable (DroppedSnapshot) -> Void)
 }
 

@@ -10,7 +10,7 @@ import LunEngine
 import LunMount
 
 private let driveUsage = """
-usage: lunfs drive add POOL PATH... [--force] [--wait]
+usage: lunfs drive add POOL PATH... [--group NAME] [--force] [--wait]
        lunfs drive remove POOL N [--wait]
        lunfs drive replace POOL N PATH [--force] [--wait]
        lunfs drive list POOL [--json]
@@ -22,8 +22,9 @@ func runDrive(_ args: [String]) -> Int32 {
         let parsed = try ParsedArguments(Array(args.dropFirst()), valued: ["group"])
         let pos = parsed.positionals
         guard let directory = pos.first else { printError(driveUsage); return ExitCode.failure }
-        if parsed.options["group"] != nil {
-            printError("lunfs drive: --group: disk groups are not built yet; the drive was not added")
+        let group = parsed.options["group"]?.last ?? DiskGroups.defaultGroup
+        if parsed.options["group"] != nil && sub != "add" {
+            printError("lunfs drive \(sub): --group is for drive add only")
             return ExitCode.failure
         }
         let wait = parsed.flags.contains("wait"), force = parsed.flags.contains("force")
@@ -32,9 +33,9 @@ func runDrive(_ args: [String]) -> Int32 {
             return try listDrives(directory, json: parsed.flags.contains("json"))
         case ("add", 2...):
             let paths = pos.dropFirst().map { drivePath($0, pool: directory) }
-            return try changeDrives(directory, wait: wait, verb: "drive-add", arguments: ["paths": paths, "force": force],
+            return try changeDrives(directory, wait: wait, verb: "drive-add", arguments: ["paths": paths, "force": force, "group": group],
                                     removing: nil) { pool in
-                let added = try pool.addDrives(paths: paths, force: force)
+                let added = try pool.addDrives(paths: paths, force: force, group: group)
                 return DriveChangeResult(added: added)
             }
         case ("remove", 2):
@@ -171,7 +172,9 @@ private func listDrives(_ directory: String, json: Bool) throws -> Int32 {
     }
     let width = max(4, drives.map(\.name.count).max() ?? 4)
     let pad = { (s: String, n: Int) in s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
-    print(pad("N", 3) + "  " + pad("PATH", width) + "  " + pad("STATE", 8) + "  " + pad("SIZE", 10) + "  " + pad("USED", 10) + "  USE%  ROLE")
+    let groupWidth = max(5, drives.compactMap(\.group).map(\.count).max() ?? 5)
+    print(pad("N", 3) + "  " + pad("PATH", width) + "  " + pad("STATE", 8) + "  " + pad("SIZE", 10) + "  " + pad("USED", 10) + "  USE%  "
+          + pad("GROUP", groupWidth) + "  ROLE")
     for d in drives {
         let size = d.sizeBytes ?? 0, used = d.usedBytes ?? 0
         let percent = size > 0 ? Int((Double(used) * 100 / Double(size)).rounded()) : 0
@@ -180,7 +183,8 @@ private func listDrives(_ directory: String, json: Bool) throws -> Int32 {
         if d.draining == true { role.append("being removed") }
         let state: String = d.state ?? (d.available ? "online" : "missing")
         let columns: [String] = [pad("\(d.index)", 3), pad(d.name, width), pad(state, 8), pad(formatSize(size), 10),
-                                 pad(formatSize(used), 10), pad("\(percent)%", 4), role.isEmpty ? "-" : role.joined(separator: ", ")]
+                                 pad(formatSize(used), 10), pad("\(percent)%", 4), pad(d.group ?? DiskGroups.defaultGroup, groupWidth),
+                                 role.isEmpty ? "-" : role.joined(separator: ", ")]
         print(columns.joined(separator: "  "))
     }
     return ExitCode.ok

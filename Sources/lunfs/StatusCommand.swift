@@ -113,6 +113,7 @@ private func printDrives(_ r: StatusReport) {
         if let read = d.readErrors, let write = d.writeErrors, let sums = d.checksumErrors, let repairs = d.repairs {
             line += "  errors: read \(read), write \(write), checksum \(sums); repaired \(repairs)"
         }
+        if let group = d.group { line += "  group \(group)" }
         print(line)
     }
 }
@@ -155,7 +156,8 @@ private func printDisks(_ r: StatusReport) {
         print(pad(label(d), width) + "  " + pad(d.kind, 11) + "  " + pad(size, 10) + "  " + pad(formatSize(d.allocatedBytes), 10) + "  "
               + pad(formatSize(d.uniqueBytes), 10) + "  " + pad(formatSize(d.sharedBytes), 10) + "  raid\(d.raid)  " + pad(chain, 5) + "  \(created)"
               + (d.reservedBytes > 0 ? "  reserved \(formatSize(d.reservedBytes))" : "")
-              + (d.onFull.map { "  on_full \($0)" } ?? "") + (d.expendable == true ? "  expendable" : ""))
+              + (d.onFull.map { "  on_full \($0)" } ?? "") + (d.expendable == true ? "  expendable" : "")
+              + (d.group.map { $0 == DiskGroups.defaultGroup ? "" : "  group \($0)" } ?? ""))
     }
 }
 
