@@ -35,6 +35,14 @@ public enum DiskGroups {
         }
         return sets
     }
+
+    /// The RSS among `sets` that holds most of `drives` (the first such), nil when there is none.
+    static func home(of drives: [Int], in sets: [[Int]]) -> [Int]? {
+        sets.max { a, b in
+            let ca = drives.filter(a.contains).count, cb = drives.filter(b.contains).count
+            return ca < cb || (ca == cb && a.first! > b.first!)
+        }
+    }
 }
 
 extension PoolState {
@@ -64,13 +72,24 @@ extension PoolState {
     /// The drives a member of store `id` may be on: the RSS of its group that holds most of its
     /// members (the first such): a store that a re-forming left across two RSSs moves only into it.
     func homeRSS(ofStore id: Int) -> Set<Int> {
-        let sets = redundantStorageSets(of: group(ofStore: id))
-        let drives = rsds.memberList(id).map(\.drive)
-        guard let best = sets.max(by: { a, b in
-            let ca = drives.filter(a.contains).count, cb = drives.filter(b.contains).count
-            return ca < cb || (ca == cb && a.first! > b.first!)
-        }) else { return [] }
-        return Set(best)
+        Set(DiskGroups.home(of: rsds.memberList(id).map(\.drive), in: redundantStorageSets(of: group(ofStore: id))) ?? [])
+    }
+
+    /// Members on a drive outside their store's home RSS (a re-forming left the store across
+    /// two), at most one per store and `limit` in all; members of drives being emptied aside.
+    func strayMembers(limit: Int = .max) -> [StoreMemberSlot] {
+        var sets: [String: [[Int]]] = [:]
+        var out: [StoreMemberSlot] = []
+        for id in 0..<rsds.highWater where rsds.isLive(id) && out.count < limit {
+            let g = group(ofStore: id)
+            if sets[g] == nil { sets[g] = redundantStorageSets(of: g) }
+            let drives = rsds.memberList(id).map(\.drive)
+            guard let home = DiskGroups.home(of: drives, in: sets[g]!) else { continue }
+            if let m = drives.firstIndex(where: { !home.contains($0) && !psegs.closedDrives.contains($0) }) {
+                out.append(StoreMemberSlot(store: id, member: m))
+            }
+        }
+        return out
     }
 
     /// The key of the stack of partly used stores of a level in a group.

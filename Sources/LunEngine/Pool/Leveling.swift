@@ -72,12 +72,13 @@ extension Pool {
             // Whole PSEGs over the share: zero everywhere once no move helps (the gaps are then
             // at most one PSEG, and the excesses sum to zero).
             let psegs = shares.reduce(0) { $0 + ($1.draining ? $1.used : Int(max(0, $1.excess).rounded(.down))) }
+                + state.strayMembers().count
             return LevelingBacklog(psegs: psegs, draining: drainingDriveIndexes)
         }
     }
 
     /// The next PSEGs to move and where (at most `limit`), empty when no move brings the pool
-    /// nearer to level: each a member of the drive furthest over its share (a drive being
+    /// nearer to level: first members outside their store's RSS, into it; then each a member of the drive furthest over its share (a drive being
     /// emptied first) to the drive furthest under its share that the store's distinct-drive
     /// rules allow, planned one after another on the shares as the moves before leave them.
     func nextLevelingMoves(limit: Int) -> [(slot: StoreMemberSlot, target: Int)] {
@@ -85,6 +86,17 @@ extension Pool {
         var members: [Int: ArraySlice<StoreMemberSlot>] = [:]
         var plan: [(slot: StoreMemberSlot, target: Int)] = []
         var planned = Set<StoreMemberSlot>()
+        // First the members a re-forming of RSSs left outside their store's RSS (DiskGroups.swift).
+        for slot in stateLock.withLock({ state.strayMembers(limit: limit) }) {
+            let targets = moveTargets(for: slot).filter { shares[$0]?.draining == false }
+            guard let target = targets.min(by: { shares[$0]!.excess < shares[$1]!.excess || (shares[$0]!.excess == shares[$1]!.excess && $0 < $1) })
+            else { continue }
+            let source = stateLock.withLock { state.rsds.memberList(slot.store)[slot.member].drive }
+            plan.append((slot, target))
+            planned.insert(slot)
+            shares[source]?.used -= 1
+            shares[target]!.used += 1
+        }
         while plan.count < limit {
             let sources = shares.values.filter { $0.used > 0 && ($0.draining || $0.excess > 0.5) }
                 .sorted { ($0.draining ? 1 : 0, $0.excess, -$0.drive) > ($1.draining ? 1 : 0, $1.excess, -$1.drive) }
