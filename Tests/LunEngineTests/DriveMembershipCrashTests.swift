@@ -61,7 +61,8 @@ final class DriveMembershipCrashTests: XCTestCase {
         do {
             for step in 0..<3 {
                 offered += 1
-                added.append(try pool.addDrive(device: devices(offered)[offered - 1]))
+                // The third joins group "g": its group is recorded by the add's own checkpoint.
+                added.append(try pool.addDrive(device: devices(offered)[offered - 1], group: step == 2 ? "g" : DiskGroups.defaultGroup))
                 model.commitAll()
                 if step == 0 {
                     try pool.beginRemoval(added[0])
@@ -97,6 +98,9 @@ final class DriveMembershipCrashTests: XCTestCase {
             XCTAssertTrue(members.contains(d) || (added[0] == d && inDoubt), "seed \(seed): drive \(d) was added but is not a member")
         }
         for d in forgotten { XCTAssertFalse(members.contains(d), "seed \(seed): drive \(d) was removed but is a member") }
+        for d in reopened.driveListing() {
+            XCTAssertEqual(d.group, d.index == 7 ? "g" : DiskGroups.defaultGroup, "seed \(seed): the group of drive \(d.index)")
+        }
         // Drive 3 may be gone if its removal was cut after its commit.
         let kept = Set(0..<5).subtracting(forgotten).subtracting(inDoubt ? [3] : [])
         XCTAssertTrue(members.isSuperset(of: kept), "seed \(seed): members \(members.sorted())")
