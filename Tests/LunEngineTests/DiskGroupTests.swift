@@ -26,6 +26,25 @@ final class DiskGroupTests: XCTestCase {
         XCTAssertFalse(DiskGroups.isValidName(String(repeating: "x", count: 33)))
     }
 
+    func testDiskRecordKeepsItsGroupBesideTheOtherFields() throws {
+        var record = DiskRecord(id: 9, name: "db", parent: nil, predecessor: nil, successor: 4, sizeBytes: 1 << 30, raid: .raid1,
+                                hasImage: true, hasWritten: true, reserveSnapshots: false, reserved: true, createdAt: 1_790_000_000,
+                                reservedSegments: 300)
+        record.onFull = .dropSnapshots
+        for group in ["default", "fast", "g.2"] {
+            record.group = group
+            var w = ByteWriter(capacity: 64)
+            record.encode(into: &w)
+            var r = ByteReader(w.bytes)
+            XCTAssertEqual(try DiskRecord.decode(from: &r), record)
+            XCTAssertEqual(r.remaining, 0)
+            for cut in 0..<w.bytes.count {
+                var short = ByteReader(Array(w.bytes[0..<cut]))
+                XCTAssertThrowsError(try DiskRecord.decode(from: &short), "\(group) cut at \(cut)")
+            }
+        }
+    }
+
     /// Every store's members in one group and one RSS of it; every disk's segments in stores
     /// of its own group.
     private func assertStoresInGroupsAndRSSs(_ pool: Pool, _ context: String, file: StaticString = #filePath, line: UInt = #line) {
