@@ -102,18 +102,8 @@ final class DiskGroupTests: XCTestCase {
                     let id = try pool.createDisk(named: "w\(t)", raid: t < 2 ? .raid5 : .raid1)
                     if t % 2 == 1 { try pool.setGroup(id, "fast") }
                     try pool.resize(id, to: UInt64(diskBytes))
-                    var image = [UInt8](repeating: 0, count: diskBytes)
-                    for step in 0..<60 {
-                        if rng.below(100) < 85 {
-                            let len = [4096, 65536, 1 << 20][Int(rng.below(3))]
-                            let off = Int(rng.below(UInt64(diskBytes - len))) & ~511
-                            let bytes = rng.bytes(len)
-                            try pool.write(id, at: UInt64(off), bytes)
-                            image.replaceSubrange(off..<off + len, with: bytes)
-                        } else if !sameBytes(try pool.image(id), image) {
-                            failures.add("thread \(t) step \(step): disk \(id) differs")
-                        }
-                    }
+                    let image = try writeRandomly(pool, id, diskBytes: diskBytes, steps: 60, writePercent: 85, rng: &rng,
+                                                  failures: failures, label: "thread \(t)")
                     models.lock.withLock { models.images[id] = image }
                 } catch {
                     failures.add("thread \(t): \(error)")

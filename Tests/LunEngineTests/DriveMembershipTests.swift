@@ -30,18 +30,8 @@ final class DriveMembershipTests: XCTestCase {
                 do {
                     let id = try pool.createDisk(named: "w\(t)")
                     try pool.resize(id, to: UInt64(diskBytes))
-                    var image = [UInt8](repeating: 0, count: diskBytes)
-                    for step in 0..<120 {
-                        if rng.below(100) < 80 {
-                            let len = [4096, 65536, 1 << 20][Int(rng.below(3))]
-                            let off = Int(rng.below(UInt64(diskBytes - len))) & ~511
-                            let bytes = rng.bytes(len)
-                            try pool.write(id, at: UInt64(off), bytes)
-                            image.replaceSubrange(off..<off + len, with: bytes)
-                        } else if !sameBytes(try pool.image(id), image) {
-                            failures.add("thread \(t) step \(step): disk \(id) differs")
-                        }
-                    }
+                    let image = try writeRandomly(pool, id, diskBytes: diskBytes, steps: 120, writePercent: 80, rng: &rng,
+                                                  failures: failures, label: "thread \(t)")
                     models.lock.withLock { models.images[id] = image }
                 } catch {
                     failures.add("thread \(t): \(error)")

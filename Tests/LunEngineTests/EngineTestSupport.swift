@@ -90,3 +90,23 @@ final class BackgroundCommitter {
         while !thread.isFinished { usleep(1000) }
     }
 }
+
+/// `steps` random steps on disk `id` of `diskBytes`: a write of 4 KiB, 64 KiB or 1 MiB
+/// (`writePercent` of them) or a whole-image check against the bytes written so far, whose
+/// difference goes to `failures` as `label`. Returns the image as written.
+func writeRandomly(_ pool: Pool, _ id: DiskID, diskBytes: Int, steps: Int, writePercent: UInt64, rng: inout SeededRandom,
+                   failures: ThreadFailures, label: String) throws -> [UInt8] {
+    var image = [UInt8](repeating: 0, count: diskBytes)
+    for step in 0..<steps {
+        if rng.below(100) < writePercent {
+            let len = [4096, 65536, 1 << 20][Int(rng.below(3))]
+            let off = Int(rng.below(UInt64(diskBytes - len))) & ~511
+            let bytes = rng.bytes(len)
+            try pool.write(id, at: UInt64(off), bytes)
+            image.replaceSubrange(off..<off + len, with: bytes)
+        } else if !sameBytes(try pool.image(id), image) {
+            failures.add("\(label) step \(step): disk \(id) differs")
+        }
+    }
+    return image
+}

@@ -51,9 +51,11 @@ final class DiskGroupMountTests: MountTestCase {
         XCTAssertEqual(try readWholeFile(pool.path("db/disk.img")), bytes, "after the remount")
         XCTAssertEqual(try driveUse()[0], usedBefore[0])
     }
+}
 
-    /// Used bytes per drive index, from `lunfs status --json`.
-    private func driveUse() throws -> [Int: UInt64] {
+extension MountTestCase {
+    /// Used bytes per drive index, from `lunfs status --json` (the daemon's live figures).
+    func driveUse() throws -> [Int: UInt64] {
         let result = try pool.lunfs(["status", "--json", pool.poolPath])
         guard result.status == 0, let object = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any],
               let drives = object["drives"] as? [[String: Any]] else { throw FixtureError("status --json: \(result.errorOutput)") }

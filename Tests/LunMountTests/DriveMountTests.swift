@@ -84,14 +84,4 @@ final class DriveMountTests: MountTestCase {
         XCTAssertEqual(try readWholeFile(pool.path("kept/disk.img")), kept, "after the unmounted add and remove")
         XCTAssertGreaterThan(try driveUse()[8] ?? 0, 0, "the unmounted add levelled onto the new drive")
     }
-
-    /// Used bytes per drive index, from `lunfs status --json` (the daemon's live figures).
-    private func driveUse() throws -> [Int: UInt64] {
-        let result = try pool.lunfs(["status", "--json", pool.poolPath])
-        guard result.status == 0, let object = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any],
-              let drives = object["drives"] as? [[String: Any]] else { throw FixtureError("status --json: \(result.errorOutput)") }
-        var use: [Int: UInt64] = [:]
-        for d in drives { use[d["index"] as! Int] = (d["usedBytes"] as? NSNumber)?.uint64Value ?? 0 }
-        return use
-    }
 }

@@ -78,9 +78,10 @@ extension Pool {
     }
 
     /// The next PSEGs to move and where (at most `limit`), empty when no move brings the pool
-    /// nearer to level: first members outside their store's RSS, into it; then each a member of the drive furthest over its share (a drive being
-    /// emptied first) to the drive furthest under its share that the store's distinct-drive
-    /// rules allow, planned one after another on the shares as the moves before leave them.
+    /// nearer to level: first members outside their store's RSS, into it; then each a member
+    /// of the drive furthest over its share (a drive being emptied first) to the drive furthest
+    /// under its share that the store's distinct-drive rules allow, planned one after another
+    /// on the shares as the moves before leave them.
     func nextLevelingMoves(limit: Int) -> [(slot: StoreMemberSlot, target: Int)] {
         var shares = Dictionary(uniqueKeysWithValues: stateLock.withLock { levelingSharesLocked() }.map { ($0.drive, $0) })
         var members: [Int: ArraySlice<StoreMemberSlot>] = [:]
