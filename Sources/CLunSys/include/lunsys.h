@@ -15,6 +15,11 @@ int lunsys_open_direct(const char *path, int flags);
 /// SSE 4.2 instruction where the processor has it and a table otherwise. The same value as
 /// the byte-wise Swift implementation in Format/CRC32C.swift.
 uint32_t lunsys_crc32c(uint32_t crc, const void *data, uint64_t length);
+/// The part of a 4,096-byte block's CRC-32C (continuing from `seed`) that its bytes decide:
+/// linear in the bytes, so the part of the XOR of blocks is the XOR of their parts.
+uint32_t lunsys_crc32c_block_unseeded(uint32_t crc, uint32_t seed);
+/// The CRC-32C continuing from `seed` of a 4,096-byte block whose bytes' part is `unseeded`.
+uint32_t lunsys_crc32c_block_seeded(uint32_t unseeded, uint32_t seed);
 
 /// The git commit lunfs was built from, as scripts/install passes it to the compiler
 /// (-Xcc -DLUNFS_BUILD_COMMIT='"..."'); "unknown" for a build that was not given one.

@@ -308,15 +308,20 @@ struct StoreIO: @unchecked Sendable {
         }
     }
 
-    /// Writes the same bytes to several members; succeeds while at least one copy lands.
+    /// Writes the same bytes to several members; succeeds while at least one copy lands. The
+    /// CRC runs over the bytes once; the other copies' checksums are derived (BlockSums).
     private func writeCopies(_ members: [Int], store: Int, rseg: Int, within: Int, _ piece: UnsafeRawBufferPointer) throws(LunError) {
         var landed = 0
         var lastError = LunError.io("no member of store \(store) is available")
+        var summed: BlockSums?
         for member in members {
             let m = table.member(store, member)
             guard drives.isAvailable(m.drive) else { continue }
+            let at = physicalOffset(m, rseg: rseg, within: within)
+            let sums = summed?.copy(toDrive: m.drive, at: at) ?? BlockSums(of: piece, drive: m.drive, at: at)
+            summed = sums
             do {
-                try checksums.write(m.drive, piece, at: physicalOffset(m, rseg: rseg, within: within))
+                try checksums.write(piece, sums: sums)
                 landed += 1
             } catch { lastError = error }
         }
@@ -330,14 +335,25 @@ struct StoreIO: @unchecked Sendable {
         for column in 1..<4 {
             xorBytes(into: parity.baseAddress!, from: buffer.baseAddress! + column * stripeUnit, count: stripeUnit)
         }
+        // The data columns' checksums first; the parity's follow from them without a CRC pass.
+        let parityMember = RAIDLevel.parityMember(store: store)
+        let columnOf = { (member: Int) in (member - parityMember - 1 + 5) % 5 }
+        let dataSums = (0..<5).map { member -> BlockSums? in
+            guard member != parityMember else { return nil }
+            let m = table.member(store, member), column = columnOf(member)
+            return BlockSums(of: UnsafeRawBufferPointer(rebasing: buffer[column * stripeUnit..<(column + 1) * stripeUnit]),
+                             drive: m.drive, at: physicalOffset(m, rseg: rseg, within: 0))
+        }
+        let pm = table.member(store, parityMember)
+        let paritySums = BlockSums.parity(of: dataSums.compactMap { $0 }, drive: pm.drive, at: physicalOffset(pm, rseg: rseg, within: 0))
+        let sums = (0..<5).map { dataSums[$0] ?? paritySums }
         let writeMember = { (member: Int) throws(LunError) in
             let m = table.member(store, member)
-            let isParity = member == RAIDLevel.parityMember(store: store)
-            let column = (member - RAIDLevel.parityMember(store: store) - 1 + 5) % 5
-            let bytes = isParity ? UnsafeRawBufferPointer(parity)
+            let column = columnOf(member)
+            let bytes = member == parityMember ? UnsafeRawBufferPointer(parity)
                 : UnsafeRawBufferPointer(rebasing: buffer[column * stripeUnit..<(column + 1) * stripeUnit])
             guard drives.isAvailable(m.drive) else { throw .io("drive \(m.drive) is not available") }
-            try checksums.write(m.drive, bytes, at: physicalOffset(m, rseg: rseg, within: 0))
+            try checksums.write(bytes, sums: sums[member])
         }
         let failures = runAll(5, writeMember).filter { $0 != nil }.count
         if failures > 1 { throw .io("RAID 5 store \(store) lost \(failures) members") }
