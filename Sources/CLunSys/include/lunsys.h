@@ -30,6 +30,19 @@ const char *lunsys_build_commit(void);
 long lunsys_getxattr(const char *path, const char *name, void *value, unsigned long size);
 int lunsys_setxattr(const char *path, const char *name, const void *value, unsigned long size, int flags);
 
+/// One write of `length` bytes at `offset` of descriptor `fd`, for lunsys_ring_write_all;
+/// `result` is what the write returned: the bytes written or -errno (-ECANCELED: not made).
+struct lunsys_ring_write {
+    int fd;
+    const void *data;
+    uint32_t length;
+    uint64_t offset;
+    int32_t result;
+};
+/// Makes all `count` writes through the calling thread's io_uring, submitted together, and
+/// returns when every one has completed: 0. -1 when this thread has no ring (nothing written).
+int lunsys_ring_write_all(struct lunsys_ring_write *writes, int count);
+
 #include <pthread.h>
 /// Initialises a read-write lock that makes new readers wait while a writer waits, so a
 /// snapshot's quiesce is not starved by a stream of I/O.

@@ -63,6 +63,22 @@ final class BlockChecksums: @unchecked Sendable {
         try store(sums) { (bytes, at) throws(LunError) in try drives.write(sums.drive, bytes, at: at) }
     }
 
+    /// Writes several runs of whole blocks, each with its checksums after it: the data of all
+    /// of them first, together (DriveSet.writeAll), then the checksums of each run whose data
+    /// landed. Returns what each run threw.
+    func writeAll(_ runs: [(data: UnsafeRawBufferPointer, sums: BlockSums)], sideBySide: Bool) -> [LunError?] {
+        let bb = UInt64(Self.blockBytes)
+        for run in runs { precondition(run.data.count == run.sums.count * Self.blockBytes, "checksums for other blocks") }
+        var errors = drives.writeAll(runs.map { DriveWrite(drive: $0.sums.drive, data: $0.data, offset: $0.sums.first * bb) },
+                                     sideBySide: sideBySide)
+        for (i, run) in runs.enumerated() where errors[i] == nil {
+            do throws(LunError) {
+                try store(run.sums) { (bytes, at) throws(LunError) in try drives.write(run.sums.drive, bytes, at: at) }
+            } catch { errors[i] = error }
+        }
+        return errors
+    }
+
     /// Writes whole blocks and their checksums to a drive that is out of service (a stale drive
     /// being rebuilt before it serves reads again).
     func writeOutOfService(_ drive: Int, _ data: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
