@@ -67,7 +67,9 @@ int lunsys_ring_write_all(struct lunsys_ring_write *writes, int count) {
         }
         int submitted = 0, reaped = 0;
         while (submitted < n) {
-            int e = io_uring_submit_and_wait(ring, n);   /* one system call when all goes well */
+            /* One system call when all goes well: submit, then wait for every write not yet
+               reaped (a short submission returns without waiting). */
+            int e = io_uring_submit_and_wait(ring, n - reaped);
             if (e > 0) { submitted += e; continue; }
             if (e == -EINTR) continue;
             if (submitted > reaped) {   /* short of room: let the writes in flight finish */
