@@ -104,7 +104,8 @@ final class DriveSet: @unchecked Sendable {
     /// Makes every write of a batch and returns what each threw. Direct writes to file drives
     /// go together through this thread's io_uring (DriveSubmission) when `usesRing`; the
     /// others, and the rest of any the ring did not finish, go through `write`, side by side
-    /// on the transfer pool when `sideBySide` asks and the drives allow it.
+    /// on the transfer pool when `sideBySide` asks and the drives allow it. A write the ring
+    /// failed is made again by `write`, which takes the drive out of service if it fails again.
     func writeAll(_ writes: [DriveWrite], sideBySide: Bool) -> [LunError?] {
         var rest: [(index: Int, done: Int)] = []
         if usesRing, let made = DriveSubmission.submit(writes, device: device) {
