@@ -32,6 +32,11 @@ enum MetadataOp: Equatable {
     case putExternal(ExternalSnapshotRecord)
     /// The pool forgets a snapshot on separate storage (its node stays, without an image).
     case dropExternal(DiskID)
+    /// Rollback (docs/DESIGN.md section 7): new, empty `keeping` is split below `target` (so it
+    /// reads target's bytes), then `disk` and `keeping` exchange their contents: map, place in
+    /// the chain, size and written flag. `disk` reads what target reads; `keeping` holds what
+    /// `disk` held. Every other disk keeps its map and its place.
+    case rollback(disk: DiskID, target: DiskID, keeping: DiskID)
 
     /// The op's first byte in a journal record. Codes are part of the on-disk format
     /// (docs/DESIGN.md section 4): never reuse or renumber one.
@@ -39,6 +44,7 @@ enum MetadataOp: Equatable {
         case setEntry = 1, defineStore = 2, freeStore = 3, putDisk = 4, dropDisk = 5
         case split = 6, unlink = 7, intentAdd = 8, intentClear = 9
         case putExternal = 10, dropExternal = 11
+        case rollback = 12
     }
 
     var code: Code {
@@ -54,6 +60,7 @@ enum MetadataOp: Equatable {
         case .intentClear: .intentClear
         case .putExternal: .putExternal
         case .dropExternal: .dropExternal
+        case .rollback: .rollback
         }
     }
 
@@ -77,6 +84,8 @@ enum MetadataOp: Equatable {
             record.encode(into: &w)
         case .split(let successor, let predecessor):
             w.varint(UInt64(successor)); w.varint(UInt64(predecessor))
+        case .rollback(let disk, let target, let keeping):
+            w.varint(UInt64(disk)); w.varint(UInt64(target)); w.varint(UInt64(keeping))
         }
     }
 
@@ -120,6 +129,7 @@ enum MetadataOp: Equatable {
         case .intentClear: return .intentClear(store: try store())
         case .putExternal: return .putExternal(try ExternalSnapshotRecord.decode(from: &r))
         case .dropExternal: return .dropExternal(try disk())
+        case .rollback: return .rollback(disk: try disk(), target: try disk(), keeping: try disk())
         }
     }
 
@@ -194,6 +204,17 @@ enum MetadataOp: Equatable {
         case .dropExternal(let id):
             guard state.externals[id] != nil else { throw .corrupt("\(self): disk \(id) has no external file") }
             state.externals[id] = nil
+        case .rollback(let xID, let tID, let nID):
+            let x = try disk(xID), t = try disk(tID), n = try disk(nID)
+            guard Set([xID, tID, nID]).count == 3, n.map.mappedCount == 0, n.predecessor == nil, n.successor == nil,
+                  SharingChain.sameChain(x, t) else {
+                throw .corrupt("\(self): the target is not in the disk's chain, or the kept disk is not new and empty")
+            }
+            // As for the split: in replay the new disk joins the chain's family here.
+            if state.replaying { n.family = x.family }
+            guard n.family === x.family else { throw .corrupt("\(self): the kept disk is not in the chain's family") }
+            SharingChain.insert(n, below: t)
+            SharingChain.exchangeContents(x, n)
         }
         return []
     }
