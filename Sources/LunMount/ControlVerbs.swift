@@ -17,11 +17,15 @@ struct ControlVerbs {
         return try handler(request)
     }
 
-    /// The verbs every daemon answers for `pool`.
-    static func standard(pool: Pool) -> ControlVerbs {
+    /// The verbs every daemon answers for `pool`, and those a mount's file system adds.
+    static func standard(pool: Pool, fileSystem: FileSystem? = nil) -> ControlVerbs {
         var verbs = ControlVerbs()
         verbs.add("status") { request throws(ControlFailure) in try statusVerb(pool, request) }
-        let names = ["status", "verbs"]
+        var names = ["status", "verbs"]
+        if let fileSystem {
+            verbs.add("rollback") { request throws(ControlFailure) in try rollbackVerb(fileSystem, request) }
+            names.insert("rollback", at: 0)
+        }
         verbs.add("verbs") { _ throws(ControlFailure) in try encodeResult(names) }
         return verbs
     }

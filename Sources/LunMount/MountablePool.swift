@@ -38,6 +38,9 @@ protocol MountablePool: AnyObject, Sendable {
     func discard(_ id: DiskID, at offset: UInt64, length: UInt64) throws(LunError)
     func seek(_ id: DiskID, from offset: UInt64, data: Bool) throws(LunError) -> UInt64?
     func scrub(repair: Bool) -> ScrubReport
+    func disk(atTreePath path: String) -> DiskID?
+    func rollback(_ id: DiskID, to target: DiskID, beforeName: String?, quiesceTimeoutSeconds: Double) throws(LunError) -> RollbackOutcome
+    func createGroupSnapshot(of ids: [DiskID], named name: String, quiesceTimeoutSeconds: Double) throws(LunError) -> [DiskID: DiskID]
 }
 
 extension Pool: MountablePool {}

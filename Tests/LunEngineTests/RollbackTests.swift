@@ -5,6 +5,7 @@ import XCTest
 import Foundation
 @testable import LunEngine
 import LunEngineTesting
+import Synchronization
 
 final class RollbackTests: XCTestCase {
     /// vm -> monday -> tuesday, written between; a rollback to monday, then back again.
@@ -274,5 +275,120 @@ final class RollbackTests: XCTestCase {
             }
         }
         return tookEffect
+    }
+
+    // MARK: Threads
+
+    /// 4 KiB blocks that say which write made them: the sequence number in every 8 bytes.
+    static func stamp(_ seq: UInt64) -> [UInt8] {
+        var block = [UInt8](repeating: 0, count: 4096)
+        for i in stride(from: 0, to: 4096, by: 8) { withUnsafeBytes(of: seq.littleEndian) { block.replaceSubrange(i..<i + 8, with: $0) } }
+        return block
+    }
+
+    /// The sequence number of a block, nil if it is not one whole stamp (or zeros: 0).
+    static func sequence(of bytes: ArraySlice<UInt8>) -> UInt64? {
+        let first = bytes.prefix(8).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        var i = bytes.startIndex
+        while i < bytes.endIndex { if bytes[i] != bytes[bytes.startIndex + (i - bytes.startIndex) % 8] { return nil }; i += 1 }
+        return first
+    }
+
+    /// A writer alternating sequence numbers between disks a and b (a first) while another
+    /// thread takes group snapshots of both: in every pair, a's number equals b's or is one
+    /// ahead. Beside them a writer stamps blocks of disk c while a third thread snapshots c
+    /// and rolls it back to earlier snapshots: right after a rollback every block of c reads
+    /// as the target's or as a write that started after the rollback began, the target is
+    /// unchanged, and no block is ever torn. A committer runs throughout.
+    func testRollbacksAndGroupSnapshotsBesideWritersAndACommitter() throws {
+        let drives = MemoryDrives(count: 6, sizeBytes: 256 << 20)
+        try drives.format(raid: .raid5)
+        let pool = try drives.open()
+        let failures = ThreadFailures()
+        let a = try pool.createDisk(named: "a"), b = try pool.createDisk(named: "b"), c = try pool.createDisk(named: "c")
+        let blocks = 128
+        for d in [a, b, c] { try pool.resize(d, to: UInt64(blocks * 4096)) }
+        let stop = AtomicFlag(false)
+        let pairSeq = Atomic<UInt64>(0), cStarted = Atomic<UInt64>(0)
+        var threads: [Thread] = []
+        func spawn(_ name: String, _ body: @escaping @Sendable () throws -> Void) {
+            let t = Thread {
+                do { try body() } catch { failures.add("\(name): \(error)") }
+            }
+            threads.append(t)
+        }
+        spawn("committer") {
+            while !stop.value.load(ordering: .acquiring) { try pool.commit(); usleep(3000) }
+        }
+        spawn("pair writer") {
+            var rng = TestRandom(seed: 1)
+            while !stop.value.load(ordering: .acquiring) {
+                let n = pairSeq.load(ordering: .relaxed) + 1
+                try pool.write(a, at: 0, Self.stamp(n))
+                // Copy on write elsewhere in the chain too, so splits find work in flight.
+                try pool.write(a, at: 4096 * UInt64(1 + rng.below(UInt64(blocks - 1))), rng.bytes(4096))
+                try pool.write(b, at: 0, Self.stamp(n))
+                pairSeq.store(n, ordering: .releasing)
+            }
+        }
+        spawn("group snapshots") {
+            var taken: [(DiskID, DiskID)] = []
+            for i in 0..<24 {
+                let snaps = try pool.createGroupSnapshot(of: i % 2 == 0 ? [a, b] : [b, a], named: "g\(i)")
+                let sa = Self.sequence(of: try pool.readBytes(snaps[a]!, at: 0, count: 4096)[...])
+                let sb = Self.sequence(of: try pool.readBytes(snaps[b]!, at: 0, count: 4096)[...])
+                if let sa, let sb, sa == sb || sa == sb + 1 {} else { failures.add("group snapshot g\(i): a reads \(String(describing: sa)), b \(String(describing: sb))") }
+                taken.append((snaps[a]!, snaps[b]!))
+                if taken.count > 6 { let (x, y) = taken.removeFirst(); try pool.removeNode(x); try pool.removeNode(y) }
+                usleep(2000)
+            }
+        }
+        spawn("c writer") {
+            var rng = TestRandom(seed: 2)
+            while !stop.value.load(ordering: .acquiring) {
+                let n = cStarted.add(1, ordering: .acquiringAndReleasing).newValue
+                try pool.write(c, at: 4096 * rng.below(UInt64(blocks)), Self.stamp(n))
+            }
+        }
+        spawn("rollbacks") {
+            var rng = TestRandom(seed: 3)
+            var snapshots: [(id: DiskID, image: [UInt8])] = []
+            for i in 0..<24 {
+                if snapshots.isEmpty || rng.chance(0.5) {
+                    let s = try pool.createSnapshot(of: c, named: "s\(i)")
+                    snapshots.append((s, try pool.image(s)))
+                } else {
+                    let target = snapshots.randomElement(using: &rng)!
+                    let began = cStarted.load(ordering: .acquiring)
+                    let kept = try pool.rollback(c, to: target.id).before
+                    let now = try pool.image(c)
+                    if !sameBytes(try pool.image(target.id), target.image) { failures.add("rollback \(i): the target changed") }
+                    for k in 0..<blocks {
+                        let got = now[k * 4096 ..< (k + 1) * 4096]
+                        guard let seq = Self.sequence(of: got) else { failures.add("rollback \(i): block \(k) is torn"); continue }
+                        if got.elementsEqual(target.image[k * 4096 ..< (k + 1) * 4096]) || seq >= began { continue }
+                        failures.add("rollback \(i): block \(k) reads write \(seq), neither the target's nor one after \(began)")
+                    }
+                    for k in 0..<blocks where Self.sequence(of: try pool.readBytes(kept, at: UInt64(k * 4096), count: 4096)[...]) == nil {
+                        failures.add("rollback \(i): block \(k) of the kept state is torn")
+                    }
+                    if snapshots.count > 5 { let old = snapshots.removeFirst(); try? pool.removeNode(old.id) }
+                }
+                usleep(2000)
+            }
+        }
+        for t in threads { t.start() }
+        // The snapshot threads end by themselves; then the writers and the committer stop.
+        while !threads[2].isFinished || !threads[4].isFinished { usleep(5000) }
+        stop.value.store(true, ordering: .releasing)
+        while threads.contains(where: { !$0.isFinished }) { usleep(1000) }
+        XCTAssertEqual(failures.messages, [])
+        let images = try Dictionary(uniqueKeysWithValues: pool.disks().filter(\.hasImage).map { ($0.id, try pool.image($0.id)) })
+        XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [])
+        try pool.close()
+        let reopened = try drives.open()
+        XCTAssertEqual(try PoolChecker(pool: reopened, scrub: true).run().problems, [])
+        for (id, image) in images { assertSameBytes(try reopened.image(id), image, "disk \(id) after reopen") }
+        try reopened.close()
     }
 }
