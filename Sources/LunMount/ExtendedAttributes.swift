@@ -151,7 +151,7 @@ extension FileSystem {
         }
         if name == ExtendedAttribute.rollbackName, let info = try attributeDisk(ino) {
             let text = String(decoding: value, as: UTF8.self).trimmingEdges(of: " \t\n\r\0")
-            _ = try rollback(of: info, toSnapshot: text, how: "setxattr \(name)")
+            _ = try rollback(of: info, toSnapshot: text, how: "setxattr \(name)", insideDirectoryRequest: true)
             return
         }
         if name == ExtendedAttribute.forceDeleteName, let info = try attributeDisk(ino) {

@@ -1,6 +1,7 @@
 // Rollback and group snapshots as the mounted tree offers them (docs/MOUNT.md, "Rollback and
 // group snapshots"): what the kernel's page cache must hand over before the engine changes a
-// disk's bytes under it, and what it must forget afterwards. The xattrs and the control verb
+// disk's bytes under it, and what it must forget afterwards (with the writeback cache the
+// kernel trusts its own size of an image, so a rolled-back image is a new inode generation). The xattrs and the control verb
 // both come here, so a rollback does the same whichever way it was asked for.
 #if canImport(Glibc)
 import Glibc
@@ -14,20 +15,29 @@ extension FileSystem {
 
     /// Rolls the disk of directory `info` back to its snapshot `name` (a child of that
     /// directory). Dirty pages of its image go to the pool first, so the kept snapshot holds
-    /// every write(2) that returned before; afterwards the kernel drops its pages and its
-    /// attributes of the image, so open handles and new reads see the rolled-back bytes.
-    func rollback(of info: DiskInfo, toSnapshot name: String, how: String) throws(FuseFailure) -> RollbackOutcome {
+    /// every write(2) that returned before. Afterwards the image is a new inode generation:
+    /// handles opened before turn stale (a VM or loop device still running on the old bytes
+    /// must not write into the rolled-back ones), the kernel drops its pages of the old inode
+    /// and its name `disk.img`, and the next lookup gets the new size and bytes.
+    /// `insideDirectoryRequest`: called from a request on the directory (setxattr), whose
+    /// lock the kernel needs to drop the name, so that happens right after the reply.
+    func rollback(of info: DiskInfo, toSnapshot name: String, how: String,
+                  insideDirectoryRequest: Bool) throws(FuseFailure) -> RollbackOutcome {
         guard info.hasImage else { throw FuseFailure(ENOENT, "\(info.name) has no disk.img to roll back") }
         guard !name.isEmpty, !name.contains("/"), let target = pool.child(named: name, of: info.id) else {
             throw FuseFailure(ENOENT, "\(info.name) has no snapshot named \(name.debugDescription)")
         }
         try kernelCache.writeBack(info.id)
+        let holders = openImages.holders(of: info.id, generation: generation(of: .image(info.id)))
         let outcome = try engine { () throws(LunError) -> RollbackOutcome in
             try pool.rollback(info.id, to: target, beforeName: nil, quiesceTimeoutSeconds: 5)
         }
+        retire(info.id, imageOnly: true)
         forgetCachedPages(of: info.id)
+        kernelCache.forgetImageName(info.id, afterReply: insideDirectoryRequest)
         touch(info.id)
-        log.write("\(how): \(info.name) (disk \(info.id)) rolled back to \(name) (disk \(target)); the state before is snapshot \(info.name)/\(outcome.beforeName) (disk \(outcome.before))")
+        log.write("\(how): \(info.name) (disk \(info.id)) rolled back to \(name) (disk \(target)); the state before is snapshot \(info.name)/\(outcome.beforeName) (disk \(outcome.before))"
+                  + (holders.map { "; its image had \($0.description), now stale" } ?? ""))
         return outcome
     }
 
@@ -106,7 +116,7 @@ extension ControlVerbs {
         }
         let outcome: RollbackOutcome
         do {
-            outcome = try fileSystem.rollback(of: info, toSnapshot: snapshot, how: "control rollback")
+            outcome = try fileSystem.rollback(of: info, toSnapshot: snapshot, how: "control rollback", insideDirectoryRequest: false)
         } catch {
             throw ControlFailure(error.errno, error.message)
         }

@@ -113,6 +113,22 @@ final class KernelPageCache: @unchecked Sendable {
         }
     }
 
+    /// Makes the kernel drop its name `disk.img` in `id`'s directory, so that the next lookup
+    /// meets the image's new inode generation (after a rollback) and the kernel takes a fresh
+    /// inode, with the size the pool now has. `afterReply`: from a thread of its own, for a
+    /// caller inside a request on the directory (setxattr holds the directory's lock, which
+    /// the kernel needs for this); it runs as soon as that request is answered.
+    func forgetImageName(_ id: DiskID, afterReply: Bool) {
+        let parent = MountedNode.directory(id).inodeNumber
+        let drop: @Sendable () -> Void = { [self] in
+            session.withLock { bits in
+                guard let session = OpaquePointer(bitPattern: bits) else { return }
+                _ = fuse_lowlevel_notify_inval_entry(session, parent, "disk.img", 8)
+            }
+        }
+        if afterReply { Thread { drop() }.start() } else { drop() }
+    }
+
     /// A deleted image owes nothing any more.
     func forget(_ id: DiskID) {
         refused.withLock { _ = $0.removeValue(forKey: id) }
