@@ -8,12 +8,17 @@ import LunEngineTesting
 import Synchronization
 
 final class RollbackTests: XCTestCase {
+    /// A pool of five in-memory drives at `raid`, and the drives to reopen it from.
+    private func newPool(_ raid: RAIDLevel) throws -> (MemoryDrives, Pool) {
+        let drives = MemoryDrives(count: 5, sizeBytes: 128 << 20)
+        try drives.format(raid: raid)
+        return (drives, try drives.open())
+    }
+
     /// vm -> monday -> tuesday, written between; a rollback to monday, then back again.
     func testRollbackKeepsEveryStateAndReplays() throws {
         var rng = TestRandom(seed: 15)
-        let drives = MemoryDrives(count: 5, sizeBytes: 128 << 20)
-        try drives.format(raid: .raid5)
-        var pool = try drives.open()
+        var (drives, pool) = try newPool(.raid5)
         let vm = try pool.createDisk(named: "vm")
         var current = rng.bytes(3 << 20)
         try pool.write(vm, at: 0, current)
@@ -66,9 +71,7 @@ final class RollbackTests: XCTestCase {
     }
 
     func testRollbackRefusals() throws {
-        let drives = MemoryDrives(count: 5, sizeBytes: 128 << 20)
-        try drives.format(raid: .raid5)
-        let pool = try drives.open()
+        let (_, pool) = try newPool(.raid5)
         let vm = try pool.createDisk(named: "vm"), other = try pool.createDisk(named: "other")
         try pool.write(vm, at: 0, [UInt8](repeating: 1, count: 3 << 20))
         try pool.write(other, at: 0, [2])
@@ -101,9 +104,7 @@ final class RollbackTests: XCTestCase {
 
     /// A group snapshot makes all or nothing: one taken name refuses the whole group.
     func testGroupSnapshotAllOrNothing() throws {
-        let drives = MemoryDrives(count: 5, sizeBytes: 128 << 20)
-        try drives.format(raid: .raid1)
-        var pool = try drives.open()
+        var (drives, pool) = try newPool(.raid1)
         let a = try pool.createDisk(named: "a"), b = try pool.createDisk(named: "b")
         try pool.write(a, at: 0, [UInt8](repeating: 1, count: 2 << 20))
         try pool.write(b, at: 0, [UInt8](repeating: 2, count: 1 << 20))
@@ -135,10 +136,10 @@ final class RollbackTests: XCTestCase {
     /// drives, the power cut at a random sync of a last rollback or group snapshot (or of a
     /// plain commit). After the crash the pool shows the state before that operation (writes
     /// since the last commit whole, torn or absent) or the state after it, never a mix.
-    /// LUNFS_ROLLBACK_CRASH_POINTS sets how many (default 80); LUNFS_SEED replays one.
+    /// LUNFS_ROLLBACK_CRASH_POINTS sets how many (default 50); LUNFS_SEED replays one.
     func testRollbackAndGroupSnapshotCrashPoints() throws {
         let env = ProcessInfo.processInfo.environment
-        let points = env["LUNFS_ROLLBACK_CRASH_POINTS"].flatMap(Int.init) ?? 80
+        let points = env["LUNFS_ROLLBACK_CRASH_POINTS"].flatMap(Int.init) ?? 50
         let base = env["LUNFS_SEED"].flatMap(UInt64.init) ?? UInt64(Date().timeIntervalSince1970)
         print("RollbackTests crash points: base seed \(base), \(points) points")
         var outcomes = (before: 0, after: 0, rollbacks: 0, groups: 0)
