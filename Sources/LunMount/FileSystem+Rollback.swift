@@ -1,8 +1,8 @@
 // Rollback and group snapshots as the mounted tree offers them (docs/MOUNT.md, "Rollback and
 // group snapshots"): what the kernel's page cache must hand over before the engine changes a
 // disk's bytes under it, and what it must forget afterwards (with the writeback cache the
-// kernel trusts its own size of an image, so a rolled-back image is a new inode generation). The xattrs and the control verb
-// both come here, so a rollback does the same whichever way it was asked for.
+// kernel trusts its own size of an image, so a rolled-back image is a new inode generation).
+// The xattrs and the control verb both come here, so a rollback does the same either way.
 #if canImport(Glibc)
 import Glibc
 #endif

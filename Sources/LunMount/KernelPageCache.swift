@@ -32,11 +32,17 @@ final class KernelPageCache: @unchecked Sendable {
     func serve(withThreads count: Int) { flushLimit.withLock { $0 = max(0, count - 1) } }
 
     /// Set once the session exists; set to nil before it is destroyed (this waits for a
-    /// drop of refused pages still running on its own thread).
+    /// drop of refused pages still running on its own thread, and for names being dropped).
     func attach(_ session: OpaquePointer?) {
         let bits = session.map { UInt(bitPattern: Int(bitPattern: UnsafeRawPointer($0))) } ?? 0
         self.session.withLock { $0 = bits }
+        if bits == 0 { while namesBeingDropped.withLock({ $0 }) > 0 { usleep(1000) } }
     }
+
+    /// Calls of `forgetImageName` inside the kernel: they hold no lock of ours (the kernel may
+    /// wait in them for a directory whose request needs the session), so this count keeps the
+    /// session alive for them instead.
+    private let namesBeingDropped = Mutex<Int>(0)
 
     /// Makes the kernel write back every dirty page of `id`'s image (buffered writes and
     /// shared mmaps alike) and waits until the daemon has taken them: the kernel launders
@@ -121,10 +127,15 @@ final class KernelPageCache: @unchecked Sendable {
     func forgetImageName(_ id: DiskID, afterReply: Bool) {
         let parent = MountedNode.directory(id).inodeNumber
         let drop: @Sendable () -> Void = { [self] in
-            session.withLock { bits in
-                guard let session = OpaquePointer(bitPattern: bits) else { return }
-                _ = fuse_lowlevel_notify_inval_entry(session, parent, "disk.img", 8)
+            // Counted under the session mutex, so that a detach either comes first (no call)
+            // or waits for this one; the call itself runs without the mutex.
+            let bits = session.withLock { bits in
+                if bits != 0 { namesBeingDropped.withLock { $0 += 1 } }
+                return bits
             }
+            guard let session = OpaquePointer(bitPattern: bits) else { return }
+            _ = fuse_lowlevel_notify_inval_entry(session, parent, "disk.img", 8)
+            namesBeingDropped.withLock { $0 -= 1 }
         }
         if afterReply { Thread { drop() }.start() } else { drop() }
     }

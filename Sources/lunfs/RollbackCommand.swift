@@ -33,10 +33,15 @@ func runRollback(_ args: [String]) -> Int32 {
             return ExitCode.ok
         }
         let pool = try Pool.open(directory: directory)
-        defer { try? pool.close() }
-        guard let id = pool.disk(atTreePath: disk) else { throw LunError.notFound("no disk at \(path)") }
-        guard let target = pool.child(named: snapshot, of: id) else { throw LunError.notFound("\(disk) has no snapshot named \(snapshot)") }
-        let outcome = try pool.rollback(id, to: target)
+        let outcome: RollbackOutcome
+        do {
+            guard let id = pool.disk(atTreePath: disk) else { throw LunError.notFound("no disk at \(path)") }
+            guard let target = pool.child(named: snapshot, of: id) else { throw LunError.notFound("\(disk) has no snapshot named \(snapshot)") }
+            outcome = try pool.rollback(id, to: target)
+        } catch {
+            try? pool.close()
+            throw error
+        }
         try pool.close()
         print("\(disk) rolled back to \(snapshot); the state before is \(disk)/\(outcome.beforeName)")
         return ExitCode.ok

@@ -156,7 +156,7 @@ final class RollbackTests: XCTestCase {
                 break
             }
         }
-        print("RollbackTests crash points: \(outcomes.rollbacks) rollbacks and \(outcomes.groups) group snapshots run; the cut last operation showed its state before \(outcomes.before) times, after \(outcomes.after) times")
+        print("RollbackTests crash points: \(outcomes.rollbacks) rollbacks and \(outcomes.groups) group snapshots run; after the cut, the last operation had taken effect at \(outcomes.after) points and not at \(outcomes.before) (cut before its record, or none drawn)")
     }
 
     /// One crash point: whether the cut operation's state after was found, nil on a failure.

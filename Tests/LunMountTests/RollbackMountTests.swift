@@ -77,6 +77,15 @@ final class RollbackMountTests: MountTestCase {
         assertSame(try readWholeFile(pool.path("vm/\(third)/disk.img")), tuesday, "the third state before")
         XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: pool.path("vm"))),
                        ["disk.img", "monday", before, second, third])
+
+        // Rollbacks in a row by setfattr: each drops the image's name after its reply, while
+        // the next one holds the directory (once, that waited on the daemon and hung it).
+        for i in 0..<6 {
+            let target = i % 2 == 0 ? "monday" : try getAttribute(pool.path("vm"), "user.lunfs.last_rollback")
+            try setAttribute(pool.path("vm"), "user.lunfs.rollback", target)
+        }
+        try waitForSize(image, monday.count)
+        assertSame(try readWholeFile(image), monday, "vm after rollbacks in a row")
     }
 
     private func assertSame(_ actual: [UInt8], _ expected: [UInt8], _ what: String, file: StaticString = #filePath, line: UInt = #line) {
