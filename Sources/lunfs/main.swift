@@ -17,6 +17,7 @@ usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive 
        lunfs snapshot --name NAME DIR...
        lunfs rollback POOL DISK SNAPSHOT
        lunfs attach COORDINATOR EXPORT --nbd ADDRESS
+       lunfs apply-changes DELTA IMAGE
        lunfs --version
 """
 
@@ -33,6 +34,7 @@ case "clone": exit(runClone(rest))
 case "snapshot": exit(runSnapshot(rest))
 case "rollback": exit(runRollback(rest))
 case "attach": exit(runAttach(rest))
+case "apply-changes": exit(runApplyChanges(rest))
 case "help", "--help", "-h": print(usage); exit(0)
 case "--version", "version": exit(runVersion())
 default:
