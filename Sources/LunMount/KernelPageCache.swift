@@ -131,9 +131,9 @@ final class KernelPageCache: @unchecked Sendable {
         }
     }
 
-    /// Makes the kernel drop its name `disk.img` in `id`'s directory, so that the next lookup
-    /// meets the image's new inode generation (after a rollback) and the kernel takes a fresh
-    /// inode, with the size the pool now has. `afterReply`: from a thread of its own, for a
+    /// Makes the kernel drop its names `disk.img` and `changes.img` in `id`'s directory, so
+    /// that the next lookup meets the image's new inode generation (after a rollback) and the
+    /// kernel takes a fresh inode, with the size the pool now has. `afterReply`: from a thread of its own, for a
     /// caller inside a request on the directory (setxattr holds the directory's lock, which
     /// the kernel needs for this); it runs as soon as that request is answered.
     func forgetImageName(_ id: DiskID, afterReply: Bool) {
@@ -146,7 +146,10 @@ final class KernelPageCache: @unchecked Sendable {
                 return bits
             }
             guard let session = OpaquePointer(bitPattern: bits) else { return }
-            _ = fuse_lowlevel_notify_inval_entry(session, parent, "disk.img", 8)
+            // changes.img shares the image's generation (and its size).
+            for name in ["disk.img", "changes.img"] {
+                _ = fuse_lowlevel_notify_inval_entry(session, parent, name, name.utf8.count)
+            }
             namesBeingDropped.withLock { $0 -= 1 }
         }
         if afterReply { Thread { drop() }.start() } else { drop() }

@@ -75,7 +75,7 @@ final class RollbackMountTests: MountTestCase {
         let third = try getAttribute(pool.path("vm"), "user.lunfs.last_rollback")
         XCTAssertTrue(offline.output.contains("vm/\(third)"), offline.output)
         assertSame(try readWholeFile(pool.path("vm/\(third)/disk.img")), tuesday, "the third state before")
-        XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: pool.path("vm"))),
+        XCTAssertEqual(Set(try FileManager.default.contentsOfDirectory(atPath: pool.path("vm"))).subtracting(["changes.img"]),
                        ["disk.img", "monday", before, second, third])
 
         // Rollbacks in a row by setfattr: each drops the image's name after its reply, while
