@@ -12,12 +12,10 @@ import LunMount
 
 func runRollback(_ args: [String]) -> Int32 {
     runVerb {
-        let parsed = try ParsedArguments(args, valued: [])
-        guard parsed.positionals.count == 3, parsed.flags.isEmpty else {
-            printError("usage: lunfs rollback POOL DISK SNAPSHOT   (DISK: a path in the pool's tree, SNAPSHOT: a snapshot in its directory)")
+        guard let words = try exactPositionals(args, 3, usage: "lunfs rollback POOL DISK SNAPSHOT   (DISK: a path in the pool's tree, SNAPSHOT: a snapshot in its directory)") else {
             return ExitCode.failure
         }
-        let directory = parsed.positionals[0], path = parsed.positionals[1], snapshot = parsed.positionals[2]
+        let directory = words[0], path = words[1], snapshot = words[2]
         let disk = path.split(separator: "/").joined(separator: "/")
         if isLocked(directory) {
             let absolute = directory.hasPrefix("/") ? directory : FileManager.default.currentDirectoryPath + "/" + directory
