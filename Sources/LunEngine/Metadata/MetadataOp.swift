@@ -32,6 +32,11 @@ enum MetadataOp: Equatable {
     case putExternal(ExternalSnapshotRecord)
     /// The pool forgets a snapshot on separate storage (its node stays, without an image).
     case dropExternal(DiskID)
+    /// The RSEG at `location` is a partial segment: blocks with a bit in `valid` are its own,
+    /// the others read from `source` (created, or more bits set; docs/DESIGN.md section 8).
+    case putPartial(location: UInt32, source: UInt32, valid: BlockBits)
+    /// The partial segment at `location` is complete (filled) or freed: its record goes.
+    case dropPartial(location: UInt32)
 
     /// The op's first byte in a journal record. Codes are part of the on-disk format
     /// (docs/DESIGN.md section 4): never reuse or renumber one.
@@ -39,6 +44,7 @@ enum MetadataOp: Equatable {
         case setEntry = 1, defineStore = 2, freeStore = 3, putDisk = 4, dropDisk = 5
         case split = 6, unlink = 7, intentAdd = 8, intentClear = 9
         case putExternal = 10, dropExternal = 11
+        case putPartial = 12, dropPartial = 13
     }
 
     var code: Code {
@@ -54,6 +60,8 @@ enum MetadataOp: Equatable {
         case .intentClear: .intentClear
         case .putExternal: .putExternal
         case .dropExternal: .dropExternal
+        case .putPartial: .putPartial
+        case .dropPartial: .dropPartial
         }
     }
 
@@ -77,6 +85,11 @@ enum MetadataOp: Equatable {
             record.encode(into: &w)
         case .split(let successor, let predecessor):
             w.varint(UInt64(successor)); w.varint(UInt64(predecessor))
+        case .putPartial(let location, let source, let valid):
+            w.varint(UInt64(location)); w.varint(UInt64(source))
+            for i in 0..<4 { w.u64(valid.words[i]) }
+        case .dropPartial(let location):
+            w.varint(UInt64(location))
         }
     }
 
@@ -96,6 +109,11 @@ enum MetadataOp: Equatable {
             let v = try r.varint()
             guard v <= UInt64(LMapEntry.maxStoreID) else { throw .corrupt("journal store id \(v) is out of range") }
             return Int(v)
+        }
+        func rsegLocation() throws(LunError) -> UInt32 {
+            let v = try r.varint()
+            guard v <= UInt64(LMapEntry.maxStoreID) << 3 | 7 else { throw .corrupt("journal RSEG location \(v) is out of range") }
+            return UInt32(v)
         }
         switch code {
         case .setEntry:
@@ -120,6 +138,12 @@ enum MetadataOp: Equatable {
         case .intentClear: return .intentClear(store: try store())
         case .putExternal: return .putExternal(try ExternalSnapshotRecord.decode(from: &r))
         case .dropExternal: return .dropExternal(try disk())
+        case .putPartial:
+            let location = try rsegLocation(), source = try rsegLocation()
+            var valid = BlockBits.none
+            for i in 0..<4 { valid.words[i] = try r.u64() }
+            return .putPartial(location: location, source: source, valid: valid)
+        case .dropPartial: return .dropPartial(location: try rsegLocation())
         }
     }
 
@@ -194,6 +218,20 @@ enum MetadataOp: Equatable {
         case .dropExternal(let id):
             guard state.externals[id] != nil else { throw .corrupt("\(self): disk \(id) has no external file") }
             state.externals[id] = nil
+        case .putPartial(let location, let source, let valid):
+            for loc in [location, source] where !state.rsds.isLive(Int(loc >> 3)) || Int(loc & 7) >= state.geometry.rsegsPerStore {
+                throw .corrupt("\(self): RSEG \(loc >> 3).\(loc & 7) is not in a defined store")
+            }
+            try state.partials.put(location: location, source: source, bits: valid)
+        case .dropPartial(let location):
+            if let source = try state.partials.drop(location), !state.replaying {
+                // The committed records may still read the source: no in-place write to it
+                // before this drop is durable, and an orphan is freed with it.
+                state.pendingUnshared.insert(source)
+                if state.partials.orphans.remove(source) != nil {
+                    state.pendingFree.append((Int(source >> 3), Int(source & 7)))
+                }
+            }
         }
         return []
     }

@@ -1,0 +1,23 @@
+// The background fill of a mounted pool's partial segments (docs/DESIGN.md section 8,
+// "Partial segments"): one partial segment per step on a ThrottledCopyThread, so the fill
+// takes at most half of the time and user I/O keeps the rest. A write that makes a segment
+// partial wakes it.
+
+final class SegmentFiller: @unchecked Sendable {
+    private var thread: ThrottledCopyThread!
+
+    init(pool: Pool, restFactor: Double = 1) {
+        thread = ThrottledCopyThread(
+            name: "lunfs-fill", restFactor: restFactor,
+            // The thread's unit of work is a disk id; the fill has one queue for the pool, 0.
+            work: { [weak pool] in pool.map { $0.state.partials.isEmpty ? [] : [0] } },
+            step: { [weak pool] (_) throws(LunError) in _ = try pool?.fillPartialSegments(limit: 1) },
+            failed: { [weak pool] _, error in pool?.log("filling partial segments: \(error); trying again in 5 s") })
+    }
+
+    func start() { thread.start() }
+    /// A segment became partial: look again now.
+    func wake() { thread.wake() }
+    /// Returns once the thread has finished its step and stopped.
+    func stop() { thread.stop() }
+}
