@@ -60,6 +60,9 @@ public struct StatusReport: Codable {
     /// Each chain as paths, oldest snapshot first, the live disk last.
     public var chains: [[String]]
     public var notes: [String]
+    /// Partial segments (copy on first write in blocks) and the bytes their fill has left.
+    public var partialSegments: Int? = nil
+    public var partialBytesToFill: UInt64? = nil
 }
 
 /// The whole report; `live` says whether the pool is the daemon's own (live figures).
@@ -68,6 +71,7 @@ public func buildStatus(_ pool: Pool, mounted: Bool, live: Bool = false) -> Stat
     let memory = pool.mapMemory()
     let infos = pool.disks()
     let chains = statusChains(pool, infos)
+    let partial = pool.partialSegmentProgress
     return StatusReport(
         pool: pool.directory, mounted: mounted, live: live,
         drives: statusDrives(pool, live: live), health: statusHealth(pool),
@@ -76,7 +80,8 @@ public func buildStatus(_ pool: Pool, mounted: Bool, live: Bool = false) -> Stat
         segmentSizeBytes: usage.segmentSizeBytes, mapMemoryBytes: memory.bytes,
         mapBytesPerAllocatedMiB: memory.allocatedMiB > 0 ? Double(memory.bytes) / Double(memory.allocatedMiB) : nil,
         disks: statusDisks(pool, infos, chains: chains), chains: chains.map { $0.map { pool.treePath(of: $0) ?? "?" } },
-        notes: pool.openNotes)
+        notes: pool.openNotes,
+        partialSegments: partial.segments, partialBytesToFill: partial.bytesLeft)
 }
 
 /// Drives with state, size, use and (live) error counts.

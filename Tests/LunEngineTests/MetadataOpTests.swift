@@ -25,6 +25,8 @@ final class MetadataOpTests: XCTestCase {
         .putExternal(ExternalSnapshotRecord(id: 301, source: 7, filePath: "/backup/vm-\u{e9}.img", mapPath: "/backup/vm-\u{e9}.img.lunfs-valid",
                                             blockBytes: 65536, sizeBytes: 5 << 30, independent: true, token: 0x0123_4567_89AB_CDEF, lost: true)),
         .dropExternal(301),
+        .putPartial(location: 4097 << 3 | 5, source: 70_000 << 3 | 1, valid: BlockBits(words: SIMD4(1, 0, 1 << 63, 0x0F0F))),
+        .dropPartial(location: 4097 << 3 | 5),
     ]
 
     func testEveryOpDecodesToWhatWasEncoded() throws {
@@ -59,7 +61,7 @@ final class MetadataOpTests: XCTestCase {
             try drives.format(raid: level)
             let pool = try drives.open()
             let segment = Int(pool.geometry.rsegSizeBytes)
-            var names = 0, copies = 0, independents = 0
+            var names = 0, copies = 0, independents = 0, fills = 0, partialSteps = 0
             for step in 0..<400 {
                 let disks = pool.disks()
                 let images = disks.filter(\.hasImage)
@@ -105,12 +107,17 @@ final class MetadataOpTests: XCTestCase {
                     continue
                 }
                 if step % 9 == 0 { try pool.commit() }
+                // The fill of partial segments (made by small writes after snapshots).
+                if step % 7 == 3 { fills += try pool.fillPartialSegments(limit: 1) }
+                if pool.partialSegmentProgress.segments > 0 { partialSteps += 1 }
             }
             try pool.commit()
             let context = "\(level), seed \(seed)"
             XCTAssertGreaterThan(copies, 5, "\(context): copy steps ran")
             XCTAssertGreaterThan(pool.metadata.journalBytesSinceCheckpoint, 0, "\(context): the records to replay exist")
-            print("replay, \(context): \(copies) snapclone copy steps, \(independents) clones left their chain")
+            print("replay, \(context): \(copies) snapclone copy steps, \(independents) clones left their chain, "
+                  + "\(fills) partial segments filled, partial segments present after \(partialSteps) steps")
+            XCTAssertGreaterThan(partialSteps, 0, "\(context): partial segments made")
             let running = pool.stateLock.withLock { pool.state.encodeCheckpoint() }
             let images = try pool.disks().filter(\.hasImage).map { ($0.id, try pool.image($0.id)) }
             XCTAssertEqual(try PoolChecker(pool: pool).run().problems, [], "\(context): running")
@@ -145,6 +152,8 @@ final class MetadataOpTests: XCTestCase {
             .setEntry(disk: 999, segment: 0, entry: .unmapped),
             .setEntry(disk: x, segment: Int(PoolGeometry.maxDiskSizeBytes / pool.geometry.rsegSizeBytes), entry: .unmapped),
             .unlink(999),
+            .putPartial(location: UInt32(pool.state.rsds.highWater + 3) << 3, source: UInt32(liveStore) << 3, valid: .none),  // undefined store
+            .dropPartial(location: UInt32(liveStore) << 3),          // no record
         ]
         var linked = pool.info(y).map { _ in pool.state.disks[y]!.record }!
         linked.predecessor = 999

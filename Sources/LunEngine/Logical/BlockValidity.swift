@@ -71,6 +71,8 @@ final class PartialSegment: @unchecked Sendable {
     let source: UInt32
     fileprivate(set) var bits: BlockBits
     var family: SharingFamily?
+    /// When the segment became partial (seconds since boot; 0 for records loaded at open).
+    var createdAt = 0.0
     let writers = Lock()
 
     init(location: UInt32, source: UInt32, bits: BlockBits) {

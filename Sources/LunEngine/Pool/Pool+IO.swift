@@ -207,7 +207,6 @@ extension Pool {
             d.family.invalidate(unsharing)
             switchMaps(d, steps)
             fresh = []
-            if steps.contains(where: { $0.partialSource != nil }) { segmentFiller?.wake() }
             return true
         }
     }
@@ -255,7 +254,6 @@ extension Pool {
             try fillSegments(d, &steps, from: buffer)
             switchMaps(d, steps)
             fresh = []
-            if steps.contains(where: { $0.partialSource != nil }) { segmentFiller?.wake() }
             return
         }
     }
@@ -364,7 +362,9 @@ extension Pool {
             if let source = step.partialSource {
                 let location = UInt32(mine.store) << 3 | UInt32(mine.rseg)
                 state.apply(.putPartial(location: location, source: source, valid: step.partialBits))
-                state.partials.record(location)!.family = d.family
+                let record = state.partials.record(location)!
+                record.family = d.family
+                record.createdAt = Self.uptimeSeconds()
             }
         }
     }

@@ -2,9 +2,13 @@
 // held segment block by block from itself or its source, the first write that makes a segment
 // partial, later writes into it, and the fill that completes it. Every path that reads a
 // holder's bytes goes through `readHeld`; every in-place write goes through `writeHeldInPlace`.
+import Foundation
 
 extension Pool {
     static let validityBlockBytes = ChecksumArea.blockBytes
+
+    /// Seconds since boot (the age of partial segments).
+    static func uptimeSeconds() -> Double { ProcessInfo.processInfo.systemUptime }
 
     /// Blocks of a segment (256 for 1 MiB); partial segments need at most `BlockBits.capacity`.
     var blocksPerSegment: Int { segmentBytes / Self.validityBlockBytes }
@@ -121,7 +125,7 @@ extension Pool {
             try storeIO.write(store: store, rseg: e.rseg, offset: lo,
                               from: UnsafeRawBufferPointer(rebasing: piece[(lo - within)..<(hi - within)]))
         }
-        stateLock.withLock {
+        _ = stateLock.withLock {
             state.apply(.putPartial(location: partial.location, source: partial.source, valid: state.partials.bits(of: partial).union(missing)))
         }
     }
@@ -177,15 +181,28 @@ extension Pool {
         for location in state.partials.dependents(of: source) { try completePartialSegment(location) }
     }
 
-    /// Completes up to `limit` partial segments (the background fill's step, and tests);
-    /// returns how many it completed.
+    /// How long a segment stays partial before the background fill takes it: writes that
+    /// come soon after the first one often touch the same segment again, and each block they
+    /// write is one the fill need not copy.
+    public static let partialFillDelaySeconds = 10.0
+
+    /// Completes up to `limit` partial segments that have been partial for at least
+    /// `minimumAgeSeconds` (the background fill's step, and tests); returns how many it completed.
     @discardableResult
-    public func fillPartialSegments(limit: Int = Int.max) throws(LunError) -> Int {
+    public func fillPartialSegments(limit: Int = Int.max, minimumAgeSeconds: Double = 0) throws(LunError) -> Int {
         var done = 0
-        for p in state.partials.all() where done < limit {
+        for p in partialSegments(minimumAgeSeconds: minimumAgeSeconds) where done < limit {
             if try completePartialSegment(p.location) { done += 1 }
         }
         return done
+    }
+
+    /// Partial segments made at least `minimumAgeSeconds` ago.
+    func partialSegments(minimumAgeSeconds: Double) -> [PartialSegment] {
+        let all = state.partials.all()
+        if minimumAgeSeconds <= 0 { return all }
+        let now = Self.uptimeSeconds()
+        return stateLock.withLock { all.filter { now - $0.createdAt >= minimumAgeSeconds } }
     }
 
     /// Partial segments left, and the bytes their fill still has to copy (`lunfs status`).

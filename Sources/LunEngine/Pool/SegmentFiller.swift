@@ -1,7 +1,7 @@
 // The background fill of a mounted pool's partial segments (docs/DESIGN.md section 8,
 // "Partial segments"): one partial segment per step on a ThrottledCopyThread, so the fill
-// takes at most half of the time and user I/O keeps the rest. A write that makes a segment
-// partial wakes it.
+// takes at most half of the time and user I/O keeps the rest. It takes segments that have
+// been partial for `Pool.partialFillDelaySeconds`; with none, it looks again every 2 s.
 
 final class SegmentFiller: @unchecked Sendable {
     private var thread: ThrottledCopyThread!
@@ -10,14 +10,16 @@ final class SegmentFiller: @unchecked Sendable {
         thread = ThrottledCopyThread(
             name: "lunfs-fill", restFactor: restFactor,
             // The thread's unit of work is a disk id; the fill has one queue for the pool, 0.
-            work: { [weak pool] in pool.map { $0.state.partials.isEmpty ? [] : [0] } },
-            step: { [weak pool] (_) throws(LunError) in _ = try pool?.fillPartialSegments(limit: 1) },
+            work: { [weak pool] in
+                pool.map { $0.partialSegments(minimumAgeSeconds: Pool.partialFillDelaySeconds).isEmpty ? [] : [0] }
+            },
+            step: { [weak pool] (_) throws(LunError) in
+                _ = try pool?.fillPartialSegments(limit: 1, minimumAgeSeconds: Pool.partialFillDelaySeconds)
+            },
             failed: { [weak pool] _, error in pool?.log("filling partial segments: \(error); trying again in 5 s") })
     }
 
     func start() { thread.start() }
-    /// A segment became partial: look again now.
-    func wake() { thread.wake() }
     /// Returns once the thread has finished its step and stopped.
     func stop() { thread.stop() }
 }
