@@ -14,20 +14,41 @@ final class PartialSegmentTests: XCTestCase {
         XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [], context)
     }
 
+    /// Every disk reads its model's bytes, and the checker (with a scrub) finds nothing.
+    private func assertImages(_ pool: Pool, _ expected: [DiskID: [UInt8]], _ context: String) throws {
+        for (id, image) in expected.sorted(by: { $0.key < $1.key }) {
+            assertSameBytes(try pool.image(id), image, "\(context): disk \(id)")
+        }
+        try assertClean(pool, context)
+    }
+
+    /// Writes `count` random bytes at `offset` of disk `id` and into its model `image`.
+    private func writeRandom(_ pool: Pool, _ id: DiskID, at offset: Int, count: Int, _ image: inout [UInt8],
+                             _ rng: inout TestRandom) throws {
+        let bytes = rng.bytes(count)
+        try pool.write(id, at: UInt64(offset), bytes)
+        image.replaceSubrange(offset..<offset + count, with: bytes)
+    }
+
+    /// A pool of `count` drives with disk "vm" written with `segments` random segments, and
+    /// its snapshot "snap" taken after that.
+    private func poolWithSnapshot(_ level: RAIDLevel, drives count: Int, segments: Int, _ rng: inout TestRandom)
+        throws -> (drives: MemoryDrives, pool: Pool, vm: DiskID, snap: DiskID, image: [UInt8]) {
+        let drives = MemoryDrives(count: count, sizeBytes: 128 << 20)
+        try drives.format(raid: level)
+        let pool = try drives.open()
+        let vm = try pool.createDisk(named: "vm")
+        let image = rng.bytes(segments * segment)
+        try pool.write(vm, at: 0, image)
+        return (drives, pool, vm, try pool.createSnapshot(of: vm, named: "snap"), image)
+    }
+
     func testFirstSmallWriteAfterSnapshotWritesOnlyItsUnit() throws {
         for level in [RAIDLevel.raid0, .raid1, .raid5] {
             var rng = TestRandom(seed: 11)
-            let drives = MemoryDrives(count: 6, sizeBytes: 128 << 20)
-            try drives.format(raid: level)
-            let pool = try drives.open()
-            let vm = try pool.createDisk(named: "vm")
-            var live = rng.bytes(3 * segment)
-            try pool.write(vm, at: 0, live)
-            let snap = try pool.createSnapshot(of: vm, named: "snap")
-            let before = live
-            let bytes = rng.bytes(4096)
-            try pool.write(vm, at: UInt64(segment + 8192), bytes)
-            live.replaceSubrange(segment + 8192..<segment + 12288, with: bytes)
+            let (drives, pool, vm, snap, before) = try poolWithSnapshot(level, drives: 6, segments: 3, &rng)
+            var live = before
+            try writeRandom(pool, vm, at: segment + 8192, count: 4096, &live, &rng)
             let progress = pool.partialSegmentProgress
             XCTAssertEqual(progress.segments, 1, "\(level)")
             // RAID 0 and 1 write the block; RAID 5 its stripe row (4 blocks, one per column).
@@ -35,9 +56,7 @@ final class PartialSegmentTests: XCTestCase {
             assertSameBytes(try pool.image(vm), live, "\(level): live")
             assertSameBytes(try pool.image(snap), before, "\(level): snapshot")
             // A second write into another unit of the same segment sets more bits.
-            let more = rng.bytes(700)
-            try pool.write(vm, at: UInt64(segment + 300_000), more)
-            live.replaceSubrange(segment + 300_000..<segment + 300_700, with: more)
+            try writeRandom(pool, vm, at: segment + 300_000, count: 700, &live, &rng)
             XCTAssertLessThan(pool.partialSegmentProgress.bytesLeft, progress.bytesLeft, "\(level)")
             try assertClean(pool, "\(level): partial")
             try pool.close()
@@ -46,54 +65,33 @@ final class PartialSegmentTests: XCTestCase {
             assertSameBytes(try reopened.image(vm), live, "\(level): live after reopen")
             XCTAssertEqual(try reopened.fillPartialSegments(), 1)
             XCTAssertEqual(reopened.partialSegmentProgress.segments, 0)
-            assertSameBytes(try reopened.image(vm), live, "\(level): live after the fill")
-            assertSameBytes(try reopened.image(snap), before, "\(level): snapshot after the fill")
-            try assertClean(reopened, "\(level): filled")
+            try assertImages(reopened, [vm: live, snap: before], "\(level): after the fill")
             try reopened.close()
         }
     }
 
     func testWriteInPlaceToSourceCompletesItsPartialSegmentsFirst() throws {
         var rng = TestRandom(seed: 12)
-        let drives = MemoryDrives(count: 6, sizeBytes: 128 << 20)
-        try drives.format(raid: .raid5)
-        let pool = try drives.open()
-        let vm = try pool.createDisk(named: "vm")
-        var live = rng.bytes(2 * segment)
-        try pool.write(vm, at: 0, live)
-        let snap = try pool.createSnapshot(of: vm, named: "snap")
-        var old = live
-        let a = rng.bytes(4096)
-        try pool.write(vm, at: 4096, a)
-        live.replaceSubrange(4096..<8192, with: a)
+        let (_, pool, vm, snap, initial) = try poolWithSnapshot(.raid5, drives: 6, segments: 2, &rng)
+        var live = initial, old = initial
+        try writeRandom(pool, vm, at: 4096, count: 4096, &live, &rng)
         try pool.commit()
         XCTAssertEqual(pool.partialSegmentProgress.segments, 1)
         // The snapshot now holds the old segment alone: its write goes in place, so the live
         // disk's partial segment, which reads the other blocks from it, is completed first.
         let commits = pool.commitCount
-        let b = rng.bytes(8192)
-        try pool.write(snap, at: 100_000, b)
-        old.replaceSubrange(100_000..<108_192, with: b)
+        try writeRandom(pool, snap, at: 100_000, count: 8192, &old, &rng)
         XCTAssertEqual(pool.partialSegmentProgress.segments, 0, "filled before the source changed")
         XCTAssertGreaterThan(pool.commitCount, commits, "the drop was committed before the write in place")
-        assertSameBytes(try pool.image(vm), live, "live")
-        assertSameBytes(try pool.image(snap), old, "snapshot")
-        try assertClean(pool, "after")
+        try assertImages(pool, [vm: live, snap: old], "after the write in place")
         try pool.close()
     }
 
     func testSourceOfDeletedSnapshotStaysUntilTheFill() throws {
         var rng = TestRandom(seed: 13)
-        let drives = MemoryDrives(count: 4, sizeBytes: 128 << 20)
-        try drives.format(raid: .raid1)
-        let pool = try drives.open()
-        let vm = try pool.createDisk(named: "vm")
-        var live = rng.bytes(segment)
-        try pool.write(vm, at: 0, live)
-        let snap = try pool.createSnapshot(of: vm, named: "snap")
-        let a = rng.bytes(4096)
-        try pool.write(vm, at: 0, a)
-        live.replaceSubrange(0..<4096, with: a)
+        let (drives, pool, vm, snap, initial) = try poolWithSnapshot(.raid1, drives: 4, segments: 1, &rng)
+        var live = initial
+        try writeRandom(pool, vm, at: 0, count: 4096, &live, &rng)
         let used = pool.state.usedRSEGs
         try pool.removeNode(snap)
         // The snapshot held the old segment: it stays allocated, an orphan, for the live disk.
@@ -118,30 +116,21 @@ final class PartialSegmentTests: XCTestCase {
     func testStaleDriveRebuildSkipsBlocksAPartialSegmentDoesNotHold() throws {
         for level in [RAIDLevel.raid1, .raid5] {
             var rng = TestRandom(seed: 14)
-            let drives = MemoryDrives(count: 5, sizeBytes: 128 << 20)
-            try drives.format(raid: level)
-            var pool = try drives.open()
-            let vm = try pool.createDisk(named: "vm")
-            var live = rng.bytes(2 * segment)
-            try pool.write(vm, at: 0, live)
-            _ = try pool.createSnapshot(of: vm, named: "snap")
+            let (drives, first, vm, _, initial) = try poolWithSnapshot(level, drives: 5, segments: 2, &rng)
+            var pool = first, live = initial
             try pool.close()
             // Drive 4 misses the writes that make the partial segments, then comes back stale.
             pool = try drives.open(missing: [4])
             for k in 0..<2 {
-                let bytes = rng.bytes(4096)
-                try pool.write(vm, at: UInt64(k * segment + 4096 * (k + 3)), bytes)
-                live.replaceSubrange(k * segment + 4096 * (k + 3)..<k * segment + 4096 * (k + 4), with: bytes)
+                try writeRandom(pool, vm, at: k * segment + 4096 * (k + 3), count: 4096, &live, &rng)
             }
             XCTAssertEqual(pool.partialSegmentProgress.segments, 2, "\(level)")
             try pool.close()
             pool = try drives.open()
             XCTAssertEqual(pool.staleDriveIndexes, [], "\(level): the stale drive was rebuilt whole")
-            assertSameBytes(try pool.image(vm), live, "\(level): after the rebuild")
-            try assertClean(pool, "\(level): after the rebuild")
+            try assertImages(pool, [vm: live], "\(level): after the rebuild")
             try pool.fillPartialSegments()
-            assertSameBytes(try pool.image(vm), live, "\(level): after the fill")
-            try assertClean(pool, "\(level): after the fill")
+            try assertImages(pool, [vm: live], "\(level): after the fill")
             try pool.close()
         }
     }

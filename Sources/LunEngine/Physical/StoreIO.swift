@@ -370,7 +370,12 @@ struct StoreIO: @unchecked Sendable {
             guard drives.isAvailable(m.drive) else { throw .io("drive \(m.drive) is not available") }
             try checksums.write(m.drive, bytes, at: physicalOffset(m, rseg: rseg, within: within))
         }
-        let failures = runAll(5, writeMember).filter { $0 != nil }.count
+        // A few blocks per member are written on the calling thread: handing them to the
+        // transfer pool costs more than the writes.
+        let errors: [LunError?] = count >= Self.sideBySideMinimumBytes ? runAll(5, writeMember) : (0..<5).map { member in
+            do throws(LunError) { try writeMember(member); return nil } catch { return error }
+        }
+        let failures = errors.filter { $0 != nil }.count
         if failures > 1 { throw .io("RAID 5 store \(store) lost \(failures) members") }
     }
 

@@ -171,7 +171,7 @@ extension Pool {
             if !mustFillFirst.isEmpty {
                 d.family.lock.unlock()
                 locked = false
-                for source in mustFillFirst { try completePartialSegments(readingFrom: source) }
+                try completePartialSegments(readingFrom: mustFillFirst)
                 continue
             }
             if mustCommitFirst {
@@ -221,12 +221,6 @@ extension Pool {
             guard !d.removed, d.hasImage else { throw .stale("disk \(d.id) was deleted") }
             try copyBeforeChange(of: d, from: offset, to: offset + UInt64(buffer.count))
             var (steps, mustCommitFirst, mustFillFirst) = planSteps(d, at: offset, buffer)
-            if !mustFillFirst.isEmpty {
-                d.family.lock.unlock()
-                locked = false
-                for source in mustFillFirst { try completePartialSegments(readingFrom: source) }
-                continue
-            }
             // A write with the lock shared may be between filling its segments and switching
             // the maps: let it finish first.
             let unsharing = steps.filter { $0.plan.segmentsNeeded > 0 }.map(\.k)
@@ -234,6 +228,13 @@ extension Pool {
                 d.family.lock.unlock()
                 locked = false
                 d.family.waitUntilUnclaimed(unsharing)
+                continue
+            }
+            // Sources of partial segments about to change in place: those are completed first.
+            if !mustFillFirst.isEmpty {
+                d.family.lock.unlock()
+                locked = false
+                try completePartialSegments(readingFrom: mustFillFirst)
                 continue
             }
             if mustCommitFirst { try commit() }

@@ -175,10 +175,12 @@ extension Pool {
         }
     }
 
-    /// Completes every partial segment that reads from `source`, before `source` changes in
-    /// place. Caller holds no chain lock.
-    func completePartialSegments(readingFrom source: UInt32) throws(LunError) {
-        for location in state.partials.dependents(of: source) { try completePartialSegment(location) }
+    /// Completes every partial segment that reads from one of `sources`, before they change
+    /// in place. Caller holds no chain lock.
+    func completePartialSegments(readingFrom sources: [UInt32]) throws(LunError) {
+        for source in sources {
+            for location in state.partials.dependents(of: source) { try completePartialSegment(location) }
+        }
     }
 
     /// How long a segment stays partial before the background fill takes it: writes that
