@@ -51,12 +51,12 @@ final class PartialSegmentTests: XCTestCase {
             try writeRandom(pool, vm, at: segment + 8192, count: 4096, &live, &rng)
             let progress = pool.partialSegmentProgress
             XCTAssertEqual(progress.segments, 1, "\(level)")
-            // RAID 0 and 1 write the block; RAID 5 its stripe row (4 blocks, one per column).
-            XCTAssertEqual(progress.bytesLeft, UInt64(segment - (level == .raid5 ? 4 * 4096 : 4096)), "\(level)")
+            // RAID 0 and 1 write the block; RAID 5 its group of 16 stripe rows (64 KiB of each column).
+            XCTAssertEqual(progress.bytesLeft, UInt64(segment - (level == .raid5 ? 4 * Pool.raid5RowsPerUnit * 4096 : 4096)), "\(level)")
             assertSameBytes(try pool.image(vm), live, "\(level): live")
             assertSameBytes(try pool.image(snap), before, "\(level): snapshot")
             // A second write into another unit of the same segment sets more bits.
-            try writeRandom(pool, vm, at: segment + 300_000, count: 700, &live, &rng)
+            try writeRandom(pool, vm, at: segment + 430_000, count: 700, &live, &rng)
             XCTAssertLessThan(pool.partialSegmentProgress.bytesLeft, progress.bytesLeft, "\(level)")
             try assertClean(pool, "\(level): partial")
             try pool.close()

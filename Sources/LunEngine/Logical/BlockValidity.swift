@@ -53,10 +53,16 @@ struct BlockBits: Equatable, Sendable {
     }
 
     /// The same blocks, widened to whole RAID 5 stripe rows: block `c * perColumn + r` of each
-    /// column c for every row r any of them touches (the unit that carries parity).
-    func widenedToRows(perColumn: Int, columns: Int) -> BlockBits {
+    /// column c for every row r any of them touches (the unit that carries parity), and to
+    /// aligned groups of `rowsPerGroup` rows.
+    func widenedToRows(perColumn: Int, columns: Int, rowsPerGroup: Int = 1) -> BlockBits {
         var rows = BlockBits.none
-        for c in 0..<columns { for r in 0..<perColumn where contains(c * perColumn + r) { rows.insert(r) } }
+        for c in 0..<columns {
+            for r in 0..<perColumn where contains(c * perColumn + r) {
+                let first = r / rowsPerGroup * rowsPerGroup
+                for g in first..<min(first + rowsPerGroup, perColumn) { rows.insert(g) }
+            }
+        }
         var out = BlockBits.none
         for c in 0..<columns { for r in 0..<perColumn where rows.contains(r) { out.insert(c * perColumn + r) } }
         return out

@@ -372,7 +372,7 @@ struct StoreIO: @unchecked Sendable {
         }
         // A few blocks per member are written on the calling thread: handing them to the
         // transfer pool costs more than the writes.
-        let errors: [LunError?] = count >= Self.sideBySideMinimumBytes ? runAll(5, writeMember) : (0..<5).map { member in
+        let errors: [LunError?] = count >= 2 * Self.sideBySideMinimumBytes ? runAll(5, writeMember) : (0..<5).map { member in
             do throws(LunError) { try writeMember(member); return nil } catch { return error }
         }
         let failures = errors.filter { $0 != nil }.count

@@ -51,8 +51,15 @@ extension Pool {
 
     func widenedUnits(store: Int, _ blocks: BlockBits) -> BlockBits {
         guard state.rsds.level(store) == .raid5 else { return blocks }
-        return blocks.widenedToRows(perColumn: Int(geometry.stripeUnitBytes) / Self.validityBlockBytes, columns: geometry.dataColumns)
+        return blocks.widenedToRows(perColumn: Int(geometry.stripeUnitBytes) / Self.validityBlockBytes, columns: geometry.dataColumns,
+                                    rowsPerGroup: Self.raid5RowsPerUnit)
     }
+
+    /// Stripe rows a RAID 5 partial segment gets at once (16: 64 KiB of each column). A row
+    /// written into a partial segment costs the same calls whether it is one block deep or
+    /// sixteen (three reads of the source, five writes), and every later write that falls in
+    /// the group finds it valid and costs a read-modify-write instead.
+    static let raid5RowsPerUnit = 16
 
     /// Lays out `units` of a segment in `image` (the whole segment's bytes as reads see them):
     /// the source's bytes where `piece` (at `within`) does not cover a run, then the piece.
