@@ -1,6 +1,7 @@
 // The session's custom io (libfuse's fuse_session_custom_io): read(2) and writev(2) of
-// /dev/fuse that note the INIT exchange, ask for FUSE over io_uring when the kernel offers it
-// (libfuse 3.14 does not know the flag) after creating every ring worker, and steer each reply
+// /dev/fuse that note the INIT exchange, amend libfuse's INIT reply with the two flags
+// libfuse 3.14 does not know (FUSE over io_uring when the kernel offers it and the session
+// wants it, after creating every ring worker; FUSE_HANDLE_KILLPRIV_V2), and steer each reply
 // to the ring entry its request came from. See docs/MOUNT.md, "The request loop".
 #include "lunfs_uring_private.h"
 
@@ -17,7 +18,10 @@ struct lunfs_uring_transport {
     _Atomic uint64_t init_unique;
     _Atomic int outcome;
     _Atomic uint32_t kernel_minor;
+    _Atomic uint32_t kernel_flags;
     _Atomic uint32_t kernel_flags2;
+    _Atomic int killpriv_v2;
+    int want_ring;
     _Atomic int setup_error;
     int fuse_fd;
     unsigned queue_count;
@@ -125,19 +129,21 @@ static ssize_t transport_read(int fd, void *buffer, size_t length, void *userdat
         flags2 = init.flags2;
     }
     atomic_store(&transport->kernel_minor, init.minor);
+    atomic_store(&transport->kernel_flags, init.flags);
     atomic_store(&transport->kernel_flags2, flags2);
     atomic_store(&transport->init_unique, in.unique);
     return count;
 }
 
-/// Sends libfuse's INIT reply, adding FUSE_OVER_IO_URING when the kernel offered it (libfuse
-/// 3.14 does not know the flag), and records the outcome for the request loop.
+/// Sends libfuse's INIT reply amended: FUSE_HANDLE_KILLPRIV_V2 when the kernel offered it (the
+/// mounted tree keeps its side: images never carry set-user-ID or set-group-ID, and
+/// security.* attributes are never stored), FUSE_OVER_IO_URING when the kernel offered it and
+/// the session wants it; records the outcome for the request loop.
 static ssize_t transport_send_init_reply(lunfs_uring_transport *transport, int fd, struct iovec *iov, int count) {
     struct fuse_out_header out;
     memcpy(&out, iov[0].iov_base, sizeof out);
-    int offered = (atomic_load(&transport->kernel_flags2) & RING_INIT_FLAGS2_OVER_IO_URING) != 0;
     struct fuse_init_out reply;
-    if (out.error != 0 || count != 2 || !offered || iov[1].iov_len > sizeof reply ||
+    if (out.error != 0 || count != 2 || iov[1].iov_len > sizeof reply ||
         iov[1].iov_len < offsetof(struct fuse_init_out, flags2) + sizeof reply.flags2) {
         ssize_t written = writev(fd, iov, count);
         int outcome = written < 0 || out.error != 0 ? LUNFS_URING_INIT_FAILED : LUNFS_URING_INIT_NOT_OFFERED;
@@ -146,23 +152,31 @@ static ssize_t transport_send_init_reply(lunfs_uring_transport *transport, int f
     }
     memset(&reply, 0, sizeof reply);
     memcpy(&reply, iov[1].iov_base, iov[1].iov_len);
-    if (!(reply.flags & FUSE_INIT_EXT)) {
-        ssize_t written = writev(fd, iov, count);
-        atomic_store(&transport->outcome, written < 0 ? LUNFS_URING_INIT_FAILED : LUNFS_URING_INIT_NOT_OFFERED);
-        return written;
+    int killpriv_v2 = (atomic_load(&transport->kernel_flags) & FUSE_HANDLE_KILLPRIV_V2) != 0;
+    if (killpriv_v2) reply.flags |= FUSE_HANDLE_KILLPRIV_V2;
+    int offered = (atomic_load(&transport->kernel_flags2) & RING_INIT_FLAGS2_OVER_IO_URING) != 0;
+    int outcome = LUNFS_URING_INIT_NOT_OFFERED;
+    if (!transport->want_ring) {
+        outcome = LUNFS_URING_INIT_NOT_WANTED;
+    } else if (offered && (reply.flags & FUSE_INIT_EXT)) {
+        int setup_error = transport_prepare_workers(transport);
+        if (setup_error != 0) {
+            atomic_store(&transport->setup_error, setup_error);
+            outcome = LUNFS_URING_INIT_SETUP_FAILED;
+        } else {
+            reply.flags2 |= RING_INIT_FLAGS2_OVER_IO_URING;
+            outcome = LUNFS_URING_INIT_RING;
+        }
     }
-    int setup_error = transport_prepare_workers(transport);
-    if (setup_error != 0) {
-        atomic_store(&transport->setup_error, setup_error);
-        ssize_t written = writev(fd, iov, count);
-        atomic_store(&transport->outcome, written < 0 ? LUNFS_URING_INIT_FAILED : LUNFS_URING_INIT_SETUP_FAILED);
-        return written;
-    }
-    reply.flags2 |= RING_INIT_FLAGS2_OVER_IO_URING;
     struct iovec patched[2] = { iov[0], { .iov_base = &reply, .iov_len = iov[1].iov_len } };
     ssize_t written = writev(fd, patched, 2);
-    atomic_store(&transport->outcome, written < 0 ? LUNFS_URING_INIT_FAILED : LUNFS_URING_INIT_RING);
+    if (written >= 0) atomic_store(&transport->killpriv_v2, killpriv_v2);
+    atomic_store(&transport->outcome, written < 0 ? LUNFS_URING_INIT_FAILED : outcome);
     return written;
+}
+
+int lunfs_uring_transport_killpriv_v2(const lunfs_uring_transport *transport) {
+    return atomic_load(&transport->killpriv_v2);
 }
 
 /// Every reply and notification libfuse sends passes here.
@@ -185,8 +199,9 @@ static ssize_t transport_writev(int fd, struct iovec *iov, int count, void *user
 }
 
 int lunfs_uring_transport_install(lunfs_uring_transport *transport, void *session,
-                                  unsigned entries_per_queue, size_t payload_bytes) {
+                                  unsigned entries_per_queue, size_t payload_bytes, int want_ring) {
     struct fuse_session *se = session;
+    transport->want_ring = want_ring;
     transport->fuse_fd = fuse_session_fd(se);
     transport->queue_count = (unsigned)lunfs_uring_possible_cpus();
     transport->entries_per_queue = entries_per_queue > 0 ? entries_per_queue : 1;

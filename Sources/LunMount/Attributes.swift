@@ -13,6 +13,8 @@ enum ResolvedNode {
     case root
     case directory(DiskInfo)
     case image(DiskInfo)
+    /// The disk's changes.img (see `hasChangeFile`).
+    case changes(DiskInfo)
 }
 
 /// Names longer than this are refused with ENAMETOOLONG, as local file systems do.
@@ -41,6 +43,10 @@ extension FileSystem {
             guard let info = pool.info(id) else { throw FuseFailure(ENOENT, "disk \(id) is gone") }
             guard info.hasImage else { throw FuseFailure(ENOENT, "disk \(info.name) has no image") }
             return .image(info)
+        case .changes(let id):
+            guard let info = pool.info(id) else { throw FuseFailure(ENOENT, "disk \(id) is gone") }
+            guard hasChangeFile(info) else { throw FuseFailure(ENOENT, "disk \(info.name) has no change file") }
+            return .changes(info)
         }
     }
 
@@ -50,6 +56,7 @@ extension FileSystem {
         case .root: return nil
         case .directory(let info): return info
         case .image: throw FuseFailure(ENOTDIR, "disk.img is not a directory")
+        case .changes: throw FuseFailure(ENOTDIR, "changes.img is not a directory")
         }
     }
 
@@ -73,14 +80,32 @@ extension FileSystem {
         case .image(let info):
             attributes.st_ino = UInt(MountedNode.image(info.id).inodeNumber)
             applyAccess(&attributes, info.imageAccess, type: S_IFREG, defaultMode: options.ownerOnlyByDefault ? 0o600 : 0o644)
+            attributes.st_mode &= ~Self.imageDroppedModeBits
             attributes.st_nlink = 1
             attributes.st_size = Int(truncatingIfNeeded: info.sizeBytes)
             attributes.st_blocks = Int(truncatingIfNeeded: info.allocatedBytes / statBlockUnitBytes)
             attributes.st_blksize = preferredImageIOSizeBytes
             setTimes(&attributes, modificationTime(of: info))
+        case .changes(let info):
+            // Read-only, and readable by whoever may read disk.img and nobody else.
+            attributes.st_ino = UInt(MountedNode.changes(info.id).inodeNumber)
+            applyAccess(&attributes, info.imageAccess, type: S_IFREG, defaultMode: options.ownerOnlyByDefault ? 0o600 : 0o644)
+            attributes.st_mode &= ~mode_t(0o7333)
+            attributes.st_nlink = 1
+            attributes.st_size = Int(truncatingIfNeeded: info.sizeBytes)
+            let changed = (try? pool.changeSummary(info.id))??.changedBytes ?? 0
+            attributes.st_blocks = Int(truncatingIfNeeded: changed / statBlockUnitBytes)
+            attributes.st_blksize = preferredImageIOSizeBytes
+            setTimes(&attributes, modificationTime(of: info))
         }
         return attributes
     }
+
+    /// Images never carry set-user-ID or set-group-ID: the session tells the kernel at INIT that
+    /// the file system removes them on write, chown and truncate (FUSE_HANDLE_KILLPRIV_V2), which
+    /// spares a `security.capability` round trip before every buffered write, and an image that
+    /// never has them keeps that promise with no work on the write path. chmod drops them.
+    static let imageDroppedModeBits: mode_t = 0o6000
 
     /// Mode and owner: as chmod/chown set them, else the defaults.
     private func applyAccess(_ attributes: inout stat, _ access: NodeAccess?, type: mode_t, defaultMode: mode_t) {
@@ -104,7 +129,7 @@ extension FileSystem {
         switch node {
         case .root: entry.generation = 0
         case .directory(let info): entry.generation = generation(of: .directory(info.id))
-        case .image(let info): entry.generation = generation(of: .image(info.id))
+        case .image(let info), .changes(let info): entry.generation = generation(of: .image(info.id))
         }
         entry.attr = attributes
         entry.attr_timeout = options.attributeTimeoutSeconds

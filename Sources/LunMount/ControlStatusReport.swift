@@ -35,6 +35,12 @@ public struct StatusReport: Codable {
         public var depth: Int?
         /// Which sharing chain (index into `chains`) and where in it (0 = oldest).
         public var chain: Int?, chainPosition: Int?
+        /// The space policy: `drop-snapshots` (nil for the default, fail), and expendable (nil: no).
+        public var onFull: String? = nil, expendable: Bool? = nil
+    }
+    /// A snapshot the space policy deleted (live figures, since the pool was opened).
+    public struct DroppedSnapshot: Codable {
+        public var path: String, forDisk: String, at: UInt64, freedBytes: UInt64
     }
     /// What drives out of service put at risk (Pool.redundancyRisk).
     public struct Health: Codable {
@@ -60,6 +66,9 @@ public struct StatusReport: Codable {
     /// Each chain as paths, oldest snapshot first, the live disk last.
     public var chains: [[String]]
     public var notes: [String]
+    /// Snapshots the space policy dropped since the pool was opened, and the last few (live only).
+    public var snapshotsDroppedForSpace: Int? = nil
+    public var droppedSnapshots: [DroppedSnapshot]? = nil
     /// Partial segments (copy on first write in blocks) and the bytes their fill has left.
     public var partialSegments: Int? = nil
     public var partialBytesToFill: UInt64? = nil
@@ -71,8 +80,7 @@ public func buildStatus(_ pool: Pool, mounted: Bool, live: Bool = false) -> Stat
     let memory = pool.mapMemory()
     let infos = pool.disks()
     let chains = statusChains(pool, infos)
-    let partial = pool.partialSegmentProgress
-    return StatusReport(
+    var report = StatusReport(
         pool: pool.directory, mounted: mounted, live: live,
         drives: statusDrives(pool, live: live), health: statusHealth(pool),
         capacityBytes: usage.capacityBytes, usedBytes: usage.usedBytes, freeBytes: usage.freeBytes,
@@ -80,8 +88,16 @@ public func buildStatus(_ pool: Pool, mounted: Bool, live: Bool = false) -> Stat
         segmentSizeBytes: usage.segmentSizeBytes, mapMemoryBytes: memory.bytes,
         mapBytesPerAllocatedMiB: memory.allocatedMiB > 0 ? Double(memory.bytes) / Double(memory.allocatedMiB) : nil,
         disks: statusDisks(pool, infos, chains: chains), chains: chains.map { $0.map { pool.treePath(of: $0) ?? "?" } },
-        notes: pool.openNotes,
-        partialSegments: partial.segments, partialBytesToFill: partial.bytesLeft)
+        notes: pool.openNotes)
+    if live {
+        let dropped = pool.droppedSnapshots()
+        report.snapshotsDroppedForSpace = dropped.count
+        report.droppedSnapshots = dropped.recent.map { .init(path: $0.path, forDisk: $0.forDisk, at: $0.at, freedBytes: $0.freedBytes) }
+    }
+    let partial = pool.partialSegmentProgress
+    report.partialSegments = partial.segments
+    report.partialBytesToFill = partial.bytesLeft
+    return report
 }
 
 /// Drives with state, size, use and (live) error counts.
@@ -139,7 +155,8 @@ func statusDisks(_ pool: Pool, _ infos: [DiskInfo], chains: [[DiskID]]) -> [Stat
                              copy: snapclone.copy, frozen: snapclone.frozen,
                              externalFile: pool.externalFile(of: i.id), copiedBlocks: external?.copied,
                              copyTotalBlocks: external?.total,
-                             depth: depth, chain: place[i.id]?.chain, chainPosition: place[i.id]?.position))
+                             depth: depth, chain: place[i.id]?.chain, chainPosition: place[i.id]?.position,
+                             onFull: i.onFull == .fail ? nil : i.onFull.rawValue, expendable: i.expendable ? true : nil))
             if depth < 256 { visit(i.id, depth: depth + 1) }
         }
     }

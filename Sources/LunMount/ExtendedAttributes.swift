@@ -38,6 +38,12 @@ enum ExtendedAttribute: String, CaseIterable {
     case copyProgress = "user.lunfs.copy_progress"
     /// Of a snapshot on separate storage: the path of the file that holds its blocks.
     case externalFile = "user.lunfs.external_file"
+    /// What a write to this disk does when the pool is full: "fail" (ENOSPC, the default) or
+    /// "drop-snapshots" (delete the chain's expendable snapshots, oldest first); settable.
+    case onFull = "user.lunfs.on_full"
+    /// "1" if this snapshot may be deleted by a drop-snapshots disk of its chain; settable on
+    /// snapshots.
+    case expendable = "user.lunfs.expendable"
 
     static let namespacePrefix = "user.lunfs."
     /// On the mount's root: writing `check` or `repair` scrubs the whole pool (every block
@@ -53,7 +59,7 @@ enum ExtendedAttribute: String, CaseIterable {
 
     var isSettable: Bool {
         switch self {
-        case .raid, .reserved, .reserveSnapshots, .kind: return true
+        case .raid, .reserved, .reserveSnapshots, .kind, .onFull, .expendable: return true
         default: return false
         }
     }
@@ -87,13 +93,17 @@ extension FileSystem {
         case .kind: return info.kind.rawValue
         case .copyProgress: return (pool.externalCopyProgress(info.id) ?? pool.copyProgress(info.id)).map { "\($0.copied)/\($0.total)" }
         case .externalFile: return pool.externalFile(of: info.id)
+        case .onFull: return info.onFull.rawValue
+        case .expendable: return info.expendable ? "1" : "0"
         }
     }
 
     func getAttribute(_ ino: fuse_ino_t, name: String, capacity: Int) throws(FuseFailure) -> AttributeReply {
-        // The kernel asks for security.capability before every buffered write: answer
-        // names outside our namespace without a trip into the engine.
-        guard name.hasPrefix(ExtendedAttribute.namespacePrefix) else { throw FuseFailure.absentAttribute(name) }
+        // Names outside our namespace are answered without a trip into the engine.
+        guard name.hasPrefix(ExtendedAttribute.namespacePrefix) else {
+            if name == "security.capability" { capabilityLookups.wrappingAdd(1, ordering: .relaxed) }
+            throw FuseFailure.absentAttribute(name)
+        }
         if case .root = try resolve(ino), name == ExtendedAttribute.scrubName {
             return try fitted(Array(lastScrub.withLock { $0 }.utf8), capacity: capacity)
         }
@@ -170,6 +180,14 @@ extension FileSystem {
             case DiskKind.snapshot.rawValue: try engine { () throws(LunError) in try pool.revertSnapclone(info.id) }
             default: throw FuseFailure(EINVAL, "\(name) takes snapclone or snapshot, not \"\(text)\"")
             }
+        case .onFull:
+            guard let policy = OnFullPolicy(rawValue: text) else {
+                throw FuseFailure(EINVAL, "\(name) takes fail or drop-snapshots, not \"\(text)\"")
+            }
+            try engine { () throws(LunError) in try pool.setOnFull(info.id, policy) }
+        case .expendable:
+            let on = try flag(text, name: name)
+            try engine { () throws(LunError) in try pool.setExpendable(info.id, on) }
         default:
             preconditionFailure("\(name) is not settable")
         }

@@ -1,6 +1,7 @@
 // The disk.img files: open, read, write, sync, truncate, fallocate and SEEK_DATA/SEEK_HOLE,
-// each a direct call into the engine. The file handle names the disk and the generation it
-// was opened in, so a handle outlives neither its disk nor its image (ESTALE).
+// each a direct call into the engine; and the read-only changes.img files beside them. The
+// file handle names the disk and the generation it was opened in, so a handle outlives
+// neither its disk nor its image (ESTALE).
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -15,11 +16,14 @@ final class OpenImage: @unchecked Sendable {
     let id: DiskID
     let generation: UInt64
     let disk: OpenDisk
+    /// A handle of the disk's changes.img (read-only), not of its disk.img.
+    let isChanges: Bool
 
-    init(disk: OpenDisk, generation: UInt64) {
+    init(disk: OpenDisk, generation: UInt64, isChanges: Bool = false) {
         self.id = disk.id
         self.generation = generation
         self.disk = disk
+        self.isChanges = isChanges
     }
 
     /// The handle for the open reply; it keeps this object until `release(handle:)`.
@@ -44,7 +48,9 @@ extension FileSystem {
     /// Opens an image and counts the handle (see `OpenImageTable`); the caller must call
     /// `closeImage` if the open reply cannot be sent.
     func openImage(_ ino: fuse_ino_t, flags: Int32, openerPID: pid_t) throws(FuseFailure) -> OpenImage {
-        guard case .image(let info) = try resolve(ino) else {
+        let node = try resolve(ino)
+        if case .changes(let info) = node { return try openChanges(info, flags: flags) }
+        guard case .image(let info) = node else {
             throw FuseFailure(EISDIR, "directories hold no data")
         }
         // The kernel hands O_TRUNC to open (ATOMIC_O_TRUNC) instead of sending a setattr.
@@ -59,10 +65,22 @@ extension FileSystem {
         return opened
     }
 
+    /// Opens a changes.img, for reading only. It is not counted as holding disk.img: deleting
+    /// the image turns it stale like the image's own handles.
+    private func openChanges(_ info: DiskInfo, flags: Int32) throws(FuseFailure) -> OpenImage {
+        guard flags & O_ACCMODE == O_RDONLY, flags & O_TRUNC == 0 else {
+            throw FuseFailure(EACCES, "changes.img of \(info.name) is read-only")
+        }
+        // Writes the kernel still holds dirty for disk.img are changes too: it hands them over.
+        try kernelCache.writeBack(info.id)
+        let disk = try engine { () throws(LunError) in try pool.openDisk(info.id) }
+        return OpenImage(disk: disk, generation: generation(of: .image(info.id)), isChanges: true)
+    }
+
     /// release: the handle no longer holds its image.
     func closeImage(handle: UInt64) {
         guard let opened = OpenImage.of(handle: handle) else { return }
-        openImages.released(opened.id, generation: opened.generation)
+        if !opened.isChanges { openImages.released(opened.id, generation: opened.generation) }
         OpenImage.release(handle: handle)
     }
 
@@ -83,12 +101,15 @@ extension FileSystem {
     }
 
     func read(handle: UInt64, size: Int, offset: off_t) throws(FuseFailure) -> ReplyBuffer {
-        let disk = try image(of: handle).disk
+        let opened = try image(of: handle)
+        let disk = opened.disk
         guard offset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
         var buffer = ReplyBuffer(capacity: size)
         do {
             let target = UnsafeMutableRawBufferPointer(start: buffer.base, count: size)
-            buffer.count = try engine { () throws(LunError) in try pool.read(disk, at: UInt64(offset), into: target) }
+            buffer.count = try engine { () throws(LunError) in
+                opened.isChanges ? try pool.readChanges(disk, at: UInt64(offset), into: target) : try pool.read(disk, at: UInt64(offset), into: target)
+            }
         } catch {
             buffer.discard()
             throw error
@@ -123,6 +144,7 @@ extension FileSystem {
 
     private func write(_ opened: OpenImage, bytes: UnsafeRawBufferPointer, offset: off_t) throws(FuseFailure) -> Int {
         let id = opened.id
+        guard !opened.isChanges else { throw FuseFailure(EBADF, "changes.img is open for reading only") }
         guard offset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
         guard UInt64(offset) < PoolGeometry.maxDiskSizeBytes else {
             throw FuseFailure(EFBIG, "write at or past the largest disk size")
@@ -140,8 +162,11 @@ extension FileSystem {
     /// 1 MiB pieces inside the daemon instead of a round trip through the caller for each.
     /// Short at the source's end; a failure after some bytes were copied returns that count.
     func copyRange(from sourceHandle: UInt64, at sourceOffset: off_t, to targetHandle: UInt64, at targetOffset: off_t, length: Int) throws(FuseFailure) -> Int {
-        let source = try disk(of: sourceHandle)
-        let target = try disk(of: targetHandle)
+        let sourceImage = try image(of: sourceHandle)
+        let source = sourceImage.id
+        let targetImage = try image(of: targetHandle)
+        let target = targetImage.id
+        guard !targetImage.isChanges else { throw FuseFailure(EBADF, "changes.img is open for reading only") }
         guard sourceOffset >= 0, targetOffset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
         guard UInt64(targetOffset) < PoolGeometry.maxDiskSizeBytes else {
             throw FuseFailure(EFBIG, "copy to or past the largest disk size")
@@ -156,7 +181,10 @@ extension FileSystem {
             while copied < length {
                 let wanted = min(pieceBytes, length - copied)
                 let room = UnsafeMutableRawBufferPointer(rebasing: piece[..<wanted])
-                let got = try engine { () throws(LunError) in try pool.read(source, at: UInt64(sourceOffset) + UInt64(copied), into: room) }
+                let at = UInt64(sourceOffset) + UInt64(copied)
+                let got = try engine { () throws(LunError) in
+                    sourceImage.isChanges ? try pool.readChanges(sourceImage.disk, at: at, into: room) : try pool.read(source, at: at, into: room)
+                }
                 if got == 0 { break }
                 let bytes = UnsafeRawBufferPointer(rebasing: piece[..<got])
                 try engine { () throws(LunError) in try pool.write(target, at: UInt64(targetOffset) + UInt64(copied), from: bytes) }
@@ -194,7 +222,9 @@ extension FileSystem {
     /// a hole and zeroing a range both become a discard (the range then reads zeros); other
     /// modes are EOPNOTSUPP, which tells fsx and friends to stop trying them.
     func allocate(handle: UInt64, mode: Int32, offset: off_t, length: off_t) throws(FuseFailure) {
-        let id = try disk(of: handle)
+        let opened = try image(of: handle)
+        guard !opened.isChanges else { throw FuseFailure(EBADF, "changes.img is open for reading only") }
+        let id = opened.id
         guard offset >= 0, length > 0 else { throw FuseFailure(EINVAL, "bad range") }
         let end = UInt64(offset) + UInt64(length)
         guard end <= PoolGeometry.maxDiskSizeBytes else { throw FuseFailure(EFBIG, "range past the largest disk size") }
@@ -223,7 +253,8 @@ extension FileSystem {
 
     /// lseek(2) for SEEK_DATA and SEEK_HOLE; the kernel answers the other kinds itself.
     func seek(handle: UInt64, offset: off_t, whence: Int32) throws(FuseFailure) -> off_t {
-        let id = try disk(of: handle)
+        let opened = try image(of: handle)
+        let id = opened.id
         guard whence == LUNFS_SEEK_DATA || whence == LUNFS_SEEK_HOLE else {
             throw FuseFailure(EINVAL, "lseek whence \(whence)")
         }
@@ -232,7 +263,8 @@ extension FileSystem {
         // it hands the dirty pages past `offset` over first, as mkdir does.
         try kernelCache.writeBack(id, from: offset)
         let found = try engine { () throws(LunError) in
-            try pool.seek(id, from: UInt64(offset), data: whence == LUNFS_SEEK_DATA)
+            opened.isChanges ? try pool.seekChanges(id, from: UInt64(offset), data: whence == LUNFS_SEEK_DATA)
+                : try pool.seek(id, from: UInt64(offset), data: whence == LUNFS_SEEK_DATA)
         }
         guard let found else {
             // The normal answer at the end of the data (cp and qemu-img ask on every file).
@@ -250,6 +282,18 @@ extension FileSystem {
     /// `handle` is the file handle an ftruncate came through (nil for truncate by path).
     func setAttributes(_ ino: fuse_ino_t, _ wanted: stat, fields: Int32, handle: UInt64? = nil) throws(FuseFailure) -> stat {
         let node = try resolve(ino)
+        if case .changes = node {
+            // Its mode and owner follow disk.img's; its size is the disk's; times are dropped.
+            if fields & FUSE_SET_ATTR_SIZE != 0 { throw FuseFailure(EACCES, "changes.img is read-only") }
+            if fields & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID) != 0 {
+                let current = attributes(of: node)
+                let same = (fields & FUSE_SET_ATTR_MODE == 0 || wanted.st_mode & 0o7777 == current.st_mode & 0o7777)
+                    && (fields & FUSE_SET_ATTR_UID == 0 || wanted.st_uid == current.st_uid)
+                    && (fields & FUSE_SET_ATTR_GID == 0 || wanted.st_gid == current.st_gid)
+                if !same { throw FuseFailure(EPERM, "changes.img takes its mode and owner from disk.img") }
+            }
+            return attributes(of: node)
+        }
         try changeAccess(node, wanted, fields: fields)
         if fields & FUSE_SET_ATTR_SIZE != 0 {
             guard case .image(let info) = node else { throw FuseFailure(EISDIR, "directories have no size") }
@@ -286,6 +330,10 @@ extension FileSystem {
         let current = attributes(of: node)
         var mode = current.st_mode & 0o7777, uid = current.st_uid, gid = current.st_gid
         if fields & FUSE_SET_ATTR_MODE != 0 { mode = wanted.st_mode & 0o7777 }
+        if case .image = node, mode & Self.imageDroppedModeBits != 0 {
+            log.write("chmod: set-user-ID and set-group-ID are dropped on images (mode \(String(mode, radix: 8)))")
+            mode &= ~Self.imageDroppedModeBits
+        }
         if fields & FUSE_SET_ATTR_UID != 0 { uid = wanted.st_uid }
         if fields & FUSE_SET_ATTR_GID != 0 { gid = wanted.st_gid }
         guard mode != current.st_mode & 0o7777 || uid != current.st_uid || gid != current.st_gid else { return }
@@ -297,6 +345,8 @@ extension FileSystem {
             try engine { () throws(LunError) in try pool.setAccess(info.id, of: .directory, access) }
         case .image(let info):
             try engine { () throws(LunError) in try pool.setAccess(info.id, of: .image, access) }
+        case .changes:
+            throw FuseFailure(EPERM, "changes.img takes its mode and owner from disk.img")
         }
     }
 }

@@ -10,6 +10,9 @@ import LunEngine
 
 /// The one file name inside a disk's directory.
 let imageFileName = "disk.img"
+/// The read-only file beside disk.img of a disk that has a predecessor: what the disk changed
+/// since it (Pool+Changes.swift).
+let changesFileName = "changes.img"
 
 /// One line of a directory listing.
 struct DirectoryEntry {
@@ -47,7 +50,18 @@ extension FileSystem {
             guard directory.hasImage else { throw FuseFailure(ENOENT, "\(directory.name) is hollow (its image was deleted)") }
             return entry(for: .image(directory))
         }
-        guard let id = pool.child(named: name, of: directory?.id), let info = pool.info(id) else {
+        let child = pool.child(named: name, of: directory?.id)
+        // A snapshot named changes.img from before the name was reserved keeps its name.
+        if let directory, name == changesFileName, child == nil {
+            guard hasChangeFile(directory) else {
+                // As for any name that does not exist: not worth a log line.
+                var failure = FuseFailure(ENOENT, "\(directory.name) has no predecessor, so no changes.img")
+                failure.isRoutineProbe = true
+                throw failure
+            }
+            return entry(for: .changes(directory))
+        }
+        guard let id = child, let info = pool.info(id) else {
             // The normal answer before every mkdir and create: not worth a log line.
             var failure = FuseFailure(ENOENT, "no such name")
             failure.isRoutineProbe = true
@@ -66,6 +80,9 @@ extension FileSystem {
         ]
         if let directory, directory.hasImage {
             entries.append(DirectoryEntry(name: imageFileName, inodeNumber: MountedNode.image(directory.id).inodeNumber, isDirectory: false))
+        }
+        if let directory, hasChangeFile(directory), pool.child(named: changesFileName, of: directory.id) == nil {
+            entries.append(DirectoryEntry(name: changesFileName, inodeNumber: MountedNode.changes(directory.id).inodeNumber, isDirectory: false))
         }
         for id in pool.children(of: directory?.id) {
             guard let child = pool.info(id) else { continue }  // removed since the listing was taken
@@ -105,6 +122,11 @@ extension FileSystem {
                     ? FuseFailure(EEXIST, "disk.img exists")
                     : FuseFailure(EPERM, "disk.img is reserved for the image")
             }
+            if name == changesFileName {
+                throw hasChangeFile(directory)
+                    ? FuseFailure(EEXIST, "changes.img exists")
+                    : FuseFailure(EPERM, "changes.img is reserved for the change file")
+            }
             // Every write(2) that returned before this mkdir must be in the snapshot, also
             // those the kernel still holds in its page cache (writeback cache, shared mmap):
             // it hands them over first. No lock is held here that those writes need.
@@ -126,6 +148,9 @@ extension FileSystem {
         if directory != nil, name == imageFileName {
             throw FuseFailure(ENOTDIR, "disk.img is not a directory")
         }
+        if let directory, name == changesFileName, hasChangeFile(directory), pool.child(named: name, of: directory.id) == nil {
+            throw FuseFailure(ENOTDIR, "changes.img is not a directory")
+        }
         guard let id = pool.child(named: name, of: directory?.id), let info = pool.info(id) else {
             throw FuseFailure(ENOENT, "no such name")
         }
@@ -145,6 +170,9 @@ extension FileSystem {
 
     func unlink(parent: fuse_ino_t, name: String) throws(FuseFailure) {
         let directory = try directoryDisk(parent)
+        if let directory, name == changesFileName, hasChangeFile(directory), pool.child(named: name, of: directory.id) == nil {
+            throw FuseFailure(EPERM, "changes.img cannot be deleted: it shows what the disk changed since its predecessor")
+        }
         guard let directory, name == imageFileName else {
             if pool.child(named: name, of: directory?.id) != nil {
                 throw FuseFailure(EISDIR, "\(name) is a directory")
@@ -154,6 +182,12 @@ extension FileSystem {
         guard directory.hasImage else { throw FuseFailure(ENOENT, "\(directory.name) is hollow") }
         try refuseIfOpen(directory.id, doing: .delete)
         try deleteImage(of: directory, how: "unlink")
+    }
+
+    /// Whether a disk directory shows changes.img: the disk has an image and a predecessor in
+    /// its chain (a snapshot on separate storage has none).
+    func hasChangeFile(_ info: DiskInfo) -> Bool {
+        info.hasImage && info.predecessor != nil
     }
 
     /// Deletes a disk's image (its directory stays for the snapshots below it); handles still
@@ -175,6 +209,10 @@ extension FileSystem {
         let newDirectory = try directoryDisk(newParent)
         if directory != nil && name == imageFileName || newDirectory != nil && newName == imageFileName {
             throw FuseFailure(EPERM, "disk.img cannot be renamed or replaced")
+        }
+        if directory != nil && name == changesFileName && pool.child(named: name, of: directory?.id) == nil
+            || newDirectory != nil && newName == changesFileName {
+            throw FuseFailure(EPERM, "changes.img cannot be renamed or replaced")
         }
         guard let id = pool.child(named: name, of: directory?.id) else { throw FuseFailure(ENOENT, "no such name") }
         guard directory?.id == newDirectory?.id else {

@@ -48,6 +48,9 @@ final class FileSystem: Sendable {
     let openImages = OpenImageTable()
     /// The result of the last scrub asked for through `user.lunfs.scrub`.
     let lastScrub = Mutex<String>("no scrub has run during this mount")
+    /// Lookups of `security.capability`: the kernel's check before a write when it does not
+    /// know that lunfs removes privileges itself (FUSE_HANDLE_KILLPRIV_V2). Logged at unmount.
+    let capabilityLookups = Atomic<Int>(0)
     /// The kernel's cached pages of the images: write-back before a snapshot, refused write-backs.
     let kernelCache = KernelPageCache()
 
@@ -60,6 +63,14 @@ final class FileSystem: Sendable {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)
         self.mountedAt = now
+        // A snapshot the space policy dropped is gone as if by rmdir: its handles turn stale and
+        // the kernel forgets its name (the engine logs the drop).
+        pool.observeDroppedSnapshots { [weak self] dropped in
+            guard let self else { return }
+            retire(dropped.id, imageOnly: false)
+            let parent = dropped.parent.map { MountedNode.directory($0).inodeNumber } ?? MountedNode.rootInodeNumber
+            kernelCache.nameRemoved(parent: parent, dropped.name)
+        }
     }
 
     /// The file system a request belongs to: the userdata given to `fuse_session_new`.

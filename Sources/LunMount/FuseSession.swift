@@ -84,18 +84,16 @@ final class FuseSession {
             throw MountFailure(1, "cannot mount on \(mountpoint) (is /dev/fuse usable and fusermount3 installed?)")
         }
         isMounted = true
-        if useRing {
-            do {
-                let ring = try UringTransport(session: session, threads: max(1, maximumThreads))
-                transport = ring
-                // The kernel queues a request on the ring of the CPU its sender runs on, and a
-                // flush's WRITEs are sent by the flushing thread itself: a queue must keep an
-                // entry that is not flushing, wherever that thread runs. Fewer flushes at once
-                // than entries per queue (UringTransport gives each at least two) ensures it.
-                fileSystem.kernelCache.serve(withThreads: min(max(1, maximumThreads), ring.entriesPerQueue))
-            } catch {
-                fileSystem.log.write("session: requests over /dev/fuse: \(error.message) (\(errnoName(error.errno)))")
-            }
+        do {
+            let custom = try UringTransport(session: session, threads: max(1, maximumThreads), wantRing: useRing)
+            transport = custom
+            // The kernel queues a request on the ring of the CPU its sender runs on, and a
+            // flush's WRITEs are sent by the flushing thread itself: a queue must keep an
+            // entry that is not flushing, wherever that thread runs. Fewer flushes at once
+            // than entries per queue (UringTransport gives each at least two) ensures it.
+            if useRing { fileSystem.kernelCache.serve(withThreads: min(max(1, maximumThreads), custom.entriesPerQueue)) }
+        } catch {
+            fileSystem.log.write("session: plain libfuse io: \(error.message) (\(errnoName(error.errno)))")
         }
     }
 
@@ -105,8 +103,11 @@ final class FuseSession {
         precondition(isMounted)
         let log = fileSystem.log
         if !useRing { log.write("session: requests over /dev/fuse (-o uring=off)") }
-        return RequestLoop(session: session, workers: max(1, maximumThreads), transport: transport,
-                           log: { log.write($0) }).run()
+        let status = RequestLoop(session: session, workers: max(1, maximumThreads), transport: transport,
+                                 log: { log.write($0) }).run()
+        log.write("session: the kernel asked \(fileSystem.capabilityLookups.load(ordering: .relaxed)) times for security.capability")
+        return status
+
     }
 
     /// What the NBD server calls after a client changed a disk: the kernel drops its cached

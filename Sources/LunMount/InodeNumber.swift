@@ -4,8 +4,10 @@
 //     1          the mount's root directory
 //     2*d + 2    the directory of the node with DiskID d
 //     2*d + 3    that node's disk.img
+//     2^35 + d   that node's changes.img (what it changed since its predecessor)
 //
-// DiskID is 32 bits wide, so every number fits in 34 bits and none collides with the root.
+// DiskID is 32 bits wide, so the first three fit in 34 bits and none collides with the root
+// or with the change files' numbers above them.
 import CFuse3
 import LunEngine
 
@@ -13,12 +15,19 @@ enum MountedNode: Equatable {
     case root
     case directory(DiskID)
     case image(DiskID)
+    case changes(DiskID)
 
     static let rootInodeNumber: fuse_ino_t = 1
+    static let firstChangesInodeNumber: fuse_ino_t = 1 << 35
 
     init?(inodeNumber ino: fuse_ino_t) {
         if ino == MountedNode.rootInodeNumber {
             self = .root
+            return
+        }
+        if ino >= MountedNode.firstChangesInodeNumber {
+            guard ino - MountedNode.firstChangesInodeNumber <= fuse_ino_t(DiskID.max) else { return nil }
+            self = .changes(DiskID(ino - MountedNode.firstChangesInodeNumber))
             return
         }
         guard ino >= 2, (ino - 2) / 2 <= fuse_ino_t(DiskID.max) else { return nil }
@@ -31,6 +40,7 @@ enum MountedNode: Equatable {
         case .root: return MountedNode.rootInodeNumber
         case .directory(let id): return 2 * fuse_ino_t(id) + 2
         case .image(let id): return 2 * fuse_ino_t(id) + 3
+        case .changes(let id): return MountedNode.firstChangesInodeNumber + fuse_ino_t(id)
         }
     }
 
@@ -38,7 +48,7 @@ enum MountedNode: Equatable {
     var diskID: DiskID? {
         switch self {
         case .root: return nil
-        case .directory(let id), .image(let id): return id
+        case .directory(let id), .image(let id), .changes(let id): return id
         }
     }
 }

@@ -93,6 +93,18 @@ final class KernelPageCache: @unchecked Sendable {
         }.start()
     }
 
+    /// Makes the kernel forget the name `name` in directory `parent` (a node the engine removed
+    /// on its own: a snapshot the space policy dropped). Off this thread and under the mutex, as
+    /// above: the caller may be serving a request, and the kernel locks the directory.
+    func nameRemoved(parent: fuse_ino_t, _ name: String) {
+        Thread { [self] in
+            session.withLock { bits in
+                guard let session = OpaquePointer(bitPattern: bits) else { return }
+                _ = name.withCString { fuse_lowlevel_notify_inval_entry(session, parent, $0, strlen($0)) }
+            }
+        }.start()
+    }
+
     /// The error owed to this fsync of `id`'s image, if a write-back failed since the last one.
     func takeForFsync(_ id: DiskID) -> Int32? {
         refused.withLock { table in

@@ -38,6 +38,14 @@ protocol MountablePool: AnyObject, Sendable {
     func discard(_ id: DiskID, at offset: UInt64, length: UInt64) throws(LunError)
     func seek(_ id: DiskID, from offset: UInt64, data: Bool) throws(LunError) -> UInt64?
     func scrub(repair: Bool) -> ScrubReport
+
+    func changeSummary(_ id: DiskID) throws(LunError) -> ChangeSummary?
+    func readChanges(_ disk: OpenDisk, at offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(LunError) -> Int
+    func seekChanges(_ id: DiskID, from offset: UInt64, data: Bool) throws(LunError) -> UInt64?
+
+    func setOnFull(_ id: DiskID, _ policy: OnFullPolicy) throws(LunError)
+    func setExpendable(_ id: DiskID, _ expendable: Bool) throws(LunError)
+    func observeDroppedSnapshots(_ body: @escaping @Sendable (DroppedSnapshot) -> Void)
 }
 
 extension Pool: MountablePool {}

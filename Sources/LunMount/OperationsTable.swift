@@ -263,6 +263,8 @@ func makeOperationsTable() -> fuse_lowlevel_ops {
 /// Fills in the open reply for an image: its handle, and how the kernel should cache it.
 private func configure(_ info: UnsafeMutablePointer<fuse_file_info>, for opened: OpenImage, directIO: Bool) {
     info.pointee.fh = opened.retainedHandle()
+    // A change file changes with its disk's writes and no invalidation follows them: never cached.
+    let directIO = directIO || opened.isChanges
     lunfs_fi_set_direct_io(info, directIO ? 1 : 0)
     // Only this mount changes an image, and the kernel drops what a truncate or hole punch
     // changes, so pages cached at the last close are still good at the next open.

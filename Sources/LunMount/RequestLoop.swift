@@ -99,6 +99,9 @@ final class RequestLoop: @unchecked Sendable {
     /// accepted FUSE_OVER_IO_URING) or say why requests stay on /dev/fuse.
     private func afterDeviceRequest() {
         guard let transport, let outcome = transport.takeInitOutcome() else { return }
+        log(transport.handlesKillPrivileges
+            ? "session: FUSE_HANDLE_KILLPRIV_V2: the kernel asks for no security.capability before writes"
+            : "session: the kernel did not offer FUSE_HANDLE_KILLPRIV_V2; each buffered write costs a security.capability lookup")
         switch outcome {
         case LUNFS_URING_INIT_RING:
             let queues = UringQueues(loop: self, session: session, transport: transport, log: log)
@@ -112,6 +115,8 @@ final class RequestLoop: @unchecked Sendable {
             }
         case LUNFS_URING_INIT_SETUP_FAILED:
             log("session: requests over /dev/fuse: cannot set up io_uring (\(errnoName(transport.setupError))); \(transport.kernelDescription)")
+        case LUNFS_URING_INIT_NOT_WANTED:
+            break
         case LUNFS_URING_INIT_NOT_OFFERED:
             log("session: requests over /dev/fuse: the kernel does not offer FUSE over io_uring (\(transport.kernelDescription); is /sys/module/fuse/parameters/enable_uring Y?)")
         default:

@@ -82,6 +82,7 @@ private func printStatus(_ r: StatusReport) {
     printFrozen(r)
     printExternals(r)
     printChains(r)
+    printDroppedSnapshots(r)
 }
 
 /// The first thing a degraded pool says: which drives are out and what is at risk.
@@ -136,7 +137,8 @@ private func printDisks(_ r: StatusReport) {
         let chain = d.chain.map { "\($0 + 1).\((d.chainPosition ?? 0) + 1)" } ?? "-"
         print(pad(label(d), width) + "  " + pad(d.kind, 11) + "  " + pad(size, 10) + "  " + pad(formatSize(d.allocatedBytes), 10) + "  "
               + pad(formatSize(d.uniqueBytes), 10) + "  " + pad(formatSize(d.sharedBytes), 10) + "  raid\(d.raid)  " + pad(chain, 5) + "  \(created)"
-              + (d.reservedBytes > 0 ? "  reserved \(formatSize(d.reservedBytes))" : ""))
+              + (d.reservedBytes > 0 ? "  reserved \(formatSize(d.reservedBytes))" : "")
+              + (d.onFull.map { "  on_full \($0)" } ?? "") + (d.expendable == true ? "  expendable" : ""))
     }
 }
 
@@ -171,6 +173,17 @@ private func printExternals(_ r: StatusReport) {
 }
 
 /// CHAIN n.m in the disk table is chain n, position m (1 = oldest).
+/// What the space policy dropped since the pool was opened (user.lunfs.on_full).
+private func printDroppedSnapshots(_ r: StatusReport) {
+    guard let count = r.snapshotsDroppedForSpace, count > 0 else { return }
+    print("snapshots dropped for space since the pool was opened: \(count)\(count > (r.droppedSnapshots?.count ?? 0) ? " (the last \(r.droppedSnapshots?.count ?? 0) below)" : "")")
+    let dateFormat = DateFormatter()
+    dateFormat.dateFormat = "yyyy-MM-dd HH:mm:ss"
+    for d in r.droppedSnapshots ?? [] {
+        print("  \(dateFormat.string(from: Date(timeIntervalSince1970: Double(d.at))))  \(d.path) for a write to \(d.forDisk), \(formatSize(d.freedBytes)) freed")
+    }
+}
+
 private func printChains(_ r: StatusReport) {
     guard !r.chains.isEmpty else { return }
     print("sharing chains (CHAIN n.m above: chain n, m-th oldest; reads of a shared segment follow the arrows):")

@@ -15,6 +15,7 @@ usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive 
        lunfs clone DIR [--wait]
        lunfs snapshot --to FILE DIR NAME [--wait]
        lunfs attach COORDINATOR EXPORT --nbd ADDRESS
+       lunfs apply-changes DELTA IMAGE
        lunfs --version
 """
 
@@ -30,6 +31,7 @@ case "check": exit(runCheck(rest))
 case "clone": exit(runClone(rest))
 case "snapshot": exit(runSnapshot(rest))
 case "attach": exit(runAttach(rest))
+case "apply-changes": exit(runApplyChanges(rest))
 case "help", "--help", "-h": print(usage); exit(0)
 case "--version", "version": exit(runVersion())
 default:

@@ -104,13 +104,26 @@ final class CrashSimulationTests: XCTestCase {
             }
             if totals.failures > 0 { XCTFail("stopping at seed \(seed) (replay with LUNFS_SEED=\(seed) LUNFS_CRASH_POINTS=1)"); break }
         }
-        print("CrashSimulationTests: \(totals.points) crash points, \(totals.operations) operations, \(totals.unacknowledgedCommits) commits cut before their syncs, \(totals.tornWrites) torn and \(totals.lostWrites) lost unsynced writes, \(totals.bytesVerified) bytes verified, \(totals.snapcloneCopySteps) snapclone copy steps, \(totals.snapclonesFinishedAfterCrash) snapclones finished copying and \(totals.snapclonesRevertedAfterCrash) turned back after a crash, \(totals.partialSegmentsFilled) partial segments filled, fsync'd bytes lost 0, wrong bytes 0")
+        print("CrashSimulationTests: \(totals.points) crash points, \(totals.operations) operations, \(totals.unacknowledgedCommits) commits cut before their syncs, \(totals.tornWrites) torn and \(totals.lostWrites) lost unsynced writes, \(totals.bytesVerified) bytes verified, \(totals.snapcloneCopySteps) snapclone copy steps, \(totals.snapclonesFinishedAfterCrash) snapclones finished copying and \(totals.snapclonesRevertedAfterCrash) turned back after a crash, \(totals.psegMoves) PSEG moves and \(totals.psegMovesCut) cut by the power, \(totals.partialSegmentsFilled) partial segments filled, fsync'd bytes lost 0, wrong bytes 0")
     }
 
     struct CrashTotals {
         var points = 0, operations = 0, unacknowledgedCommits = 0, tornWrites = 0, lostWrites = 0, bytesVerified = 0, failures = 0
         var snapcloneCopySteps = 0, snapclonesFinishedAfterCrash = 0, snapclonesRevertedAfterCrash = 0
+        var psegMoves = 0, psegMovesCut = 0
         var partialSegmentsFilled = 0
+    }
+
+    /// Moves a random member of a random live store to a drive it may go to; false when
+    /// there was nothing to move. A move commits (everything pending) before it returns.
+    private func movePSEG(_ pool: Pool, _ rng: inout TestRandom, trace: Bool) throws -> Bool {
+        let stores = pool.stateLock.withLock { (0..<pool.state.rsds.highWater).filter { pool.state.rsds.isLive($0) } }
+        guard let store = stores.randomElement(using: &rng), let level = pool.state.rsds.level(store) else { return false }
+        let slot = StoreMemberSlot(store: store, member: Int.random(in: 0..<level.memberCount, using: &rng))
+        guard let target = pool.moveTargets(for: slot).randomElement(using: &rng) else { return false }
+        if trace { print("move \(slot) to drive \(target)") }
+        try pool.movePSEG(slot, toDrive: target)
+        return true
     }
 
     /// Half the time, a snapclone step instead of a snapshot: make one, copy a few segments,
@@ -141,6 +154,7 @@ final class CrashSimulationTests: XCTestCase {
 
     func runCrashPoint(seed: UInt64, totals: inout CrashTotals) throws {
         var rng = TestRandom(seed: seed)
+        var moveRng = TestRandom(seed: seed ^ 0x6D6F_7665)
         let level = [RAIDLevel.raid0, .raid1, .raid5][Int.random(in: 0..<3, using: &rng)]
         var set = SimulatedDriveSet(count: 8, sizeBytes: 64 << 20, seed: seed)
         let plan = PowerCut.Plan()
@@ -222,6 +236,11 @@ final class CrashSimulationTests: XCTestCase {
                 }
             }
             totals.operations += 1
+            // PSEG moves between the steps, from their own draws (the workload's stay as they were).
+            if moveRng.chance(0.12), try movePSEG(pool, &moveRng, trace: trace) {
+                totals.psegMoves += 1
+                model.commitAll()
+            }
             // The background fill of partial segments, between steps, chosen without a draw
             // (old seeds replay their workload). It changes no byte; joining the write-intent
             // set may commit.
@@ -232,7 +251,18 @@ final class CrashSimulationTests: XCTestCase {
             }
         }
         var commitInDoubt = false
-        if Bool.random(using: &rng) {
+        if moveRng.chance(0.3) {
+            // The power goes out at one of the syncs of a PSEG move's commit.
+            plan.syncsLeft = Int.random(in: 0..<8, using: &moveRng)
+            do {
+                if try movePSEG(pool, &moveRng, trace: trace) { totals.psegMoves += 1 }
+                model.commitAll()
+            } catch {
+                commitInDoubt = true
+                totals.psegMovesCut += 1
+            }
+            if trace { print("power cut in a PSEG move after \(plan.syncsLeft.map(String.init) ?? "-") syncs left; in doubt \(commitInDoubt)") }
+        } else if Bool.random(using: &rng) {
             // The power goes out at one of the commit's syncs: data or journal record.
             plan.syncsLeft = Int.random(in: 0..<12, using: &rng)
             commitInDoubt = (try? pool.commit()) == nil

@@ -73,12 +73,22 @@ final class MapTests: XCTestCase {
         t.undefine(6)
         XCTAssertFalse(t.isLive(6))
         // Parity sits on a different member from store to store, data columns never on it.
-        XCTAssertEqual(Set((0..<5).map { RAIDLevel.parityMember(store: $0) }).count, 5)
+        let geometry = PoolGeometry(quorumPSEGs: 4)
+        XCTAssertEqual(Set((0..<5).map { StoreLayout(store: $0, level: .raid5, geometry: geometry).parityMember! }).count, 5)
         for store in 0..<5 {
-            let data = (0..<4).map { RAIDLevel.raid5.dataMember(store: store, column: $0) }
-            XCTAssertFalse(data.contains(RAIDLevel.parityMember(store: store)))
+            let layout = StoreLayout(store: store, level: .raid5, geometry: geometry)
+            let data = (0..<4).map { layout.dataMember(column: $0) }
+            XCTAssertFalse(data.contains(layout.parityMember!))
             XCTAssertEqual(Set(data).count, 4)
+            XCTAssertEqual((0..<4).map { layout.column(ofMember: layout.dataMember(column: $0)) }, [0, 1, 2, 3])
+            XCTAssertNil(layout.column(ofMember: layout.parityMember!))
         }
+        let mirror = StoreLayout(store: 9, level: .raid1, geometry: geometry)
+        XCTAssertEqual((0..<8).map { mirror.partner(ofMember: $0)! }, [4, 5, 6, 7, 0, 1, 2, 3])
+        XCTAssertEqual(mirror.membersTouched(offset: 250 << 10, count: 8 << 10), [0, 1, 4, 5])
+        XCTAssertEqual(StoreLayout(store: 7, level: .raid5, geometry: geometry).membersTouched(offset: 0, count: 4096), [2, 3])
+        XCTAssertEqual(mirror.extent(StoreMember(drive: 3, pseg: 10), rseg: 2),
+                       DriveExtent(drive: 3, offset: 10 * (2 << 20) + 2 * (256 << 10), length: 256 << 10))
     }
 
     func testXorIsItsOwnInverse() {

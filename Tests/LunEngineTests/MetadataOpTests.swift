@@ -25,6 +25,7 @@ final class MetadataOpTests: XCTestCase {
         .putExternal(ExternalSnapshotRecord(id: 301, source: 7, filePath: "/backup/vm-\u{e9}.img", mapPath: "/backup/vm-\u{e9}.img.lunfs-valid",
                                             blockBytes: 65536, sizeBytes: 5 << 30, independent: true, token: 0x0123_4567_89AB_CDEF, lost: true)),
         .dropExternal(301),
+        .moveMember(store: 70_000, member: 4, from: StoreMember(drive: 2, pseg: 300), to: StoreMember(drive: 9, pseg: 70_000)),
         .putPartial(location: 4097 << 3 | 5, source: 70_000 << 3 | 1, valid: BlockBits(words: SIMD4(1, 0, 1 << 63, 0x0F0F))),
         .dropPartial(location: 4097 << 3 | 5),
     ]
@@ -61,7 +62,7 @@ final class MetadataOpTests: XCTestCase {
             try drives.format(raid: level)
             let pool = try drives.open()
             let segment = Int(pool.geometry.rsegSizeBytes)
-            var names = 0, copies = 0, independents = 0, fills = 0, partialSteps = 0
+            var names = 0, copies = 0, independents = 0, moves = 0, fills = 0, partialSteps = 0
             for step in 0..<400 {
                 let disks = pool.disks()
                 let images = disks.filter(\.hasImage)
@@ -107,6 +108,11 @@ final class MetadataOpTests: XCTestCase {
                     continue
                 }
                 if step % 9 == 0 { try pool.commit() }
+                // Now and then a PSEG move (its own commit), without a draw: the seeds' workloads stay.
+                if step % 23 == 11, let store = (0..<pool.state.rsds.highWater).last(where: { pool.state.rsds.isLive($0) }) {
+                    let slot = StoreMemberSlot(store: store, member: step % level.memberCount)
+                    if let target = pool.moveTargets(for: slot).first { try pool.movePSEG(slot, toDrive: target); moves += 1 }
+                }
                 // The fill of partial segments (made by small writes after snapshots).
                 if step % 7 == 3 { fills += try pool.fillPartialSegments(limit: 1) }
                 if pool.partialSegmentProgress.segments > 0 { partialSteps += 1 }
@@ -114,6 +120,7 @@ final class MetadataOpTests: XCTestCase {
             try pool.commit()
             let context = "\(level), seed \(seed)"
             XCTAssertGreaterThan(copies, 5, "\(context): copy steps ran")
+            XCTAssertGreaterThan(moves, 5, "\(context): PSEG moves ran")
             XCTAssertGreaterThan(pool.metadata.journalBytesSinceCheckpoint, 0, "\(context): the records to replay exist")
             print("replay, \(context): \(copies) snapclone copy steps, \(independents) clones left their chain, "
                   + "\(fills) partial segments filled, partial segments present after \(partialSteps) steps")
@@ -152,6 +159,8 @@ final class MetadataOpTests: XCTestCase {
             .setEntry(disk: 999, segment: 0, entry: .unmapped),
             .setEntry(disk: x, segment: Int(PoolGeometry.maxDiskSizeBytes / pool.geometry.rsegSizeBytes), entry: .unmapped),
             .unlink(999),
+            .moveMember(store: liveStore, member: 0, from: StoreMember(drive: 9, pseg: 9), to: StoreMember(drive: 1, pseg: 100)),
+            .moveMember(store: liveStore, member: 7, from: pool.state.rsds.member(liveStore, 0), to: StoreMember(drive: 1, pseg: 100)),
             .putPartial(location: UInt32(pool.state.rsds.highWater + 3) << 3, source: UInt32(liveStore) << 3, valid: .none),  // undefined store
             .dropPartial(location: UInt32(liveStore) << 3),          // no record
         ]

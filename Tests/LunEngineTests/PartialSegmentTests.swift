@@ -134,4 +134,24 @@ final class PartialSegmentTests: XCTestCase {
             try pool.close()
         }
     }
+    func testPSEGMoveOfAPartialSegmentsStoreKeepsItsBytes() throws {
+        for level in [RAIDLevel.raid1, .raid5] {
+            var rng = TestRandom(seed: 15)
+            let (_, pool, vm, snap, before) = try poolWithSnapshot(level, drives: 6, segments: 2, &rng)
+            var live = before
+            try writeRandom(pool, vm, at: 20_000, count: 4096, &live, &rng)
+            try writeRandom(pool, vm, at: segment + 700_000, count: 4096, &live, &rng)
+            // The new segments' stores are fresh: the blocks they do not hold were never written.
+            let store = Int(try XCTUnwrap(pool.state.partials.all().first).location >> 3)
+            for member in 0..<level.memberCount {
+                let slot = StoreMemberSlot(store: store, member: member)
+                guard let target = pool.moveTargets(for: slot).first else { continue }
+                try pool.movePSEG(slot, toDrive: target)
+            }
+            try assertImages(pool, [vm: live, snap: before], "\(level): after the moves")
+            try pool.fillPartialSegments()
+            try assertImages(pool, [vm: live, snap: before], "\(level): after the fill")
+            try pool.close()
+        }
+    }
 }

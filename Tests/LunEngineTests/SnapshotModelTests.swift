@@ -1,6 +1,7 @@
 // Model-based randomized test of snapshots: random writes, snapshots, snapshots of snapshots,
 // deletes, resizes, discards and reopens on a pool of in-memory drives, with every disk's
-// whole image compared against a plain byte-array model after every step. Seeded; the seed
+// whole image compared against a plain byte-array model after every step, and every change
+// file applied to its predecessor's model image every fifth step. Seeded; the seed
 // is printed so a failure can be replayed with LUNFS_SEED.
 import XCTest
 import Foundation
@@ -74,7 +75,9 @@ final class SnapshotModelTests: XCTestCase {
                 let len = [1, 4096, 65536, 1 << 20, (1 << 20) + 4097, 4096, 8192][Int.random(in: 0..<7, using: &rng)]
                 var off = Int.random(in: 0..<(maxSize - len), using: &rng)
                 if rng.chance(0.5) { off &= ~4095 }
-                let bytes = rng.bytes(len)
+                // Some writes are zeros: over a whole segment held alone they unmap it, which a
+                // change file must still show as data (zeros) against the predecessor.
+                let bytes = rng.chance(0.1) ? [UInt8](repeating: 0, count: len) : rng.bytes(len)
                 do {
                     try pool.write(id, at: UInt64(off), bytes)
                     var img = model[id]!.image
@@ -136,6 +139,10 @@ final class SnapshotModelTests: XCTestCase {
                     assertSameBytes(image, model[id]!.image, "\(context): disk \(id)")
                     return
                 }
+            }
+            // Change files: each disk's, applied to its predecessor's image, gives its own.
+            if step % 5 == 0 {
+                try checkChangeFiles(pool, images: model.filter(\.value.hasImage).mapValues(\.image), context)
             }
             if step % 25 == 0 {
                 let report = try PoolChecker(pool: pool, scrub: true).run()

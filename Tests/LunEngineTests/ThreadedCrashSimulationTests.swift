@@ -138,7 +138,7 @@ final class ThreadedCrashSimulationTests: XCTestCase {
         var corruptedReadsHealed = 0, corruptedReadsOnRAID0 = 0, readsRefusedOnRAID0 = 0
         var drivesGone = 0, commitsRefusedAfterDriveLoss = 0, drivesRebuilt = 0, latentBlocksRepairedByScrub = 0
         var bytesVerifiedAfterCrashes = 0, bytesReadVerified = 0, fsyncedBytesLost = 0, wrongBytes = 0
-        var midSnapshotsVerified = 0
+        var midSnapshotsVerified = 0, psegMoves = 0
         /// Partial segments (copy on first write in blocks): filled during the runs, and found
         /// partial after a crash (then filled after the reopen, the images checked again).
         var partialSegmentsFilled = 0, partialSegmentsAfterCrashes = 0
@@ -151,7 +151,8 @@ final class ThreadedCrashSimulationTests: XCTestCase {
                 + "\(corruptedReadsHealed) corrupted reads served on RAID 1/5 (healed), "
                 + "\(corruptedReadsOnRAID0) on RAID 0 (\(readsRefusedOnRAID0) reads refused, never wrong bytes), "
                 + "\(drivesGone) drives gone (\(commitsRefusedAfterDriveLoss) commits refused until recorded), "
-                + "\(drivesRebuilt) gone stale and rebuilt, \(midSnapshotsVerified) snapshots taken mid-run verified, \(partialSegmentsFilled) partial segments filled during the runs and \(partialSegmentsAfterCrashes) after crashes, \(bytesVerifiedAfterCrashes) bytes verified after crashes "
+                + "\(drivesRebuilt) gone stale and rebuilt, \(midSnapshotsVerified) snapshots taken mid-run verified, \(psegMoves) PSEG moves beside the writers, "
+                + "\(partialSegmentsFilled) partial segments filled during the runs and \(partialSegmentsAfterCrashes) after crashes, \(bytesVerifiedAfterCrashes) bytes verified after crashes "
                 + "and \(bytesReadVerified) read during the runs, fsync'd bytes lost \(fsyncedBytesLost), wrong bytes \(wrongBytes)"
         }
     }
@@ -294,6 +295,28 @@ final class ThreadedCrashSimulationTests: XCTestCase {
             }
             committerDone.signal()
         }.start()
+        // A mover beside the writers and the committer (at half the points): random members of
+        // random stores to other drives, until the writers reach their unsynced tail (its
+        // commits would sync it). Its own draws, so the seeds' other draws stay; a move that
+        // fails changes nothing.
+        let moverDone = DispatchSemaphore(value: 0)
+        let moves = Atomic<Int>(0)
+        let moving = seed & 2 == 0   // half the points, to keep the suite's time
+        Thread {
+            var r = SeededRandom(seed: seed ^ 0x6D6F_7665)
+            while moving && !stop.load(ordering: .acquiring) && !shared.cut.isDead
+                && shared.writersInUnsyncedTail.load(ordering: .sequentiallyConsistent) < Self.writers {
+                let stores = pool.stateLock.withLock { (0..<pool.state.rsds.highWater).filter { pool.state.rsds.isLive($0) } }
+                if let store = stores.randomElement(using: &r), let level = pool.state.rsds.level(store) {
+                    let slot = StoreMemberSlot(store: store, member: Int(r.below(UInt64(level.memberCount))))
+                    if let target = pool.moveTargets(for: slot).randomElement(using: &r), (try? pool.movePSEG(slot, toDrive: target)) != nil {
+                        moves.add(1, ordering: .relaxed)
+                    }
+                }
+                usleep(30_000 + UInt32(r.below(30_000)))
+            }
+            moverDone.signal()
+        }.start()
         // The background fill of partial segments, at seeded moments among the writes.
         var fillerRandom = rng.split()
         let fillerDone = DispatchSemaphore(value: 0)
@@ -316,6 +339,8 @@ final class ThreadedCrashSimulationTests: XCTestCase {
         group.wait()
         stop.store(true, ordering: .releasing)
         committerDone.wait()
+        moverDone.wait()
+        totals.psegMoves += moves.load(ordering: .relaxed)
         fillerDone.wait()
         totals.partialSegmentsFilled += filled.load(ordering: .relaxed)
         if cut.isDead { totals.cutsDuringWork += 1 }

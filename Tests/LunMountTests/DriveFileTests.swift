@@ -10,29 +10,6 @@ final class DriveFileTests: MountTestCase {
     /// Small drives: the read-only check test compares every byte of them.
     override var driveSize: String { "64M" }
 
-    /// Two disks of random bytes written through the mount; returns path -> contents.
-    private func writeImages(seed: UInt64) throws -> [String: [UInt8]] {
-        var rng = SeededRandom(seed: seed)
-        var images: [String: [UInt8]] = [:]
-        for (name, size) in [("vm", 6 << 20), ("db", 3 << 20 + 12345)] {
-            try makeDirectory(pool.path(name))
-            let bytes = rng.bytes(size)
-            let fd = try openFile(pool.path(name + "/disk.img"), O_WRONLY)
-            try writeAll(fd, bytes, at: 0)
-            try check(fsync(fd))
-            close(fd)
-            images[name + "/disk.img"] = bytes
-        }
-        return images
-    }
-
-    private func assertImages(_ images: [String: [UInt8]], _ what: String) throws {
-        for (path, bytes) in images {
-            let read = try readWholeFile(pool.path(path))
-            XCTAssertTrue(read.count == bytes.count && sameBytes(read[...], bytes[...]), "\(path) after \(what)")
-        }
-    }
-
     private func drivePath(_ i: Int) -> String { pool.poolPath + String(format: "/drive-%02d.img", i) }
 
     func testBlankedDriveFileIsRebuiltOnMount() throws {

@@ -195,7 +195,7 @@ final class ImageDataTests: MountTestCase {
         try pool.remount()
 
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: pool.mountpoint).sorted(), ["alpha", "beta"])
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: pool.path("alpha")).sorted(), ["disk.img", "monday"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: pool.path("alpha")).sorted(), ["changes.img", "disk.img", "monday"])
         XCTAssertEqual(try readWholeFile(pool.path("alpha/disk.img")), alpha)
         XCTAssertEqual(try readWholeFile(pool.path("alpha/monday/disk.img")), alpha)
         XCTAssertEqual(try fileSize(pool.path("beta/disk.img")), 1 << 30)

@@ -120,6 +120,6 @@ final class NamespaceTests: MountTestCase {
         while let entry = readdir(handle) {
             names.append(withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) })
         }
-        XCTAssertEqual(names.sorted(), [".", "..", "disk.img", "s1"])
+        XCTAssertEqual(names.sorted(), [".", "..", "changes.img", "disk.img", "s1"], "changes.img: vm has a predecessor, s1")
     }
 }

@@ -119,6 +119,47 @@ final class RequestLoopTests: XCTestCase {
         if let problem = pool.unmountAndCheck() { XCTFail(problem) }
     }
 
+    /// The INIT reply tells the kernel that lunfs removes set-user-ID, set-group-ID and
+    /// capabilities itself (FUSE_HANDLE_KILLPRIV_V2, which libfuse 3.14 cannot ask for), on
+    /// either loop. Without it the kernel asks for `security.capability` before every buffered
+    /// write, a round trip each. lunfs keeps its side: images never carry the two bits.
+    func testBufferedWritesCostNoCapabilityLookupAndImagesDropSetID() throws {
+        let pool = try mountPool([])
+        var random = SeededGenerator(seed: newSeed(#function))
+        try makeDirectory(pool.path("vm"))
+        let image = pool.path("vm/disk.img")
+        let size = 4 << 20
+        var model = [UInt8](repeating: 0, count: size)
+        let fd = try openFile(image, O_RDWR)
+        XCTAssertEqual(ftruncate(fd, off_t(size)), 0)
+        let writes = 2000
+        for _ in 0..<writes {
+            let offset = Int.random(in: 0..<size / 4096, using: &random) * 4096
+            let piece = random.bytes(4096)
+            try writeAll(fd, piece, at: offset)
+            model.replaceSubrange(offset..<offset + 4096, with: piece)
+        }
+        XCTAssertEqual(fsync(fd), 0)
+        close(fd)
+        XCTAssertTrue(sameBytes(try readWholeFile(image)[...], model[...]), "buffered writes read back")
+
+        XCTAssertEqual(chmod(image, 0o6755), 0)
+        var info = stat()
+        XCTAssertEqual(stat(image, &info), 0)
+        XCTAssertEqual(info.st_mode & 0o7777, 0o755, "an image drops set-user-ID and set-group-ID")
+        XCTAssertEqual(chmod(pool.path("vm"), 0o2755), 0)
+        XCTAssertEqual(stat(pool.path("vm"), &info), 0)
+        XCTAssertEqual(info.st_mode & 0o7777, 0o2755, "a directory keeps set-group-ID")
+
+        if let problem = pool.unmountAndCheck() { XCTFail(problem) }
+        let log = try logText(pool)
+        XCTAssertTrue(log.contains("session: FUSE_HANDLE_KILLPRIV_V2"), pool.logTail())
+        let line = log.split(separator: "\n").last(where: { $0.contains("times for security.capability") })
+        let asked = line.flatMap { $0.split(separator: " ").compactMap { Int($0) }.last }
+        guard let asked else { return XCTFail("no count of capability lookups in the log\n\(pool.logTail())") }
+        XCTAssertLessThan(asked, writes / 20, "the kernel still checks capabilities before writes")
+    }
+
     func testUnknownUringValueIsRefused() throws {
         try requireFUSE()
         let binary = try lunfsBinaryPath()

@@ -28,6 +28,8 @@ enum lunfs_uring_init_outcome {
     /// The kernel offered the ring but this process could not set up its io_urings (see
     /// lunfs_uring_transport_setup_error); INIT did not ask for it.
     LUNFS_URING_INIT_SETUP_FAILED = 4,
+    /// The session was told not to use the ring (-o uring=off); INIT did not ask for it.
+    LUNFS_URING_INIT_NOT_WANTED = 5,
 };
 
 lunfs_uring_transport *lunfs_uring_transport_new(void);
@@ -36,9 +38,15 @@ void lunfs_uring_transport_free(lunfs_uring_transport *transport);
 /// Installs the custom io on a mounted libfuse session (`session` is a struct fuse_session *),
 /// planning one queue per possible CPU with `entries_per_queue` entries whose payload buffers
 /// hold `payload_bytes` (at least the kernel's max_write). Returns 0 or -errno. The transport
-/// must outlive the session.
+/// must outlive the session. With `want_ring` 0 the transport only amends the INIT reply
+/// (FUSE_HANDLE_KILLPRIV_V2) and never asks for the ring.
 int lunfs_uring_transport_install(lunfs_uring_transport *transport, void *session,
-                                  unsigned entries_per_queue, size_t payload_bytes);
+                                  unsigned entries_per_queue, size_t payload_bytes, int want_ring);
+
+/// 1 once the INIT reply told the kernel that the file system removes set-user-ID, set-group-ID
+/// and capabilities itself (FUSE_HANDLE_KILLPRIV_V2), so the kernel stops asking for
+/// security.capability before each write; 0 before INIT or when the kernel did not offer it.
+int lunfs_uring_transport_killpriv_v2(const lunfs_uring_transport *transport);
 
 /// The plan: queues (one per possible CPU) and entries in each.
 unsigned lunfs_uring_transport_queue_count(const lunfs_uring_transport *transport);

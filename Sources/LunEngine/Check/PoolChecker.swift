@@ -43,6 +43,10 @@ public struct PoolChecker {
         for d in 0..<pool.drives.count where !pool.drives.isAvailable(d) {
             report.problems.append("drive \(d) (\(pool.drives.name(d))) is missing or failed; redundant disks run degraded")
         }
+        // What those drives took with them: RAID 0 members, or a second member of a store.
+        for range in pool.unreadableRanges() {
+            report.problems.append("\(range): data lost with the drives out of service (reads fail with EIO)")
+        }
         noteFrozenStates(&report)
         return report
     }

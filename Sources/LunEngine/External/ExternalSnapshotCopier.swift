@@ -4,7 +4,7 @@
 import Synchronization
 
 final class ExternalSnapshotCopier: @unchecked Sendable {
-    private var thread: ThrottledCopyThread!
+    private var thread: ThrottledCopyThread<DiskID>!
     /// Blocks per step (64 KiB each: 4 MiB, one sync of the file and one of the map).
     let blocksPerStep: Int
     /// Snapshots whose last step failed: one log line each until they copy again.

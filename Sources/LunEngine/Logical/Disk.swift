@@ -33,6 +33,10 @@ final class Disk: @unchecked Sendable {
     /// Mode and owner of its directory and image, once chmod or chown set them (DiskRecord).
     var directoryAccess: NodeAccess?
     var imageAccess: NodeAccess?
+    /// What a write that finds the pool full does (SpacePolicy.swift): fail, or drop this
+    /// chain's expendable snapshots; and whether this snapshot may be dropped so (DiskRecord).
+    var onFull: OnFullPolicy = .fail
+    var expendable = false
 
     init(id: DiskID, name: String, parent: DiskID?, family: SharingFamily, sizeBytes: UInt64, raid: RAIDLevel,
          createdAt: UInt64, entriesPerLMap: Int) {

@@ -21,6 +21,13 @@ struct DiskRecord: Equatable {
     /// as they did in pools written before the field existed, which keep the mount's defaults.
     var directoryAccess: NodeAccess? = nil
     var imageAccess: NodeAccess? = nil
+    /// The space policy (flag 128, then a byte after everything else: 1 on_full is
+    /// drop-snapshots, 2 expendable). Encoded only when one is set, as for access.
+    var onFull: OnFullPolicy = .fail
+    var expendable = false
+
+    /// The space policy's byte, 0 when neither is set.
+    private var policyBits: UInt8 { (onFull == .dropSnapshots ? 1 : 0) | (expendable ? 2 : 0) }
 
     /// A missing link or parent in the encoding.
     private static let none: UInt32 = 0xFFFF_FFFF
@@ -35,7 +42,7 @@ struct DiskRecord: Equatable {
         w.u8(raid.rawValue)
         w.u8((hasImage ? 1 : 0) | (hasWritten ? 2 : 0) | (reserveSnapshots ? 4 : 0) | (reserved ? 8 : 0)
              | (clone == .copying ? 16 : 0) | (clone == .independent ? 32 : 0)
-             | (directoryAccess != nil || imageAccess != nil ? 64 : 0))
+             | (directoryAccess != nil || imageAccess != nil ? 64 : 0) | (policyBits != 0 ? 128 : 0))
         w.u64(createdAt)
         w.varint(UInt64(reservedSegments))
         if directoryAccess != nil || imageAccess != nil {
@@ -45,6 +52,7 @@ struct DiskRecord: Equatable {
                 w.varint(UInt64(access.mode)); w.u32(access.uid); w.u32(access.gid)
             }
         }
+        if policyBits != 0 { w.u8(policyBits) }
     }
 
     static func decode(from r: inout ByteReader) throws(LunError) -> DiskRecord {
@@ -57,7 +65,7 @@ struct DiskRecord: Equatable {
             throw .corrupt("disk record \(id): bad id, size or RAID level")
         }
         let flags = try r.u8()
-        guard flags & 0x80 == 0, flags & 48 != 48 else { throw .corrupt("disk record \(id): flags \(flags)") }
+        guard flags & 48 != 48 else { throw .corrupt("disk record \(id): flags \(flags)") }
         let createdAt = try r.u64()
         let reservedSegments = try r.varint()
         guard reservedSegments <= UInt64(Int32.max) else { throw .corrupt("disk record \(id): \(reservedSegments) reserved segments") }
@@ -71,12 +79,18 @@ struct DiskRecord: Equatable {
                 access[i] = NodeAccess(mode: UInt16(mode), uid: try r.u32(), gid: try r.u32())
             }
         }
+        var policy: UInt8 = 0
+        if flags & 128 != 0 {
+            policy = try r.u8()
+            guard policy != 0, policy & ~3 == 0 else { throw .corrupt("disk record \(id): space policy \(policy)") }
+        }
         return DiskRecord(id: id, name: name, parent: parent, predecessor: predecessor, successor: successor,
                           sizeBytes: size, raid: raid, hasImage: flags & 1 != 0, hasWritten: flags & 2 != 0,
                           reserveSnapshots: flags & 4 != 0, reserved: flags & 8 != 0, createdAt: createdAt,
                           reservedSegments: Int(reservedSegments),
                           clone: flags & 16 != 0 ? .copying : flags & 32 != 0 ? .independent : .none,
-                          directoryAccess: access[0], imageAccess: access[1])
+                          directoryAccess: access[0], imageAccess: access[1],
+                          onFull: policy & 1 != 0 ? .dropSnapshots : .fail, expendable: policy & 2 != 0)
     }
 }
 
@@ -87,7 +101,8 @@ extension Disk {
                    sizeBytes: sizeBytes, raid: raid, hasImage: hasImage, hasWritten: hasWritten,
                    reserveSnapshots: reserveSnapshots, reserved: reserved, createdAt: createdAt,
                    reservedSegments: reservedSegments, clone: clone,
-                   directoryAccess: directoryAccess, imageAccess: imageAccess)
+                   directoryAccess: directoryAccess, imageAccess: imageAccess,
+                   onFull: onFull, expendable: expendable)
     }
 }
 
@@ -118,6 +133,8 @@ extension PoolState {
             d.clone = record.clone
             d.directoryAccess = record.directoryAccess
             d.imageAccess = record.imageAccess
+            d.onFull = record.onFull
+            d.expendable = record.expendable
             disks[record.id] = d
             nextDiskID = max(nextDiskID, record.id + 1)
             return d
@@ -138,6 +155,8 @@ extension PoolState {
         set(\.clone, record.clone)
         set(\.directoryAccess, record.directoryAccess)
         set(\.imageAccess, record.imageAccess)
+        set(\.onFull, record.onFull)
+        set(\.expendable, record.expendable)
         return d
     }
 

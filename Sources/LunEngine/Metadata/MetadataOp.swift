@@ -32,6 +32,9 @@ enum MetadataOp: Equatable {
     case putExternal(ExternalSnapshotRecord)
     /// The pool forgets a snapshot on separate storage (its node stays, without an image).
     case dropExternal(DiskID)
+    /// Member `member` of a store now lives on PSEG `to` instead of `from`, whose bytes were
+    /// copied there first (a PSEG move or a rebuild, Pool/PSEGMove.swift). Maps never change.
+    case moveMember(store: Int, member: Int, from: StoreMember, to: StoreMember)
     /// The RSEG at `location` is a partial segment: blocks with a bit in `valid` are its own,
     /// the others read from `source` (created, or more bits set; docs/DESIGN.md section 8).
     case putPartial(location: UInt32, source: UInt32, valid: BlockBits)
@@ -44,7 +47,8 @@ enum MetadataOp: Equatable {
         case setEntry = 1, defineStore = 2, freeStore = 3, putDisk = 4, dropDisk = 5
         case split = 6, unlink = 7, intentAdd = 8, intentClear = 9
         case putExternal = 10, dropExternal = 11
-        case putPartial = 12, dropPartial = 13
+        case moveMember = 12
+        case putPartial = 13, dropPartial = 14
     }
 
     var code: Code {
@@ -60,6 +64,7 @@ enum MetadataOp: Equatable {
         case .intentClear: .intentClear
         case .putExternal: .putExternal
         case .dropExternal: .dropExternal
+        case .moveMember: .moveMember
         case .putPartial: .putPartial
         case .dropPartial: .dropPartial
         }
@@ -85,6 +90,8 @@ enum MetadataOp: Equatable {
             record.encode(into: &w)
         case .split(let successor, let predecessor):
             w.varint(UInt64(successor)); w.varint(UInt64(predecessor))
+        case .moveMember(let store, let member, let from, let to):
+            w.varint(UInt64(store)); w.u8(UInt8(member)); w.u32(from.packed); w.u32(to.packed)
         case .putPartial(let location, let source, let valid):
             w.varint(UInt64(location)); w.varint(UInt64(source))
             for i in 0..<4 { w.u64(valid.words[i]) }
@@ -138,6 +145,10 @@ enum MetadataOp: Equatable {
         case .intentClear: return .intentClear(store: try store())
         case .putExternal: return .putExternal(try ExternalSnapshotRecord.decode(from: &r))
         case .dropExternal: return .dropExternal(try disk())
+        case .moveMember:
+            let id = try store()
+            let member = Int(try r.u8())
+            return .moveMember(store: id, member: member, from: StoreMember(packed: try r.u32()), to: StoreMember(packed: try r.u32()))
         case .putPartial:
             let location = try rsegLocation(), source = try rsegLocation()
             var valid = BlockBits.none
@@ -218,6 +229,15 @@ enum MetadataOp: Equatable {
         case .dropExternal(let id):
             guard state.externals[id] != nil else { throw .corrupt("\(self): disk \(id) has no external file") }
             state.externals[id] = nil
+        case .moveMember(let id, let m, let from, let to):
+            guard let level = state.rsds.level(id), m < level.memberCount, state.rsds.member(id, m) == from, to != from,
+                  to.drive < state.psegs.psegCount.count, to.pseg >= state.geometry.quorumPSEGs,
+                  to.pseg < state.psegs.psegCount[to.drive] else {
+                throw .corrupt("\(self): store \(id) has no such member, or the new PSEG is out of range")
+            }
+            // At run time the mover took `to` from the allocator and gives `from` back once
+            // this op is durable; in replay the allocator is built after, from the RSDs.
+            state.rsds.setMember(id, m, to)
         case .putPartial(let location, let source, let valid):
             for loc in [location, source] where !state.rsds.isLive(Int(loc >> 3)) || Int(loc & 7) >= state.geometry.rsegsPerStore {
                 throw .corrupt("\(self): RSEG \(loc >> 3).\(loc & 7) is not in a defined store")

@@ -41,6 +41,15 @@ final class MetadataStore: @unchecked Sendable {
 
     var mirrors: [Int] { superblock.mirrors.map(Int.init) }
 
+    /// The drives that hold the metadata from the next checkpoint on (the caller writes one at
+    /// once, under `commitLock`, and puts the old list back if it fails). Records appended
+    /// before that checkpoint go to the new list too, which is harmless: no superblock names
+    /// a mirror whose checkpoint it did not get first.
+    func setMirrors(_ list: [Int]) {
+        precondition(!list.isEmpty && list.count <= 3 && Set(list).count == list.count)
+        superblock.mirrors = list.map(UInt32.init)
+    }
+
     // MARK: Format
 
     /// Writes identity superblocks (both slots) to every drive and the first checkpoint to the mirrors.

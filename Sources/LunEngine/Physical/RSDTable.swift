@@ -1,18 +1,7 @@
 // The RSDs (redundancy store descriptors, 003 [0069]): for every RStore, its RAID level and
 // the (drive, PSEG) of each member, plus which of its RSEGs are in use. Fixed-capacity arrays
 // allocated once at open, so readers can look members up while another thread adds a store.
-//
-// Member order is the layout: RAID 0 members 0-3 are data columns 0-3; RAID 1 column c lives
-// on members c and c+4; RAID 5 puts parity on member `id % 5` and column c on member
-// `(parity + 1 + c) % 5`, so parity rotates from store to store.
-
-struct StoreMember: Equatable {
-    var drive: Int
-    var pseg: Int
-    var packed: UInt32 { UInt32(drive) << 24 | UInt32(pseg) }
-    init(drive: Int, pseg: Int) { self.drive = drive; self.pseg = pseg }
-    init(packed: UInt32) { drive = Int(packed >> 24); pseg = Int(packed & 0xFF_FFFF) }
-}
+// Member order is the layout, which `StoreLayout` states.
 
 final class RSDTable: @unchecked Sendable {
     static let maxMembers = 8
@@ -47,6 +36,13 @@ final class RSDTable: @unchecked Sendable {
         StoreMember(packed: members[id * Self.maxMembers + m])
     }
 
+    /// The layout of a live store; nil for a free id.
+    @inline(__always)
+    func layout(_ id: Int, _ geometry: PoolGeometry) -> StoreLayout? {
+        guard let level = level(id) else { return nil }
+        return StoreLayout(store: id, level: level, geometry: geometry)
+    }
+
     func memberList(_ id: Int) -> [StoreMember] {
         guard let level = level(id) else { return [] }
         return (0..<level.memberCount).map { member(id, $0) }
@@ -61,6 +57,12 @@ final class RSDTable: @unchecked Sendable {
             members[id * Self.maxMembers + m] = m < list.count ? list[m].packed : 0
         }
         highWater = max(highWater, id + 1)
+    }
+
+    /// Member `m` of a live store now is `member` (a PSEG move; readers see the old or the new one).
+    func setMember(_ id: Int, _ m: Int, _ member: StoreMember) {
+        precondition(isLive(id) && m < (level(id)?.memberCount ?? 0))
+        members[id * Self.maxMembers + m] = member.packed
     }
 
     func undefine(_ id: Int) {
@@ -90,17 +92,4 @@ final class RSDTable: @unchecked Sendable {
 
     /// Bytes of memory per live store that this table costs.
     static let bytesPerStore = 2 + maxMembers * 4
-}
-
-extension RAIDLevel {
-    /// Member that holds parity of RAID 5 store `id`.
-    static func parityMember(store id: Int) -> Int { id % 5 }
-
-    /// Member holding data column `column` (the primary copy for RAID 1).
-    func dataMember(store id: Int, column: Int) -> Int {
-        switch self {
-        case .raid0, .raid1: return column
-        case .raid5: return (Self.parityMember(store: id) + 1 + column) % 5
-        }
-    }
 }

@@ -153,6 +153,7 @@ private struct RowCheck {
     let buffers: [UnsafeMutableRawBufferPointer]
     let mode: RedundancyCheckMode
     let members: [StoreMember]
+    let layout: StoreLayout
     /// Whether each member could be read, and the blocks of it that fail their checksum.
     var present: [Bool]
     var bad: [Set<Int>]
@@ -170,6 +171,7 @@ private struct RowCheck {
         self.buffers = buffers
         self.mode = mode
         members = pool.state.rsds.memberList(store)
+        layout = StoreLayout(store: store, level: level, geometry: pool.geometry)
         present = Array(repeating: false, count: members.count)
         bad = Array(repeating: [], count: members.count)
         blocks = Int(pool.geometry.stripeUnitBytes) / Self.bb
@@ -179,7 +181,7 @@ private struct RowCheck {
     var checksums: BlockChecksums { pool.storeIO.checksums }
 
     func offset(_ m: Int, block b: Int = 0) -> UInt64 {
-        pool.storeIO.physicalOffset(members[m], rseg: rseg, within: b * Self.bb)
+        layout.driveOffset(members[m], rseg: rseg, within: b * Self.bb)
     }
 
     func block(_ m: Int, _ b: Int) -> UnsafeMutableRawBufferPointer {
@@ -187,15 +189,7 @@ private struct RowCheck {
     }
 
     /// The data column member m holds, nil for RAID 5 parity.
-    func column(_ m: Int) -> Int? {
-        switch level {
-        case .raid0: return m
-        case .raid1: return m % 4
-        case .raid5:
-            let p = RAIDLevel.parityMember(store: store)
-            return m == p ? nil : (m - p - 1 + 5) % 5
-        }
-    }
+    func column(_ m: Int) -> Int? { layout.column(ofMember: m) }
 
     mutating func run(_ report: inout ScrubReport, _ places: inout [DamagedPlace]) {
         report.rsegsChecked += 1
@@ -211,7 +205,10 @@ private struct RowCheck {
         for b in 0..<blocks {
             switch level {
             case .raid0: for m in 0..<4 where !invalid.contains(m * blocks + b) { settleAlone(m, b, &report, &places) }
-            case .raid1: for c in 0..<4 where !invalid.contains(c * blocks + b) { settleMirror(c, c + 4, b, &report, &places) }
+            case .raid1:
+                for pair in layout.redundancyGroups where !invalid.contains(column(pair[0])! * blocks + b) {
+                    settleMirror(pair[0], pair[1], b, &report, &places)
+                }
             case .raid5: if !invalid.contains(b) { settleParityRow(b, &report, &places) }
             }
         }
@@ -292,7 +289,7 @@ private struct RowCheck {
     }
 
     func settleParityRow(_ b: Int, _ report: inout ScrubReport, _ places: inout [DamagedPlace]) {
-        let parity = RAIDLevel.parityMember(store: store)
+        let parity = layout.parityMember!
         let absent = (0..<5).filter { !present[$0] }
         let broken = (0..<5).filter { present[$0] && bad[$0].contains(b) }
         if broken.isEmpty {

@@ -46,7 +46,8 @@ extension Pool {
         log("rebuilding drives \(stale) from redundancy: \(rsds.highWater) stores to visit")
         for id in 0..<rsds.highWater where rsds.isLive(id) {
             if id > 0 && id % 2048 == 0 { log("rebuilding drives \(stale): store \(id) of \(rsds.highWater) (\(id * 100 / rsds.highWater)%)") }
-            guard let level = rsds.level(id) else { continue }
+            guard let layout = rsds.layout(id, geometry) else { continue }
+            let level = layout.level
             let members = rsds.memberList(id)
             if level == .raid0 {
                 for member in members where replacements.contains(member.drive) {
@@ -56,20 +57,21 @@ extension Pool {
             }
             for (m, member) in members.enumerated() where stale.contains(member.drive) {
                 for r in 0..<geometry.rsegsPerStore where rsds.isUsed(id, rseg: r) {
-                    func at(_ x: StoreMember) -> UInt64 { UInt64(x.pseg) * geometry.psegSizeBytes + UInt64(r) * geometry.stripeUnitBytes }
+                    func at(_ x: StoreMember) -> UInt64 { layout.driveOffset(x, rseg: r) }
                     // Blocks of a partial segment it does not hold yet may fail: nothing reads them.
                     let invalid = invalidBlocks(store: id, rseg: r), perColumn = unit / ChecksumArea.blockBytes
                     func readable(_ bad: [Int], column: Int) -> Bool { bad.allSatisfy { invalid.contains(column * perColumn + $0) } }
                     do {
                         let checksums = storeIO.checksums
                         if level == .raid1 {
-                            let partner = members[m < 4 ? m + 4 : m - 4]
-                            guard readable(try checksums.read(partner.drive, into: a, at: at(partner)), column: m % 4) else {
+                            let partner = members[layout.partner(ofMember: m)!]
+                            guard readable(try checksums.read(partner.drive, into: a, at: at(partner)), column: layout.column(ofMember: m)!) else {
                                 throw LunError.io("the mirror copy on drive \(partner.drive) fails its checksum")
                             }
                         } else {
                             a.initializeMemory(as: UInt8.self, repeating: 0)
-                            for (o, other) in members.enumerated() where o != m {
+                            for other in layout.redundancySources(ofMember: m).map({ members[$0] }) {
+                                // RAID 5 rows are valid or not as a whole: column 0 stands for the row.
                                 guard readable(try checksums.read(other.drive, into: b, at: at(other)), column: 0) else {
                                     throw LunError.io("RAID 5 member on drive \(other.drive) fails its checksum")
                                 }

@@ -1,7 +1,7 @@
-// Reads and writes inside one RStore, by RAID level. Every RSEG is one stripe row: data
-// column c of RSEG r sits at `r * stripeUnit` inside the PSEG of the member that holds column
-// c, so a whole-RSEG write on RAID 5 is a full-stripe write and computes parity without
-// reading. Reads of RAID 1 and 5 survive one missing or failing member; RAID 0 cannot.
+// Reads and writes inside one RStore, by RAID level. Every RSEG is one stripe row (StoreLayout
+// says where each column and the parity lie), so a whole-RSEG write on RAID 5 is a
+// full-stripe write and computes parity without reading. Reads of RAID 1 and 5 survive one
+// missing or failing member; RAID 0 cannot.
 //
 // Every block read is checked against its checksum (BlockChecksums). A block that fails is
 // read again under the stripe lock (an in-place write holds it from a block to its checksum,
@@ -18,6 +18,9 @@ struct StoreIO: @unchecked Sendable {
     /// An in-place write of one stripe row holds its lock from the first block to the last
     /// checksum; a read that finds damage takes it before it believes what it found.
     private let stripeLocks: [Lock]
+    /// Reads count themselves here, so that a PSEG move knows when no read can still be using
+    /// a member it switched away from.
+    let memberSwitch = MemberSwitchGate()
 
     /// False on a read-only pool: reads still return the good copy but write nothing (another
     /// process may be writing the same drives).
@@ -47,22 +50,18 @@ struct StoreIO: @unchecked Sendable {
     }
 
     @inline(__always)
+    func layout(_ store: Int, _ level: RAIDLevel) -> StoreLayout { StoreLayout(store: store, level: level, geometry: geometry) }
+
+    /// Byte offset on its drive of `within` bytes into RSEG `rseg`'s piece on `member`.
+    @inline(__always)
     func physicalOffset(_ member: StoreMember, rseg: Int, within: Int) -> UInt64 {
-        UInt64(member.pseg) * geometry.psegSizeBytes + UInt64(rseg) * geometry.stripeUnitBytes + UInt64(within)
+        StoreLayout.driveOffset(member, rseg: rseg, within: within, geometry)
     }
 
     /// Calls `body(column, offsetInColumn, bufferOffset, length)` for each column piece of a range.
     @inline(__always)
     private func forEachColumn<E: Error>(offset: Int, count: Int, _ body: (Int, Int, Int, Int) throws(E) -> Void) throws(E) {
-        var done = 0
-        while done < count {
-            let pos = offset + done
-            let column = pos / stripeUnit
-            let within = pos % stripeUnit
-            let n = min(stripeUnit - within, count - done)
-            try body(column, within, done, n)
-            done += n
-        }
+        try StoreLayout.forEachColumn(stripeUnitBytes: stripeUnit, offset: offset, count: count, body)
     }
 
     /// Pieces of at least this size go side by side to their drives.
@@ -108,6 +107,8 @@ struct StoreIO: @unchecked Sendable {
     func read(store: Int, rseg: Int, offset: Int, into buffer: UnsafeMutableRawBufferPointer,
               describe: () -> String = { "" }) throws(LunError) {
         precondition(offset >= 0 && offset + buffer.count <= Int(geometry.rsegSizeBytes))
+        let gate = memberSwitch.enter()
+        defer { memberSwitch.leave(gate) }
         guard let level = table.level(store) else { preconditionFailure("read of undefined store \(store)") }
         let bb = Self.blockBytes
         let start = offset & ~(bb - 1), end = (offset + buffer.count + bb - 1) & ~(bb - 1)
@@ -154,7 +155,7 @@ struct StoreIO: @unchecked Sendable {
     /// The fast path: the primary copy read and checked; false when anything failed.
     private func readPrimary(store: Int, level: RAIDLevel, rseg: Int, column: Int, within: Int,
                              into piece: UnsafeMutableRawBufferPointer) -> Bool {
-        let primary = table.member(store, level.dataMember(store: store, column: column))
+        let primary = table.member(store, layout(store, level).dataMember(column: column))
         guard drives.isAvailable(primary.drive) else { return false }
         do {
             return try checksums.read(primary.drive, into: piece, at: physicalOffset(primary, rseg: rseg, within: within)).isEmpty
@@ -178,7 +179,7 @@ struct StoreIO: @unchecked Sendable {
     private func recoverColumn(store: Int, level: RAIDLevel, rseg: Int, column: Int, within: Int,
                                into piece: UnsafeMutableRawBufferPointer, _ describe: () -> String) throws(LunError) {
         let bb = Self.blockBytes
-        let memberIndex = level.dataMember(store: store, column: column)
+        let memberIndex = layout(store, level).dataMember(column: column)
         let primary = table.member(store, memberIndex)
         let at = physicalOffset(primary, rseg: rseg, within: within)
         var bad = Array(0..<(piece.count / bb))
@@ -219,13 +220,14 @@ struct StoreIO: @unchecked Sendable {
 
     /// Fills `piece` (blocks at `within` of data member `member`) from the store's redundancy,
     /// checking every block it reads.
-    private func readRedundantCopy(store: Int, level: RAIDLevel, rseg: Int, member: Int, within: Int,
+    func readRedundantCopy(store: Int, level: RAIDLevel, rseg: Int, member: Int, within: Int,
                                    into piece: UnsafeMutableRawBufferPointer) throws(LunError) {
+        let sources = layout(store, level).redundancySources(ofMember: member)
         switch level {
         case .raid0:
             throw .io("RAID 0 keeps one copy")
         case .raid1:
-            let partner = table.member(store, member < 4 ? member + 4 : member - 4)
+            let partner = table.member(store, sources[0])
             let bad = try checksums.read(partner.drive, into: piece, at: physicalOffset(partner, rseg: rseg, within: within))
             if !bad.isEmpty {
                 throw .io("the mirror copy on drive \(partner.drive) fails its checksum too")
@@ -234,7 +236,7 @@ struct StoreIO: @unchecked Sendable {
             piece.initializeMemory(as: UInt8.self, repeating: 0)
             let temp = scratchBuffer(piece.count)
             defer { temp.deallocate() }
-            for other in 0..<5 where other != member {
+            for other in sources {
                 let o = table.member(store, other)
                 let bad = try checksums.read(o.drive, into: temp, at: physicalOffset(o, rseg: rseg, within: within))
                 if !bad.isEmpty {
@@ -287,14 +289,14 @@ struct StoreIO: @unchecked Sendable {
         switch level {
         case .raid0:
             try forEachColumnSideBySide(offset: offset, count: buffer.count) { column, within, at, n throws(LunError) in
-                let m = table.member(store, column)
+                let m = table.member(store, layout(store, .raid0).dataMember(column: column))
                 try checksums.write(m.drive, UnsafeRawBufferPointer(rebasing: buffer[at..<at + n]),
                                     at: physicalOffset(m, rseg: rseg, within: within))
             }
         case .raid1:
             try forEachColumnSideBySide(offset: offset, count: buffer.count) { column, within, at, n throws(LunError) in
                 let piece = UnsafeRawBufferPointer(rebasing: buffer[at..<at + n])
-                try writeCopies([column, column + 4], store: store, rseg: rseg, within: within, piece)
+                try writeCopies(layout(store, .raid1).copies(column: column), store: store, rseg: rseg, within: within, piece)
             }
         case .raid5:
             if offset == 0 && buffer.count == Int(geometry.rsegSizeBytes) {
@@ -330,12 +332,12 @@ struct StoreIO: @unchecked Sendable {
         for column in 1..<4 {
             xorBytes(into: parity.baseAddress!, from: buffer.baseAddress! + column * stripeUnit, count: stripeUnit)
         }
+        let layout = layout(store, .raid5)
         let writeMember = { (member: Int) throws(LunError) in
             let m = table.member(store, member)
-            let isParity = member == RAIDLevel.parityMember(store: store)
-            let column = (member - RAIDLevel.parityMember(store: store) - 1 + 5) % 5
-            let bytes = isParity ? UnsafeRawBufferPointer(parity)
-                : UnsafeRawBufferPointer(rebasing: buffer[column * stripeUnit..<(column + 1) * stripeUnit])
+            let bytes = layout.column(ofMember: member).map { column in
+                UnsafeRawBufferPointer(rebasing: buffer[column * stripeUnit..<(column + 1) * stripeUnit])
+            } ?? UnsafeRawBufferPointer(parity)
             guard drives.isAvailable(m.drive) else { throw .io("drive \(m.drive) is not available") }
             try checksums.write(m.drive, bytes, at: physicalOffset(m, rseg: rseg, within: 0))
         }
@@ -361,12 +363,12 @@ struct StoreIO: @unchecked Sendable {
         for column in 1..<4 {
             xorBytes(into: parity.baseAddress!, from: segment.baseAddress! + column * stripeUnit + within, count: count)
         }
-        let parityMember = RAIDLevel.parityMember(store: store)
-        let writeMember = { (member: Int) throws(LunError) in
+        let layout = layout(store, .raid5)
+        func writeMember(_ member: Int) throws(LunError) {
             let m = table.member(store, member)
-            let column = (member - parityMember - 1 + 5) % 5
-            let bytes = member == parityMember ? UnsafeRawBufferPointer(parity)
-                : UnsafeRawBufferPointer(rebasing: segment[column * stripeUnit + within..<column * stripeUnit + within + count])
+            let bytes = layout.column(ofMember: member).map { column in
+                UnsafeRawBufferPointer(rebasing: segment[column * stripeUnit + within..<column * stripeUnit + within + count])
+            } ?? UnsafeRawBufferPointer(parity)
             guard drives.isAvailable(m.drive) else { throw .io("drive \(m.drive) is not available") }
             try checksums.write(m.drive, bytes, at: physicalOffset(m, rseg: rseg, within: within))
         }
@@ -383,8 +385,9 @@ struct StoreIO: @unchecked Sendable {
     /// alone carries the new bytes, which reconstruction then returns. Old data and old parity
     /// are checked; a damaged old parity is computed afresh from the data columns.
     private func readModifyWrite(store: Int, rseg: Int, column: Int, within: Int, _ piece: UnsafeRawBufferPointer) throws(LunError) {
-        let dataMember = table.member(store, RAIDLevel.raid5.dataMember(store: store, column: column))
-        let parityMember = table.member(store, RAIDLevel.parityMember(store: store))
+        let layout = layout(store, .raid5)
+        let dataMember = table.member(store, layout.dataMember(column: column))
+        let parityMember = table.member(store, layout.parityMember!)
         let n = piece.count
         let delta = scratchBuffer(n)
         defer { delta.deallocate() }

@@ -43,6 +43,9 @@ public struct DiskInfo: Sendable, Equatable {
     /// Mode and owner set by chmod/chown on its directory and its image (nil: never set).
     public var directoryAccess: NodeAccess? = nil
     public var imageAccess: NodeAccess? = nil
+    /// `user.lunfs.on_full` and `user.lunfs.expendable` (SpacePolicy.swift).
+    public var onFull: OnFullPolicy = .fail
+    public var expendable = false
 }
 
 extension DiskInfo {

@@ -1,6 +1,9 @@
 // The pool's health as `lunfs status` shows it: each drive's state, size, use and error counts,
 // and what the drives out of service put at risk. Plain values copied out under `stateLock`,
 // so the daemon can answer while I/O goes on.
+#if canImport(Glibc)
+import Glibc
+#endif
 
 extension Pool {
     /// Every drive with its state, the space stores use on it, and its errors.
@@ -30,18 +33,12 @@ extension Pool {
             let rsds = state.rsds
             var degraded = Set<UInt32>(), unreadable = Set<UInt32>()
             for id in 0..<rsds.highWater where rsds.isLive(id) && rsds.usedMask(id) != 0 {
-                guard let level = rsds.level(id) else { continue }
+                guard let layout = rsds.layout(id, geometry) else { continue }
                 let out = rsds.memberList(id).map { !drives.isAvailable($0.drive) }
-                let lost: Bool, weakened: Bool
-                switch level {
-                case .raid0: lost = out.contains(true); weakened = false
-                case .raid5:
-                    let n = out.filter { $0 }.count
-                    lost = n >= 2; weakened = n == 1
-                case .raid1:
-                    lost = (0..<4).contains { out[$0] && out[$0 + 4] }
-                    weakened = !lost && out.contains(true)
+                let lost = layout.redundancyGroups.contains { group in
+                    !layout.groupReadable(outCount: group.filter { out[$0] }.count, groupSize: group.count)
                 }
+                let weakened = !lost && layout.level != .raid0 && out.contains(true)
                 guard lost || weakened else { continue }
                 if lost { risk.unreadableStores += 1 } else { risk.degradedStores += 1 }
                 for r in 0..<geometry.rsegsPerStore where rsds.isUsed(id, rseg: r) {
@@ -64,6 +61,21 @@ extension Pool {
                 if gone { risk.disksWithUnreadableData.append(d.id) }
             }
             return risk
+        }
+    }
+}
+
+extension Pool {
+    /// A drive file deleted under a running pool still reads and writes through its open
+    /// descriptor, but its bytes are gone when the pool closes: such a drive is taken out of
+    /// service now (and so rebuilt into free space, Pool/RebuildIntoFreeSpace.swift).
+    func noticeDeletedDriveFiles() {
+        for d in 0..<drives.count where drives.isAvailable(d) {
+            guard let file = drives.devices(d) as? FileDevice else { continue }
+            var st = stat()
+            if fstat(file.fileDescriptor, &st) == 0 && st.st_nlink == 0 {
+                drives.markFailed(d, .io("its file \(file.name) was deleted"))
+            }
         }
     }
 }

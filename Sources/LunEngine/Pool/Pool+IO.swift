@@ -71,8 +71,11 @@ extension Pool {
         }
         let d = opened.disk
         if isExternalSnapshot(d.id) { return try writeExternal(d, at: offset, from: buffer) }
-        if try !writeWithSharedLock(d, at: offset, from: buffer) {
-            try writeWithExclusiveLock(d, at: offset, from: buffer)
+        // A pool found full may drop expendable snapshots and try again (SpacePolicy.swift).
+        try writeMakingRoom(d) { () throws(LunError) in
+            if try !writeWithSharedLock(d, at: offset, from: buffer) {
+                try writeWithExclusiveLock(d, at: offset, from: buffer)
+            }
         }
         // Zeros are holes: a segment this write left all zeros is freed (Pool+ZeroSegments).
         let zeroed = zeroedSegmentCandidates(at: offset, buffer)

@@ -23,7 +23,8 @@ extension Pool {
                         sharedBytes: UInt64(shared) * seg, predecessor: d.predecessor?.id, successor: d.successor?.id,
                         reservedBytes: UInt64(d.reservedSegments) * seg, reserved: d.reserved,
                         reserveSnapshots: d.reserveSnapshots, hasWritten: d.hasWritten, kind: kind(of: d),
-                        directoryAccess: d.directoryAccess, imageAccess: d.imageAccess)
+                        directoryAccess: d.directoryAccess, imageAccess: d.imageAccess,
+                        onFull: d.onFull, expendable: d.expendable)
             .withExternalBytes(state.externals[d.id] != nil)
     }
 
@@ -179,8 +180,15 @@ extension Pool {
 
     /// rmdir: removes a node with no children, and its image. `.notEmpty` if it has children.
     public func removeNode(_ id: DiskID) throws(LunError) {
+        try removeNode(id, onlyIf: { _ in nil })
+    }
+
+    /// `removeNode`, unless `refusal` (asked with the chain's lock and `stateLock` held) names
+    /// a reason not to: then `.busy` with that reason, and nothing changes.
+    func removeNode(_ id: DiskID, onlyIf refusal: (Disk) -> String?) throws(LunError) {
         if isExternalSnapshot(id) { try dropExternalImage(id) }
         try changeCommitted(id) { (x) throws(LunError) in
+            if let reason = refusal(x) { throw .busy(reason) }
             guard !state.disks.values.contains(where: { $0.parent == id }) else {
                 throw .notEmpty("\(x.name) has snapshots below it")
             }

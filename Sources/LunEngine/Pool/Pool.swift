@@ -35,6 +35,8 @@ public final class Pool: @unchecked Sendable {
     public var lastPassQuiesceSeconds = 5.0
     /// Where a snapclone's predecessor gets its copies: on the write path or in a second pass.
     public var snapcloneVariant = SnapcloneVariant.secondPass
+    /// Snapshots dropped for space, and who is told (SpacePolicy.swift); memory only.
+    let spacePolicy = SpacePolicyState()
     /// The background copier of the mounted pool, if started.
     var snapcloneCopier: SnapcloneCopier?
     /// Copy on first write in blocks (partial segments, docs/DESIGN.md section 8); off, a
@@ -44,6 +46,8 @@ public final class Pool: @unchecked Sendable {
     var segmentFiller: SegmentFiller?
     /// Snapshots on separate storage: their open files and their background copy (External/).
     let externals = ExternalSnapshotRegistry()
+    /// Rebuilds and drive evacuations, and the lock of PSEG moves (Pool/PoolJobs.swift).
+    let jobs = PoolJobs()
     /// Added to the write-intent set's clock, so that a test can age the set without waiting.
     let intentClockOffset = Mutex<Double>(0)
     /// What recovery noticed when the pool was opened (damaged copies it worked around).
@@ -531,6 +535,7 @@ public final class Pool: @unchecked Sendable {
         segmentFiller = filler
         filler.start()
         startExternalCopies()
+        startRebuilds()
     }
 
     /// Commits everything and releases the drives and the lock. The pool is unusable after.
@@ -539,6 +544,7 @@ public final class Pool: @unchecked Sendable {
         snapcloneCopier?.stop()
         segmentFiller?.stop()
         externals.copier?.stop()
+        jobs.rebuilder.withLock { $0 }?.stop()
         committerStop.lock()
         committerStopping = true
         committerStop.broadcast()

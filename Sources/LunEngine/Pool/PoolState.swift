@@ -204,7 +204,8 @@ final class PoolState: @unchecked Sendable {
         for member in 0..<level.memberCount {
             let usable = (0..<free.count).filter { free[$0] > 0 && available($0) }
             var candidates = usable.filter { !chosen.contains($0) }
-            let partner = level == .raid1 && member >= 4 ? chosen[member - 4] : -1
+            // A RAID 1 partner chosen before this member (StoreLayout pairs members c and c + 4).
+            let partner = StoreLayout.partner(level: level, member: member).flatMap { $0 < member ? chosen[$0] : nil } ?? -1
             if candidates.isEmpty {
                 switch level {
                 case .raid5: break

@@ -4,12 +4,12 @@
 // been partial for `Pool.partialFillDelaySeconds`; with none, it looks again every 2 s.
 
 final class SegmentFiller: @unchecked Sendable {
-    private var thread: ThrottledCopyThread!
+    private var thread: ThrottledCopyThread<Int>!
 
     init(pool: Pool, restFactor: Double = 1) {
         thread = ThrottledCopyThread(
             name: "lunfs-fill", restFactor: restFactor,
-            // The thread's unit of work is a disk id; the fill has one queue for the pool, 0.
+            // The fill has one queue for the whole pool: its one item is 0.
             work: { [weak pool] in
                 pool.map { $0.partialSegments(minimumAgeSeconds: Pool.partialFillDelaySeconds).isEmpty ? [] : [0] }
             },

@@ -5,7 +5,7 @@ import Foundation
 import Synchronization
 
 final class SnapcloneCopier: @unchecked Sendable {
-    private var thread: ThrottledCopyThread!
+    private var thread: ThrottledCopyThread<DiskID>!
     /// Per copying snapclone, (time, segments copied) after its steps of the last `rateWindow`
     /// seconds: the rate `lunfs status` turns into time left.
     private let samples = Mutex<[DiskID: [(time: Double, copied: Int)]]>([:])

@@ -56,14 +56,10 @@ extension Pool {
         var locations = Set<UInt32>()
         var staleInvolved = Set<Int>(), missingInvolved = Set<Int>()
         for id in 0..<rsds.highWater where rsds.isLive(id) {
-            guard let level = rsds.level(id) else { continue }
+            guard let layout = rsds.layout(id, geometry) else { continue }
+            let level = layout.level
             let members = rsds.memberList(id)
-            let groups: [[StoreMember]]
-            switch level {
-            case .raid1: groups = (0..<4).map { [members[$0], members[$0 + 4]] }
-            case .raid5, .raid0: groups = [members]
-            }
-            for group in groups {
+            for group in layout.redundancyGroups.map({ $0.map { members[$0] } }) {
                 let out = group.map(\.drive).filter { !drives.isAvailable($0) }
                 let outStale = out.filter(stale.contains), outMissing = out.filter { !stale.contains($0) }
                 let lost: Bool

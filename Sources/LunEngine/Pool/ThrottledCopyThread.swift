@@ -4,10 +4,10 @@
 // half of the time and user I/O to the same drives keeps at least half of its throughput.
 // With nothing to copy it looks again every 2 s, or at once when woken; a failing step is
 // retried after 5 s. What a step copies is the owner's business (SnapcloneCopier,
-// ExternalSnapshotCopier).
+// ExternalSnapshotCopier: a disk per step; MemberRebuilder: a store member per step).
 import Foundation
 
-final class ThrottledCopyThread: @unchecked Sendable {
+final class ThrottledCopyThread<Item>: @unchecked Sendable {
     private let condition = NSCondition()
     private var stopping = false
     private var woken = false
@@ -15,13 +15,13 @@ final class ThrottledCopyThread: @unchecked Sendable {
     /// Rest after each step, as a multiple of the time the step took (1: half the time copying).
     let restFactor: Double
     private let name: String
-    /// The disks with copying left; nil once the pool is gone.
-    private let work: () -> [DiskID]?
-    private let step: (DiskID) throws(LunError) -> Void
-    private let failed: (DiskID, LunError) -> Void
+    /// The items (disks, members) with copying left; nil once the pool is gone.
+    private let work: () -> [Item]?
+    private let step: (Item) throws(LunError) -> Void
+    private let failed: (Item, LunError) -> Void
 
-    init(name: String, restFactor: Double, work: @escaping () -> [DiskID]?,
-         step: @escaping (DiskID) throws(LunError) -> Void, failed: @escaping (DiskID, LunError) -> Void) {
+    init(name: String, restFactor: Double, work: @escaping () -> [Item]?,
+         step: @escaping (Item) throws(LunError) -> Void, failed: @escaping (Item, LunError) -> Void) {
         self.name = name
         self.restFactor = restFactor
         self.work = work
