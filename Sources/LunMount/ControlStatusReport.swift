@@ -16,6 +16,8 @@ public struct StatusReport: Codable {
         public var sizeBytes: UInt64?, usedBytes: UInt64?
         /// Since the pool was opened (live figures only; a read-only open has seen none).
         public var readErrors: Int?, writeErrors: Int?, checksumErrors: Int?, repairs: Int?
+        /// Holds a copy of the metadata; being emptied to be removed (`lunfs drive remove`).
+        public var mirror: Bool?, draining: Bool?
     }
     public struct Disk: Codable {
         public var id: UInt32, path: String, sizeBytes: UInt64, allocatedBytes: UInt64, uniqueBytes: UInt64
@@ -49,6 +51,16 @@ public struct StatusReport: Codable {
         /// Disks (tree paths) whose data lost its redundancy, and with data no longer readable.
         public var disksWithoutRedundancy: [String], disksWithUnreadableData: [String]
     }
+    /// A long job of the pool (leveling, emptying a drive, rebuild), as it runs now.
+    public struct Job: Codable {
+        /// leveling, evacuate (a drive being emptied) or rebuild.
+        public var kind: String
+        /// The drive it is about, if one.
+        public var drive: Int?
+        public var bytesDone: UInt64, bytesTotal: UInt64, bytesLeft: UInt64
+        /// Since the job started; nil until measured.
+        public var bytesPerSecond: Double?, secondsLeft: Double?
+    }
     public var pool: String
     public var mounted: Bool
     /// True when the daemon answered (figures as they are now), false for the last commit.
@@ -69,6 +81,16 @@ public struct StatusReport: Codable {
     /// Snapshots the space policy dropped since the pool was opened, and the last few (live only).
     public var snapshotsDroppedForSpace: Int? = nil
     public var droppedSnapshots: [DroppedSnapshot]? = nil
+    /// Jobs running in the daemon (live reports only).
+    public var jobs: [Job]?
+    /// What leveling has left; nil when the pool is level.
+    public var leveling: Leveling?
+    public struct Leveling: Codable {
+        /// Bytes of PSEGs still to move, and drives being emptied that still hold some.
+        public var backlogBytes: UInt64, draining: [Int]
+        /// No move helps under the RAID rules until drives change: leveling rests.
+        public var waiting: Bool
+    }
     /// Partial segments (copy on first write in blocks) and the bytes their fill has left.
     public var partialSegments: Int? = nil
     public var partialBytesToFill: UInt64? = nil
@@ -88,7 +110,7 @@ public func buildStatus(_ pool: Pool, mounted: Bool, live: Bool = false) -> Stat
         segmentSizeBytes: usage.segmentSizeBytes, mapMemoryBytes: memory.bytes,
         mapBytesPerAllocatedMiB: memory.allocatedMiB > 0 ? Double(memory.bytes) / Double(memory.allocatedMiB) : nil,
         disks: statusDisks(pool, infos, chains: chains), chains: chains.map { $0.map { pool.treePath(of: $0) ?? "?" } },
-        notes: pool.openNotes)
+        notes: pool.openNotes, jobs: statusJobs(pool), leveling: statusLeveling(pool))
     if live {
         let dropped = pool.droppedSnapshots()
         report.snapshotsDroppedForSpace = dropped.count
@@ -100,13 +122,23 @@ public func buildStatus(_ pool: Pool, mounted: Bool, live: Bool = false) -> Stat
     return report
 }
 
+/// Leveling's backlog, when the pool is not level.
+func statusLeveling(_ pool: Pool) -> StatusReport.Leveling? {
+    let backlog = pool.levelingBacklog()
+    guard !backlog.isLevel else { return nil }
+    return StatusReport.Leveling(backlogBytes: UInt64(backlog.psegs) * pool.poolGeometry.psegSizeBytes, draining: backlog.draining,
+                                 waiting: pool.levelingBlocked())
+}
+
 /// Drives with state, size, use and (live) error counts.
 func statusDrives(_ pool: Pool, live: Bool) -> [StatusReport.Drive] {
-    pool.driveStatuses().map { d in
+    let listing = Dictionary(uniqueKeysWithValues: pool.driveListing().map { ($0.index, $0) })
+    return pool.driveStatuses().map { d in
         StatusReport.Drive(index: d.index, name: d.name, available: d.state == .online, stale: d.state == .stale,
                            state: d.state.rawValue, sizeBytes: d.sizeBytes, usedBytes: d.usedBytes,
                            readErrors: live ? d.errors.readErrors : nil, writeErrors: live ? d.errors.writeErrors : nil,
-                           checksumErrors: live ? d.errors.checksumErrors : nil, repairs: live ? d.errors.repairs : nil)
+                           checksumErrors: live ? d.errors.checksumErrors : nil, repairs: live ? d.errors.repairs : nil,
+                           mirror: listing[d.index]?.isMirror, draining: listing[d.index]?.isDraining)
     }
 }
 
@@ -162,4 +194,16 @@ func statusDisks(_ pool: Pool, _ infos: [DiskInfo], chains: [[DiskID]]) -> [Stat
     }
     visit(nil, depth: 0)
     return out
+}
+
+/// The pool's running jobs with their rate since they started and the time left at it.
+func statusJobs(_ pool: Pool) -> [StatusReport.Job]? {
+    let jobs = pool.runningJobs()
+    guard !jobs.isEmpty else { return nil }
+    let now = Date()
+    return jobs.map { j in
+        let rate = now.timeIntervalSince(j.startedAt) >= 1 && j.bytesDone > 0 ? j.rate(now: now) : nil
+        return StatusReport.Job(kind: j.kind.rawValue, drive: j.drive, bytesDone: j.bytesDone, bytesTotal: j.bytesTotal,
+                                bytesLeft: j.bytesLeft, bytesPerSecond: rate, secondsLeft: rate.map { Double(j.bytesLeft) / $0 })
+    }
 }

@@ -21,7 +21,8 @@ struct ControlVerbs {
     static func standard(pool: Pool) -> ControlVerbs {
         var verbs = ControlVerbs()
         verbs.add("status") { request throws(ControlFailure) in try statusVerb(pool, request) }
-        let names = ["status", "verbs"]
+        verbs.addDriveVerbs(pool: pool)
+        let names = (["status", "verbs"] + driveVerbNames).sorted()
         verbs.add("verbs") { _ throws(ControlFailure) in try encodeResult(names) }
         return verbs
     }

@@ -69,6 +69,7 @@ private func printStatus(_ r: StatusReport) {
     print("pool \(r.pool)\(source)")
     printHealth(r)
     printDrives(r)
+    printJobs(r)
     print("usable \(formatSize(r.usableBytes)) at raid\(r.defaultRAID) (df's size): used \(formatSize(r.usedBytes)), reserved \(formatSize(r.reservedBytes)), free \(formatSize(r.freeBytes))")
     print("capacity \(formatSize(r.capacityBytes)) of segments; used \(formatSize(r.usedBytes)) by disks (\(formatSize(r.rawUsedBytes)) raw with redundancy); free \(formatSize(r.freeBytes)) at raid\(r.defaultRAID)\(r.reservedBytes > 0 ? "; reserved \(formatSize(r.reservedBytes))" : "")")
     let perMiB = r.mapBytesPerAllocatedMiB.map { String(format: "%.1f B per allocated MiB", $0) } ?? "nothing allocated"
@@ -110,12 +111,31 @@ private func printDrives(_ r: StatusReport) {
         case "failed": state = "FAILED (out of service after an I/O error)"
         default: state = "MISSING"
         }
-        var line = "  \(d.index)  \(d.name)  \(state)"
+        var line = "  \(d.index)  \(d.name)  \(state)" + (d.draining == true ? " (being removed)" : "")
         if let size = d.sizeBytes, let used = d.usedBytes { line += "  size \(formatSize(size)), used \(formatSize(used))" }
         if let read = d.readErrors, let write = d.writeErrors, let sums = d.checksumErrors, let repairs = d.repairs {
             line += "  errors: read \(read), write \(write), checksum \(sums); repaired \(repairs)"
         }
         print(line)
+    }
+}
+
+/// Each running job with a bar, bytes done and left, rate and time left.
+private func printJobs(_ r: StatusReport) {
+    if let l = r.leveling {
+        var text = "leveling: \(formatSize(l.backlogBytes)) of segments to move"
+        if !l.draining.isEmpty { text += "; drives being removed: \(l.draining.map(String.init).joined(separator: ", "))" }
+        if l.waiting { text += "; waiting (no move helps under the RAID rules until drives change)" }
+        else if r.live != true { text += " (the daemon levels it once the pool is mounted)" }
+        print(text)
+    }
+    guard let jobs = r.jobs, !jobs.isEmpty else { return }
+    print("jobs:")
+    for j in jobs {
+        let name = j.kind == "evacuate" ? "emptying drive \(j.drive.map(String.init) ?? "?")" : j.kind + (j.drive.map { " (drive \($0))" } ?? "")
+        let permille = j.bytesTotal > 0 ? Int(j.bytesDone * 1000 / j.bytesTotal) : 1000
+        print("  " + pad(name, 18) + "  " + progressBar(done: permille, total: 1000)
+              + estimateText(done: j.bytesDone, left: j.bytesLeft, bytesPerSecond: j.bytesPerSecond, secondsLeft: j.secondsLeft))
     }
 }
 
@@ -192,10 +212,15 @@ private func printChains(_ r: StatusReport) {
 
 /// "  1.2 GiB done, 3.0 GiB left, 140 MB/s, 22 s left" (rate and time only when measured).
 func copyEstimateText(_ e: CopyEstimate) -> String {
-    var text = "  \(formatSize(e.bytesDone)) done, \(formatSize(e.bytesLeft)) left"
-    if let rate = e.bytesPerSecond {
+    estimateText(done: e.bytesDone, left: e.bytesLeft, bytesPerSecond: e.bytesPerSecond, secondsLeft: e.secondsLeft)
+}
+
+/// The figures of a copy or job: bytes done and left, and the rate and time left when measured.
+func estimateText(done: UInt64, left: UInt64, bytesPerSecond: Double?, secondsLeft: Double?) -> String {
+    var text = "  \(formatSize(done)) done, \(formatSize(left)) left"
+    if let rate = bytesPerSecond {
         text += String(format: ", %.0f MB/s", rate / 1e6)
-        text += e.secondsLeft.map { String(format: ", %.0f s left", $0) } ?? ", time left unknown"
+        text += secondsLeft.map { String(format: ", %.0f s left", $0) } ?? ", time left unknown"
     } else {
         text += ", rate unknown (measured by the daemon)"
     }

@@ -16,6 +16,7 @@ usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive 
        lunfs snapshot --to FILE DIR NAME [--wait]
        lunfs attach COORDINATOR EXPORT --nbd ADDRESS
        lunfs apply-changes DELTA IMAGE
+       lunfs drive add POOL PATH... [--force] [--wait] | remove POOL N [--wait] | replace POOL N PATH [--wait] | list POOL [--json]
        lunfs --version
 """
 
@@ -32,6 +33,7 @@ case "clone": exit(runClone(rest))
 case "snapshot": exit(runSnapshot(rest))
 case "attach": exit(runAttach(rest))
 case "apply-changes": exit(runApplyChanges(rest))
+case "drive": exit(runDrive(rest))
 case "help", "--help", "-h": print(usage); exit(0)
 case "--version", "version": exit(runVersion())
 default:

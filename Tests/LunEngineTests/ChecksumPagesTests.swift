@@ -25,7 +25,8 @@ final class ChecksumPagesTests: XCTestCase {
         let driveCount = 3, sumsPerDrive = Self.sumsPerDrive
         let devices = (0..<driveCount).map { MemoryDevice(name: "d\($0)", sizeBytes: Self.areaBytes) }
         let drives = DriveSet(devices: devices, log: { _ in })
-        let pages = ChecksumPages(drives: drives, areaStart: Array(repeating: 0, count: driveCount), capacity: 16)
+        drives.setChecksumAreaStarts(Array(repeating: 0, count: driveCount))
+        let pages = ChecksumPages(drives: drives, capacity: 16)
         let threads = 4
         let failures = Atomic<Int>(0)
         let models = Mutex<[[UInt32]]>(Array(repeating: Array(repeating: 0, count: sumsPerDrive), count: driveCount))

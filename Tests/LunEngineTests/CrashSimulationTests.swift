@@ -255,8 +255,11 @@ final class CrashSimulationTests: XCTestCase {
             // The power goes out at one of the syncs of a PSEG move's commit.
             plan.syncsLeft = Int.random(in: 0..<8, using: &moveRng)
             do {
-                if try movePSEG(pool, &moveRng, trace: trace) { totals.psegMoves += 1 }
-                model.commitAll()
+                // A move commits; when there was nothing to move, nothing was committed.
+                if try movePSEG(pool, &moveRng, trace: trace) {
+                    totals.psegMoves += 1
+                    model.commitAll()
+                }
             } catch {
                 commitInDoubt = true
                 totals.psegMovesCut += 1

@@ -66,3 +66,27 @@ final class ThreadModels: @unchecked Sendable {
     let lock = NSLock()
     var images: [DiskID: [UInt8]] = [:]
 }
+
+/// A thread that commits `pool` every few milliseconds until `stop`, noting failures: the
+/// committer of the threaded tests.
+final class BackgroundCommitter {
+    private let running = AtomicFlag(true)
+    private let thread: Thread
+
+    init(_ pool: Pool, failures: ThreadFailures, pauseMicroseconds: UInt32 = 2000) {
+        let running = self.running
+        thread = Thread {
+            while running.value.load(ordering: .acquiring) {
+                do { try pool.commit() } catch { failures.add("commit: \(error)") }
+                usleep(pauseMicroseconds)
+            }
+        }
+        thread.start()
+    }
+
+    /// Returns once the thread has made its last commit.
+    func stop() {
+        running.value.store(false, ordering: .releasing)
+        while !thread.isFinished { usleep(1000) }
+    }
+}

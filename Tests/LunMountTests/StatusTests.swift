@@ -111,6 +111,16 @@ final class StatusTests: MountTestCase {
         let extra = try ask(#"{"verb":"status","disk":"vm"}"#)
         XCTAssertEqual(extra["errno"] as? Int, Int(EINVAL), "status takes no arguments")
 
+        // The drive verbs refuse bad arguments with an errno and change nothing.
+        XCTAssertTrue((verbs["result"] as? [String])?.contains("drive-add") ?? false, "\(verbs)")
+        XCTAssertEqual(try ask(#"{"verb":"drive-add"}"#)["errno"] as? Int, Int(EINVAL))
+        XCTAssertEqual(try ask(#"{"verb":"drive-add","paths":["/nonexistent/lunfs-drive.img"]}"#)["errno"] as? Int, Int(ENOENT))
+        XCTAssertEqual(try ask(#"{"verb":"drive-remove","drive":99}"#)["errno"] as? Int, Int(ENOENT))
+        XCTAssertEqual(try ask(#"{"verb":"drive-remove","drive":"one"}"#)["errno"] as? Int, Int(EINVAL))
+        XCTAssertEqual(try ask(#"{"verb":"drive-replace","drive":1}"#)["errno"] as? Int, Int(EINVAL))
+        let list = try ask(#"{"verb":"drive-list"}"#)
+        XCTAssertEqual((list["result"] as? [[String: Any]])?.count, 5, "\(list)")
+
         // Another user reaches neither the socket nor the drives.
         let other = try runProgram("setpriv", ["--reuid", "65534", "--regid", "65534", "--clear-groups", pool.binary, "status", pool.poolPath])
         XCTAssertNotEqual(other.status, 0, other.output)

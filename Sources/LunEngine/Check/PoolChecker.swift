@@ -40,7 +40,7 @@ public struct PoolChecker {
         }
         // The scrub takes the state lock itself, to name the disks of what it finds.
         if scrub { scrubStores(&report) }
-        for d in 0..<pool.drives.count where !pool.drives.isAvailable(d) {
+        for d in pool.drives.memberSlots where !pool.drives.isAvailable(d) {
             report.problems.append("drive \(d) (\(pool.drives.name(d))) is missing or failed; redundant disks run degraded")
         }
         // What those drives took with them: RAID 0 members, or a second member of a store.

@@ -32,6 +32,9 @@ public struct Superblock: Equatable, Sendable {
     /// Bit d: drive d was missing or out of service when this checkpoint was written, so its
     /// copies may be older than the pool's; if it comes back it is rebuilt before use.
     public var staleDrives: UInt64 = 0
+    /// Bit d: slot d held a drive that was removed from the pool (`lunfs drive remove`); the
+    /// slot holds nothing, is not missing, and its drives.list line is `-`. Zero before it existed.
+    public var retiredDrives: UInt64 = 0
     /// The generation of the last checkpoint at which this drive was present and in service:
     /// every checkpoint writes it into the identity of each such drive (md's event counter).
     /// 0 on pools written before it existed (unknown).
@@ -44,7 +47,10 @@ public struct Superblock: Equatable, Sendable {
     /// this slot), which holds no data until every chunk on it has been rebuilt.
     public var identityFlags: UInt32 = 0
     public static let replacementFlag: UInt32 = 1
-    /// Where the fields added after the first format begin (152..<160 stays free).
+    /// Bit d: drive d is being emptied to be removed (`lunfs drive remove`): new stores take
+    /// nothing on it, leveling moves its PSEGs away, and it is forgotten once it holds nothing.
+    public var drainingDrives: UInt64 = 0
+    /// Where the fields added after the first format begin (152..<160 came later: retired drives).
     static let extensionOffset = 160
 
     public func encode() -> [UInt8] {
@@ -72,11 +78,13 @@ public struct Superblock: Equatable, Sendable {
         w.u64(driveSizeBytes)                // 132
         w.u32(flags)                         // 140
         w.u64(staleDrives)                   // 144
-        w.u64(0)                             // 152 free
+        w.u64(retiredDrives)                 // 152
         precondition(w.bytes.count == Self.extensionOffset)
         w.u64(currentThrough)                // 160
         w.u64(lastDegradedGeneration)        // 168
         w.u32(identityFlags)                 // 176
+        w.u32(0)                             // 180 free
+        w.u64(drainingDrives)                // 184
         w.pad(toMultipleOf: Self.blockSize)
         var bytes = w.bytes
         let crc = CRC32C.checksum(bytes)
@@ -115,10 +123,17 @@ public struct Superblock: Equatable, Sendable {
                             checkpointSlot: try r.u32(), checkpointSeq: try r.u64(), checkpointLength: try r.u64(),
                             checkpointCRC: try r.u32(), journalStart: try r.u64(), createdAt: try r.u64(),
                             driveSizeBytes: try r.u64(), flags: try r.u32(), staleDrives: try r.u64())
+        var retired = ByteReader(block, position: 152)
+        sb.retiredDrives = try retired.u64()
+        guard mirrors.allSatisfy({ sb.retiredDrives & (1 << UInt64($0 & 63)) == 0 }) else {
+            throw .corrupt("superblock names a removed drive as a metadata mirror")
+        }
         var x = ByteReader(block, position: extensionOffset)
         sb.currentThrough = try x.u64()
         sb.lastDegradedGeneration = try x.u64()
         sb.identityFlags = try x.u32()
+        _ = try x.u32()
+        sb.drainingDrives = try x.u64()
         return sb
     }
 }

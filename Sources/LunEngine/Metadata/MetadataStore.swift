@@ -41,6 +41,17 @@ final class MetadataStore: @unchecked Sendable {
 
     var mirrors: [Int] { superblock.mirrors.map(Int.init) }
 
+    /// A change of the pool's drive set (Pool+Drives.swift): the next checkpoint's superblock
+    /// records it, on every drive, and that superblock on the mirrors is the change's commit.
+    func setDriveSet(count: Int, retired: UInt64, sizes: [UInt64]) {
+        superblock.driveCount = UInt32(count)
+        superblock.retiredDrives = retired
+        driveSizes = sizes
+    }
+
+    /// Drives being emptied to be removed, recorded by the next checkpoint.
+    func setDraining(_ mask: UInt64) { superblock.drainingDrives = mask }
+
     /// The drives that hold the metadata from the next checkpoint on (the caller writes one at
     /// once, under `commitLock`, and puts the old list back if it fails). Records appended
     /// before that checkpoint go to the new list too, which is harmless: no superblock names
@@ -121,7 +132,7 @@ final class MetadataStore: @unchecked Sendable {
         // The stale mask, and the generation at which a drive last left service: drives
         // current through an older generation missed writes.
         func markStale() {
-            let stale = (0..<min(64, drives.count)).reduce(UInt64(0)) { $0 | (drives.isAvailable($1) ? 0 : 1 << UInt64($1)) }
+            let stale = (0..<min(64, drives.count)).reduce(UInt64(0)) { $0 | (drives.isAvailable($1) || drives.isRetired($1) ? 0 : 1 << UInt64($1)) }
             sb.staleDrives = stale
             if stale & ~superblock.staleDrives != 0 || (stale != 0 && superblock.lastDegradedGeneration == 0) {
                 sb.lastDegradedGeneration = sb.generation

@@ -13,8 +13,6 @@ import Synchronization
 
 final class BlockChecksums: @unchecked Sendable {
     let drives: DriveSet
-    /// Byte offset of each drive's checksum area.
-    private let areaStart: [UInt64]
     /// The pages of the checksum areas in memory.
     let pages: ChecksumPages
     /// Blocks a read rewrote from a good copy.
@@ -25,13 +23,13 @@ final class BlockChecksums: @unchecked Sendable {
     init(drives: DriveSet, driveSizes: [UInt64], psegSizeBytes: UInt64) {
         precondition(driveSizes.count == drives.count)
         self.drives = drives
-        areaStart = driveSizes.map { ChecksumArea.start(driveSizeBytes: $0, psegSizeBytes: psegSizeBytes) }
-        pages = ChecksumPages(drives: drives, areaStart: areaStart)
+        drives.setChecksumAreaStarts(driveSizes.map { ChecksumArea.start(driveSizeBytes: $0, psegSizeBytes: psegSizeBytes) })
+        pages = ChecksumPages(drives: drives)
     }
 
     @inline(__always)
     private func checksumOffset(_ drive: Int, _ offset: UInt64) -> UInt64 {
-        areaStart[drive] + offset / UInt64(Self.blockBytes) * UInt64(ChecksumArea.checksumBytes)
+        drives.checksumAreaStart(drive) + offset / UInt64(Self.blockBytes) * UInt64(ChecksumArea.checksumBytes)
     }
 
     @inline(__always)

@@ -23,15 +23,13 @@ final class ChecksumPages: @unchecked Sendable {
     static let defaultCapacity = 4096
 
     private let drives: DriveSet
-    /// Byte offset of each drive's checksum area.
-    private let areaStart: [UInt64]
     private let shards: [Shard]
     /// Pages read from the drives (for tests).
     let loads = Atomic<Int>(0)
 
-    init(drives: DriveSet, areaStart: [UInt64], capacity: Int = ChecksumPages.defaultCapacity) {
+    /// Each drive's checksum area starts where `drives.checksumAreaStart` says.
+    init(drives: DriveSet, capacity: Int = ChecksumPages.defaultCapacity) {
         self.drives = drives
-        self.areaStart = areaStart
         let shardCount = 16
         shards = (0..<shardCount).map { _ in Shard(slots: max(1, capacity / shardCount)) }
     }
@@ -108,7 +106,7 @@ final class ChecksumPages: @unchecked Sendable {
                 slot = known
             } else {
                 slot = s.freeSlot()
-                let at = areaStart[drive] + id.page * UInt64(Self.pageBytes)
+                let at = drives.checksumAreaStart(drive) + id.page * UInt64(Self.pageBytes)
                 try drives.read(drive, into: UnsafeMutableRawBufferPointer(start: s.page(slot), count: Self.pageBytes), at: at)
                 loads.add(1, ordering: .relaxed)
                 s.ids[slot] = id

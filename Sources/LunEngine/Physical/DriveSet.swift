@@ -1,11 +1,22 @@
 // The pool's drives as the engine sees them: each slot holds a device, or nothing when the
 // drive is missing, and a drive that fails a write is taken out of service for the session
-// so that no later read trusts bytes it may not hold.
+// so that no later read trusts bytes it may not hold. Slots are allocated for the most drives
+// a pool can have, so that a drive added while the pool serves I/O only fills a slot
+// (`install`) and a removed one only leaves it (`retire`): readers never see an array change.
 import Synchronization
 
 final class DriveSet: @unchecked Sendable {
-    private let devices: [BlockDevice?]
+    /// The most slots a pool has (the stale mask of the superblock has 64 bits).
+    static let maxDrives = 64
+    /// One device per slot; a slot is written only before it is published (`install`).
+    private let devices: UnsafeMutablePointer<BlockDevice?>
     private let failed: [AtomicFlag]
+    /// Slots whose drive was removed from the pool: never read, not missing.
+    private let retired: [AtomicFlag]
+    /// Slots in use (members, missing drives and retired slots); published after a slot is filled.
+    private let slotCount: Atomic<Int>
+    /// Byte offset of each slot's checksum area (BlockChecksums, ChecksumPages), set with its device.
+    private let areaStarts: UnsafeMutablePointer<UInt64>
     /// What a commit must sync, per drive: two counters, not a dirty flag. `completed` counts
     /// the writes and zeros to the drive that have RETURNED (bumped after the device call,
     /// never before it); `synced` is the largest value of `completed` that a finished device
@@ -34,36 +45,85 @@ final class DriveSet: @unchecked Sendable {
     /// Runs the pieces of one large transfer side by side, when every drive allows it.
     let transfers: TransferPool?
 
-    init(devices: [BlockDevice?], log: @escaping @Sendable (String) -> Void) {
-        self.devices = devices
-        self.failed = devices.map { AtomicFlag($0 == nil) }
-        self.counts = devices.map { _ in SyncCounts() }
-        self.errorCounts = devices.map { _ in DriveErrorCounts() }
+    init(devices given: [BlockDevice?], log: @escaping @Sendable (String) -> Void) {
+        precondition(given.count <= Self.maxDrives, "a pool has at most \(Self.maxDrives) drives")
+        let capacity = Self.maxDrives
+        devices = .allocate(capacity: capacity)
+        devices.initialize(repeating: nil, count: capacity)
+        areaStarts = .allocate(capacity: capacity)
+        areaStarts.initialize(repeating: 0, count: capacity)
+        for (i, d) in given.enumerated() { devices[i] = d }
+        self.failed = (0..<capacity).map { AtomicFlag($0 >= given.count || given[$0] == nil) }
+        self.retired = (0..<capacity).map { _ in AtomicFlag(false) }
+        self.counts = (0..<capacity).map { _ in SyncCounts() }
+        self.errorCounts = (0..<capacity).map { _ in DriveErrorCounts() }
+        self.slotCount = Atomic(given.count)
         self.log = log
-        let parallel = devices.allSatisfy { $0?.takesParallelTransfers ?? true } && devices.contains { $0 != nil }
+        let parallel = given.allSatisfy { $0?.takesParallelTransfers ?? true } && given.contains { $0 != nil }
         self.transfers = parallel ? TransferPool.shared : nil
     }
 
-    var count: Int { devices.count }
+    deinit {
+        devices.deinitialize(count: Self.maxDrives)
+        devices.deallocate()
+        areaStarts.deallocate()
+    }
+
+    /// Where slot `i`'s checksum area starts (section 12 of DESIGN.md).
+    @inline(__always) func checksumAreaStart(_ i: Int) -> UInt64 { areaStarts[i] }
+
+    /// Sets the checksum areas of the slots there are, before the pool serves I/O.
+    func setChecksumAreaStarts(_ starts: [UInt64]) {
+        precondition(starts.count == count)
+        for (i, s) in starts.enumerated() { areaStarts[i] = s }
+    }
+
+    var count: Int { slotCount.load(ordering: .acquiring) }
 
     /// The device in slot `i` when it is present and in service.
     func device(_ i: Int) -> BlockDevice? {
         failed[i].value.load(ordering: .acquiring) ? nil : devices[i]
     }
 
+    /// Fills the next slot with a new drive, in service, and returns its index. The caller
+    /// (Pool+Drives.swift) serialises membership changes and makes the slot durable.
+    func install(_ device: BlockDevice, checksumAreaStart: UInt64) -> Int {
+        let i = slotCount.load(ordering: .acquiring)
+        precondition(i < Self.maxDrives, "no free drive slot")
+        precondition(devices[i] == nil)
+        devices[i] = device
+        areaStarts[i] = checksumAreaStart
+        failed[i].value.store(false, ordering: .releasing)
+        slotCount.store(i + 1, ordering: .releasing)
+        return i
+    }
+
+    /// Takes a slot out of the pool for good: it is never read or written again and does not
+    /// count as missing.
+    func retire(_ i: Int) {
+        retired[i].value.store(true, ordering: .releasing)
+        failed[i].value.store(true, ordering: .releasing)
+    }
+
+    func isRetired(_ i: Int) -> Bool { retired[i].value.load(ordering: .acquiring) }
+
+    /// Slots that hold (or should hold) a drive of the pool: every slot but the retired ones.
+    var memberSlots: [Int] { (0..<count).filter { !isRetired($0) } }
+
     func isAvailable(_ i: Int) -> Bool { device(i) != nil }
 
     /// Takes a present drive out of service (a stale drive while it is rebuilt) or puts it back.
     func setInService(_ i: Int, _ on: Bool) {
-        failed[i].value.store(!on || devices[i] == nil, ordering: .releasing)
+        failed[i].value.store(!on || devices[i] == nil || isRetired(i), ordering: .releasing)
     }
     var availableCount: Int { (0..<count).filter(isAvailable).count }
-    var missingCount: Int { count - availableCount }
+    /// Member slots without a drive in service (retired slots are not missing).
+    var missingCount: Int { memberSlots.count - availableCount }
 
     /// The device in slot `i` whether or not it is in service (for rebuilding it).
     func devices(_ i: Int) -> BlockDevice? { devices[i] }
 
-    func name(_ i: Int) -> String { devices[i]?.name ?? "drive \(i) (missing)" }
+    func name(_ i: Int) -> String { devices[i]?.name ?? (isRetired(i) ? "drive \(i) (removed)" : "drive \(i) (missing)") }
 
     /// Set when a drive leaves service: the next commit writes a checkpoint, whose superblock
     /// records the drive as stale.

@@ -4,12 +4,16 @@
 struct PSEGAllocator {
     private var used: [[UInt64]]
     private(set) var freeCount: [Int]
-    let psegCount: [Int]
+    private(set) var psegCount: [Int]
     private var hint: [Int]
+    /// Drives being emptied (`drive remove`): their free PSEGs are not given to new stores.
+    private(set) var closedDrives: Set<Int> = []
+    private let quorumPSEGs: Int
 
     /// `psegCount[d]` PSEGs on drive d, the first `quorumPSEGs` of each reserved for metadata.
     init(psegCount: [Int], quorumPSEGs: Int) {
         self.psegCount = psegCount
+        self.quorumPSEGs = quorumPSEGs
         used = psegCount.map { [UInt64](repeating: 0, count: ($0 + 63) / 64) }
         freeCount = psegCount
         hint = psegCount.map { _ in quorumPSEGs }
@@ -53,4 +57,38 @@ struct PSEGAllocator {
     }
 
     var totalFree: Int { freeCount.reduce(0, +) }
+
+    /// The free PSEGs new stores and moves may take: none on a drive being emptied.
+    var allocatableFreeCount: [Int] {
+        var free = freeCount
+        for d in closedDrives where d < free.count { free[d] = 0 }
+        return free
+    }
+
+    /// A drive added to the pool, in slot `drive` (the next one): its PSEGs are free at once.
+    mutating func addDrive(_ drive: Int, psegs: Int) {
+        precondition(drive == psegCount.count, "drives are added in the next slot")
+        psegCount.append(psegs)
+        used.append([UInt64](repeating: 0, count: (psegs + 63) / 64))
+        freeCount.append(psegs)
+        hint.append(quorumPSEGs)
+        for p in 0..<min(quorumPSEGs, psegs) { markUsed(drive: drive, pseg: p) }
+    }
+
+    /// Stops (or resumes) giving a drive's PSEGs to new stores.
+    mutating func setClosed(_ drive: Int, _ closed: Bool) {
+        if closed { closedDrives.insert(drive) } else { closedDrives.remove(drive) }
+    }
+
+    /// PSEGs of a drive held by stores.
+    func usedData(drive: Int) -> Int { max(0, psegCount[drive] - quorumPSEGs) - freeCount[drive] }
+
+    /// A drive that holds nothing leaves the pool: it has no PSEGs from now on.
+    mutating func retire(drive: Int) {
+        precondition(usedData(drive: drive) == 0, "retiring drive \(drive) that holds PSEGs")
+        psegCount[drive] = 0
+        used[drive] = []
+        freeCount[drive] = 0
+        closedDrives.remove(drive)
+    }
 }

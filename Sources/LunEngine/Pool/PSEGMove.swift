@@ -51,8 +51,10 @@ extension Pool {
         let members = rsds.memberList(slot.store)
         let others = Set(members.enumerated().filter { $0.offset != slot.member }.map(\.element.drive))
         let partner = layout.partner(ofMember: slot.member).map { members[$0].drive }
+        // Not onto a drive being emptied to be removed (Pool+Drives.swift).
+        let free = state.psegs.allocatableFreeCount
         let usable = (0..<drives.count).filter {
-            $0 != members[slot.member].drive && drives.isAvailable($0) && state.psegs.freeCount[$0] > 0 && $0 != partner
+            $0 != members[slot.member].drive && drives.isAvailable($0) && free[$0] > 0 && $0 != partner
         }
         let distinct = usable.filter { !others.contains($0) }
         let candidates = layout.level == .raid5 || !distinct.isEmpty ? distinct : usable

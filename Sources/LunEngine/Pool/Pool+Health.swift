@@ -10,7 +10,7 @@ extension Pool {
     public func driveStatuses() -> [DriveStatus] {
         let pseg = geometry.psegSizeBytes, quorum = geometry.quorumPSEGs
         return stateLock.withLock {
-            (0..<drives.count).map { i in
+            drives.memberSlots.map { i in
                 let data = max(0, state.psegs.psegCount[i] - quorum)
                 let used = max(0, data - state.psegs.freeCount[i])
                 return DriveStatus(index: i, name: drives.name(i), state: driveState(i), sizeBytes: UInt64(data) * pseg,

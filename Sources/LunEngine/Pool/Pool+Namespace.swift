@@ -64,7 +64,7 @@ extension Pool {
             let dataPSEGs = state.psegs.psegCount.reduce(0) { $0 + max(0, $1 - geometry.quorumPSEGs) }
             let rawUsed = UInt64(dataPSEGs - state.psegs.totalFree) * geometry.psegSizeBytes
             let free = max(0, state.freeSegments(level: defaultRAID) - state.reservedTotal)
-            return PoolUsage(driveCount: drives.count, missingDrives: drives.missingCount,
+            return PoolUsage(driveCount: drives.memberSlots.count, missingDrives: drives.missingCount,
                              capacityBytes: UInt64(dataPSEGs) * geometry.psegSizeBytes, rawUsedBytes: rawUsed,
                              usedBytes: UInt64(state.usedRSEGs) * seg, freeBytes: UInt64(free) * seg,
                              reservedBytes: UInt64(state.reservedTotal) * seg, defaultRAID: defaultRAID,
@@ -282,7 +282,7 @@ extension Pool {
 
     /// Drives as `status` shows them: name, size, and whether they are in service.
     public func driveStates() -> [(name: String, available: Bool)] {
-        (0..<drives.count).map { (drives.name($0), drives.isAvailable($0)) }
+        drives.memberSlots.map { (drives.name($0), drives.isAvailable($0)) }
     }
 
     /// Errors that redundancy hid or that reached a caller since the pool was opened.

@@ -63,7 +63,13 @@ public final class Pool: @unchecked Sendable {
     /// Drives this open found stale and rebuilt completely, so back in service.
     public private(set) var rebuiltStaleDriveIndexes: Set<Int> = []
     /// Drive files flock()ed while the pool is open read-write.
-    private var lockedDrives: [FileDevice] = []
+    var lockedDrives: [FileDevice] = []
+    /// drives.list, one line per slot (nil for a pool on devices given by a test).
+    var driveListLines: [String]?
+    /// Serialises changes of the drive set (Pool+Drives.swift); taken before `commitLock`.
+    let membershipLock = Lock()
+    /// The background leveling of a mounted pool (LevelingJob.swift).
+    let levelingState = Mutex(LevelingState())
 
     /// Seconds between background commits of a mounted pool, like ext4's commit interval.
     public static let backgroundCommitSeconds = 5.0
@@ -166,7 +172,7 @@ public final class Pool: @unchecked Sendable {
 
     /// Writes a new, empty pool onto `devices` (files, block devices or simulated drives).
     public static func format(devices: [BlockDevice], raid: RAIDLevel, psegSizeBytes: UInt64 = PoolGeometry.defaultPSEGSizeBytes) throws(LunError) {
-        guard !devices.isEmpty, devices.count <= 255 else { throw .invalid("a pool needs 1 to 255 drives") }
+        guard !devices.isEmpty, devices.count <= DriveSet.maxDrives else { throw .invalid("a pool needs 1 to \(DriveSet.maxDrives) drives") }
         let needed: Int = raid == .raid5 ? 5 : raid == .raid1 ? 2 : 1
         guard devices.count >= needed else { throw .invalid("\(raid) needs at least \(needed) drives, the pool has \(devices.count)") }
         let smallest = devices.map(\.sizeBytes).min()!
@@ -229,6 +235,8 @@ public final class Pool: @unchecked Sendable {
             let full = path.hasPrefix("/") ? path : directory + "/" + path
             lines.append(String(line))
             sizes.append(parts.count > 1 ? UInt64(parts[1]) ?? 0 : 0)
+            // A removed drive's slot (Pool+Drives.swift).
+            if path == "-" { devices.append(nil); continue }
             do {
                 let device = try FileDevice(path: full)
                 // A drive opened read-write by another process (another pool's daemon) is busy.
@@ -250,22 +258,29 @@ public final class Pool: @unchecked Sendable {
         do {
             let pool = try open(devices: devices, sizes: sizes, directory: directory, readOnly: readOnly, repair: repair, log: log)
             pool.lockFD = lockFD
-            pool.lockedDrives = locked
+            // Drives the pool does not count (an addition that never committed, a removed
+            // drive's leftover line) are let go.
+            let held = Set((0..<pool.drives.count).compactMap { pool.drives.devices($0).map(ObjectIdentifier.init) })
+            for device in locked where !held.contains(ObjectIdentifier(device)) { device.unlock() }
+            pool.lockedDrives = locked.filter { held.contains(ObjectIdentifier($0)) }
             pool.openNotes = notes + pool.openNotes
             for n in notes { log(n) }
-            if pool.slotOrigins != Array(0..<lines.count) {
-                let reordered = pool.slotOrigins.map { lines[$0] }.joined(separator: "\n") + "\n"
+            // The list as the superblock says it: slots in identity order, lines of drives whose
+            // addition never committed dropped, removed drives' slots `-`.
+            let retired = Set(retiredSlots(pool.metadata.superblock))
+            let wanted = pool.slotOrigins.enumerated().map { slot, origin in retired.contains(slot) ? retiredListLine : lines[origin] }
+            pool.driveListLines = wanted
+            if wanted != lines {
                 if readOnly {
-                    pool.openNotes.append("\(driveListName) names the drives out of order; a read-write open rewrites it")
+                    pool.openNotes.append("\(driveListName) does not name the drives as their superblocks do; a read-write open rewrites it")
                 } else {
-                    let temporary = directory + "/" + driveListName + ".new"
-                    if FileManager.default.createFile(atPath: temporary, contents: Data(reordered.utf8)),
-                       Glibc.rename(temporary, directory + "/" + driveListName) == 0 {
+                    do {
+                        try pool.writeDriveList(wanted)
                         let message = "rewrote \(driveListName) with the drives in the order their superblocks name"
                         log(message)
                         pool.openNotes.append(message)
                         pool.repairs.append(message)
-                    } else {
+                    } catch {
                         log("cannot rewrite \(directory)/\(driveListName) in drive order; the drives are still matched by identity")
                     }
                 }
@@ -285,9 +300,9 @@ public final class Pool: @unchecked Sendable {
     /// Used directly by tests on simulated drives.
     public static func open(devices given: [BlockDevice?], sizes: [UInt64]? = nil, directory: String = "(memory)", readOnly: Bool = false,
                             repair: Bool = false, log: @escaping @Sendable (String) -> Void = { _ in }) throws(LunError) -> Pool {
+        guard given.count <= DriveSet.maxDrives else { throw .invalid("\(given.count) drives are listed; a pool has at most \(DriveSet.maxDrives)") }
         var resolution = DriveIdentity.resolve(devices: given, recorded: sizes)
-        let devices = resolution.devices
-        let drives = DriveSet(devices: devices, log: log)
+        var drives = DriveSet(devices: resolution.devices, log: log)
         // Nothing on a foreign drive is the pool's: recovery must not read it. A blank one
         // may be a mirror whose superblocks alone are damaged; its checksummed metadata may serve.
         for d in resolution.replacements where resolution.foreign.contains(d) {
@@ -295,6 +310,10 @@ public final class Pool: @unchecked Sendable {
         }
         let recovered = try MetadataStore.recover(drives: drives, sizes: resolution.sizes, reconstruct: repair && !readOnly)
         let sb = recovered.superblock
+        let driveSetNotes = applyDriveSetRecord(&resolution, superblock: sb)
+        if !driveSetNotes.isEmpty || resolution.devices.count < drives.count { drives = DriveSet(devices: resolution.devices, log: log) }
+        for d in retiredSlots(sb) where d < drives.count { drives.retire(d) }
+        let devices = resolution.devices
         // (Blank drives were named already.)
         var recoveredNotes = recovered.notes.filter { n in
             !resolution.replacements.contains { n.hasPrefix("drive \($0) (") && n.hasSuffix("no valid superblock") }
@@ -316,6 +335,7 @@ public final class Pool: @unchecked Sendable {
         try state.loadCheckpoint(recovered.checkpoint)
         for record in recovered.records { try state.replay(record) }
         try state.rebuildDerivedState()
+        for d in 0..<min(64, devices.count) where sb.drainingDrives & (1 << UInt64(d)) != 0 { state.psegs.setClosed(d, true) }
         state.journal = ByteWriter()
         let metadata = MetadataStore(drives: drives, superblock: sb, nextSeq: recovered.lastSeq + 1,
                                      writePosition: recovered.journalEnd)
@@ -323,7 +343,7 @@ public final class Pool: @unchecked Sendable {
         let pool = Pool(directory: directory, readOnly: readOnly, drives: drives, driveSizes: resolution.sizes, state: state,
                         metadata: metadata, log: log)
         pool.slotOrigins = resolution.origins
-        pool.openNotes = resolution.notes + recoveredNotes
+        pool.openNotes = resolution.notes + driveSetNotes + recoveredNotes
         for n in pool.openNotes { log(n) }
         // A stale drive is never read as current: out of service until it is rebuilt.
         let (stale, staleNotes) = staleDrives(resolution: resolution, superblock: sb)
@@ -535,6 +555,7 @@ public final class Pool: @unchecked Sendable {
         segmentFiller = filler
         filler.start()
         startExternalCopies()
+        startLeveling()
         startRebuilds()
     }
 
@@ -544,6 +565,7 @@ public final class Pool: @unchecked Sendable {
         snapcloneCopier?.stop()
         segmentFiller?.stop()
         externals.copier?.stop()
+        stopLeveling()
         jobs.rebuilder.withLock { $0 }?.stop()
         committerStop.lock()
         committerStopping = true

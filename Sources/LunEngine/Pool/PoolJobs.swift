@@ -12,6 +12,9 @@ public struct PoolJob: Sendable, Equatable {
         case rebuild
         /// Every member on a drive copied (or rebuilt) to other drives (`drive remove/replace`).
         case evacuate
+        /// PSEGs moved until each drive holds a share of the used ones proportional to its size
+        /// (Leveling.swift), and drives being removed hold none.
+        case leveling
     }
 
     public var kind: Kind

@@ -99,7 +99,9 @@ final class PoolState: @unchecked Sendable {
     init(geometry: PoolGeometry, psegCount: [Int]) {
         self.geometry = geometry
         let dataPSEGs = psegCount.reduce(0) { $0 + max(0, $1 - geometry.quorumPSEGs) }
-        rsds = RSDTable(capacity: dataPSEGs / 4 + 1)
+        // Twice the stores the drives at open can hold: drives added while the pool is open
+        // get stores up to that; a pool grown further uses the rest after its next open.
+        rsds = RSDTable(capacity: 2 * (dataPSEGs / 4 + 1))
         psegs = PSEGAllocator(psegCount: psegCount, quorumPSEGs: geometry.quorumPSEGs)
     }
 
@@ -184,7 +186,7 @@ final class PoolState: @unchecked Sendable {
 
     /// How many more stores of `level` the free PSEGs allow, counting distinct-drive rules.
     func newStoresPossible(level: RAIDLevel) -> Int {
-        var free = psegs.freeCount
+        var free = psegs.allocatableFreeCount
         var n = 0
         while chooseMembers(level: level, freeCount: &free) != nil { n += 1; if n > 1 << 20 { break } }
         return n
@@ -243,7 +245,7 @@ final class PoolState: @unchecked Sendable {
             stack.removeLast()
         }
         partialStores[level.rawValue] = stack
-        var free = psegs.freeCount
+        var free = psegs.allocatableFreeCount
         guard let drives = chooseMembers(level: level, freeCount: &free, available: available),
               let id = rsds.firstFreeID(), id <= Int(LMapEntry.maxStoreID) else { return nil }
         var members: [StoreMember] = []

@@ -144,7 +144,7 @@ extension Pool {
         try commitLock.withLock { () throws(LunError) in
             let old = metadata.mirrors
             guard let at = old.firstIndex(of: drive) else { return }
-            let candidates = (0..<drives.count).filter { !old.contains($0) && drives.isAvailable($0) }
+            let candidates = (0..<drives.count).filter { !old.contains($0) && drives.isAvailable($0) && !drainingDriveIndexes.contains($0) }
             guard let replacement = preferring.flatMap({ candidates.contains($0) ? $0 : nil }) ?? candidates.first else {
                 log("metadata mirror on drive \(drive) stays: no other drive in service to take it")
                 return
