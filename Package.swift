@@ -12,7 +12,7 @@ let package = Package(
         .library(name: "LunEngine", targets: ["LunEngine"]),
     ],
     targets: [
-        .target(name: "CLunSys"),
+        .target(name: "CLunSys", linkerSettings: [.linkedLibrary("uring")]),
         .target(name: "LunEngine", dependencies: ["CLunSys"]),
         .target(name: "LunEngineTesting", dependencies: ["LunEngine"]),
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),

@@ -41,6 +41,7 @@ static pthread_once_t crc32c_once = PTHREAD_ONCE_INIT;
 enum { crc32c_lane = 1360 };    /* 3 lanes = 4080 bytes: one 4 KiB block is one run + 16 */
 static uint32_t crc32c_shift_lane[4][256];
 static uint32_t crc32c_shift_2lanes[4][256];
+static uint32_t crc32c_shift_block[4][256];   /* 4096 zero bytes: a block's seed part */
 
 /* The register after `n` zero bytes starting from `x`, bit by bit (only to build tables). */
 static uint32_t crc32c_zeros_slow(uint32_t x, uint64_t n) {
@@ -74,6 +75,7 @@ static void crc32c_init(void) {
     }
     crc32c_build_shift(crc32c_shift_lane, crc32c_lane);
     crc32c_build_shift(crc32c_shift_2lanes, 2 * crc32c_lane);
+    crc32c_build_shift(crc32c_shift_block, 4096);
 #if defined(__x86_64__)
     __builtin_cpu_init();
     crc32c_hardware = __builtin_cpu_supports("sse4.2") ? 1 : 0;
@@ -122,6 +124,23 @@ uint32_t lunsys_crc32c(uint32_t crc, const void *data, uint64_t length) {
 #endif
     while (length--) c = crc32c_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
     return ~c;
+}
+
+// A block's CRC-32C in two parts: what its bytes contribute and what its seed contributes.
+// The register update is linear, so for a 4,096-byte block
+//     crc(s, data) = ~(shift_4096(~s) ^ raw(data))
+// where raw(data) is the register after the block from zero, itself linear in the bytes:
+// raw(a ^ b) = raw(a) ^ raw(b). A mirror's copies of a block (same bytes, other seeds) and a
+// RAID 5 parity block (the XOR of the data blocks) thus get their checksums from checksums
+// already computed, with four table lookups instead of a pass over 4 KiB.
+uint32_t lunsys_crc32c_block_unseeded(uint32_t crc, uint32_t seed) {
+    pthread_once(&crc32c_once, crc32c_init);
+    return ~crc ^ crc32c_shift(crc32c_shift_block, ~seed);
+}
+
+uint32_t lunsys_crc32c_block_seeded(uint32_t unseeded, uint32_t seed) {
+    pthread_once(&crc32c_once, crc32c_init);
+    return ~(crc32c_shift(crc32c_shift_block, ~seed) ^ unseeded);
 }
 
 #ifndef LUNFS_BUILD_COMMIT

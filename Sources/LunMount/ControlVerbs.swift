@@ -17,12 +17,17 @@ struct ControlVerbs {
         return try handler(request)
     }
 
-    /// The verbs every daemon answers for `pool`.
-    static func standard(pool: Pool) -> ControlVerbs {
+    /// The verbs every daemon answers for `pool`, and those a mount's file system adds.
+    static func standard(pool: Pool, fileSystem: FileSystem? = nil) -> ControlVerbs {
         var verbs = ControlVerbs()
         verbs.add("status") { request throws(ControlFailure) in try statusVerb(pool, request) }
         verbs.addDriveVerbs(pool: pool)
-        let names = (["status", "verbs"] + driveVerbNames).sorted()
+        var names = ["status", "verbs"] + driveVerbNames
+        if let fileSystem {
+            verbs.add("rollback") { request throws(ControlFailure) in try rollbackVerb(fileSystem, request) }
+            names.append("rollback")
+        }
+        names.sort()
         verbs.add("verbs") { _ throws(ControlFailure) in try encodeResult(names) }
         return verbs
     }

@@ -44,6 +44,9 @@ enum ExtendedAttribute: String, CaseIterable {
     /// "1" if this snapshot may be deleted by a drop-snapshots disk of its chain; settable on
     /// snapshots.
     case expendable = "user.lunfs.expendable"
+    /// Of a disk rolled back at least once: the name of the snapshot in its directory that
+    /// keeps the state before its last rollback (`before-rollback-<UTC time>`).
+    case lastRollback = "user.lunfs.last_rollback"
 
     static let namespacePrefix = "user.lunfs."
     /// On the mount's root: writing `check` or `repair` scrubs the whole pool (every block
@@ -56,6 +59,12 @@ enum ExtendedAttribute: String, CaseIterable {
     /// On a disk's directory, write-only: `NAME=FILE` (FILE an absolute path outside the
     /// mount) makes NAME, a snapshot of the disk whose blocks live in FILE (`lunfs snapshot --to`).
     static let snapshotToName = "user.lunfs.snapshot_to"
+    /// On a disk's directory, write-only: `NAME` rolls the disk back to its snapshot NAME,
+    /// keeping the state before as a new snapshot (`lunfs rollback`, FileSystem+Rollback.swift).
+    static let rollbackName = "user.lunfs.rollback"
+    /// On the mount's root, write-only: `NAME` takes snapshot NAME of every disk at one
+    /// instant; `NAME` then one disk path per line, of those disks (`lunfs snapshot --name`).
+    static let groupSnapshotName = "user.lunfs.snapshot"
 
     var isSettable: Bool {
         switch self {
@@ -95,6 +104,7 @@ extension FileSystem {
         case .externalFile: return pool.externalFile(of: info.id)
         case .onFull: return info.onFull.rawValue
         case .expendable: return info.expendable ? "1" : "0"
+        case .lastRollback: return lastRollback(of: info)
         }
     }
 
@@ -143,6 +153,15 @@ extension FileSystem {
             let summary = ([report.description] + report.findings).joined(separator: "\n")
             lastScrub.withLock { $0 = summary }
             log.write("scrub (\(text)) done: " + ([report.description] + report.findings).joined(separator: "; "))
+            return
+        }
+        if case .root = try resolve(ino), name == ExtendedAttribute.groupSnapshotName {
+            try groupSnapshot(request: String(decoding: value, as: UTF8.self).trimmingEdges(of: " \t\n\r\0"))
+            return
+        }
+        if name == ExtendedAttribute.rollbackName, let info = try attributeDisk(ino) {
+            let text = String(decoding: value, as: UTF8.self).trimmingEdges(of: " \t\n\r\0")
+            _ = try rollback(of: info, toSnapshot: text, how: "setxattr \(name)", insideDirectoryRequest: true)
             return
         }
         if name == ExtendedAttribute.forceDeleteName, let info = try attributeDisk(ino) {

@@ -32,11 +32,17 @@ final class KernelPageCache: @unchecked Sendable {
     func serve(withThreads count: Int) { flushLimit.withLock { $0 = max(0, count - 1) } }
 
     /// Set once the session exists; set to nil before it is destroyed (this waits for a
-    /// drop of refused pages still running on its own thread).
+    /// drop of refused pages still running on its own thread, and for names being dropped).
     func attach(_ session: OpaquePointer?) {
         let bits = session.map { UInt(bitPattern: Int(bitPattern: UnsafeRawPointer($0))) } ?? 0
         self.session.withLock { $0 = bits }
+        if bits == 0 { while namesBeingDropped.withLock({ $0 }) > 0 { usleep(1000) } }
     }
+
+    /// Calls of `forgetImageName` inside the kernel: they hold no lock of ours (the kernel may
+    /// wait in them for a directory whose request needs the session), so this count keeps the
+    /// session alive for them instead.
+    private let namesBeingDropped = Mutex<Int>(0)
 
     /// Makes the kernel write back every dirty page of `id`'s image (buffered writes and
     /// shared mmaps alike) and waits until the daemon has taken them: the kernel launders
@@ -123,6 +129,30 @@ final class KernelPageCache: @unchecked Sendable {
             table[id] = entry.owedToFsync ? entry : nil
             return entry.errno
         }
+    }
+
+    /// Makes the kernel drop its names `disk.img` and `changes.img` in `id`'s directory, so
+    /// that the next lookup meets the image's new inode generation (after a rollback) and the
+    /// kernel takes a fresh inode, with the size the pool now has. `afterReply`: from a thread of its own, for a
+    /// caller inside a request on the directory (setxattr holds the directory's lock, which
+    /// the kernel needs for this); it runs as soon as that request is answered.
+    func forgetImageName(_ id: DiskID, afterReply: Bool) {
+        let parent = MountedNode.directory(id).inodeNumber
+        let drop: @Sendable () -> Void = { [self] in
+            // Counted under the session mutex, so that a detach either comes first (no call)
+            // or waits for this one; the call itself runs without the mutex.
+            let bits = session.withLock { bits in
+                if bits != 0 { namesBeingDropped.withLock { $0 += 1 } }
+                return bits
+            }
+            guard let session = OpaquePointer(bitPattern: bits) else { return }
+            // changes.img shares the image's generation (and its size).
+            for name in ["disk.img", "changes.img"] {
+                _ = fuse_lowlevel_notify_inval_entry(session, parent, name, name.utf8.count)
+            }
+            namesBeingDropped.withLock { $0 -= 1 }
+        }
+        if afterReply { Thread { drop() }.start() } else { drop() }
     }
 
     /// A deleted image owes nothing any more.

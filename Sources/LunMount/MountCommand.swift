@@ -161,7 +161,7 @@ struct MountCommand {
             pool.startBackgroundCopies()
         }
         nbdServer?.start()
-        let control = ControlServer(poolDirectory: poolDirectory, verbs: .standard(pool: pool), log: log)
+        let control = ControlServer(poolDirectory: poolDirectory, verbs: .standard(pool: pool, fileSystem: fileSystem), log: log)
         control?.start()
         defer { control?.stop() }
         channel.ready("lunfs: mounted \(poolDirectory) on \(mountpoint)" + (nbdServer.map { ", NBD on \($0.address)" } ?? ""))

@@ -46,6 +46,9 @@ protocol MountablePool: AnyObject, Sendable {
     func setOnFull(_ id: DiskID, _ policy: OnFullPolicy) throws(LunError)
     func setExpendable(_ id: DiskID, _ expendable: Bool) throws(LunError)
     func observeDroppedSnapshots(_ body: @escaping @Sendable (DroppedSnapshot) -> Void)
+    func disk(atTreePath path: String) -> DiskID?
+    func rollback(_ id: DiskID, to target: DiskID, beforeName: String?, quiesceTimeoutSeconds: Double) throws(LunError) -> RollbackOutcome
+    func createGroupSnapshot(of ids: [DiskID], named name: String, quiesceTimeoutSeconds: Double) throws(LunError) -> [DiskID: DiskID]
 }
 
 extension Pool: MountablePool {}

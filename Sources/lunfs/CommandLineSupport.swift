@@ -66,6 +66,17 @@ struct ParsedArguments {
     }
 }
 
+/// The positional arguments of a verb that takes exactly `count` of them and no flags; nil,
+/// with `usage` printed, otherwise.
+func exactPositionals(_ args: [String], _ count: Int, usage: String) throws(LunError) -> [String]? {
+    let parsed = try ParsedArguments(args, valued: [])
+    guard parsed.positionals.count == count, parsed.flags.isEmpty else {
+        printError("usage: " + usage)
+        return nil
+    }
+    return parsed.positionals
+}
+
 /// Runs a verb; an engine error becomes a message on stderr and exit code 2.
 func runVerb(_ body: () throws -> Int32) -> Int32 {
     do {

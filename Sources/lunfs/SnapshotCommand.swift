@@ -1,3 +1,5 @@
+// `lunfs snapshot --name NAME DIR...` takes snapshot NAME of every disk directory DIR of one
+// mounted tree at one instant (GroupSnapshotCommand.swift).
 // `lunfs snapshot --to FILE DIR NAME [--wait]`: takes snapshot NAME of the disk in directory DIR
 // of a mounted tree whose blocks live in FILE, a raw image on any other file system (seed
 // 004's virtual snapshot on separate storage). It sets `user.lunfs.snapshot_to` = NAME=FILE
@@ -12,7 +14,8 @@ import CLunSys
 
 func runSnapshot(_ args: [String]) -> Int32 {
     runVerb {
-        let parsed = try ParsedArguments(args, valued: ["to"])
+        let parsed = try ParsedArguments(args, valued: ["to", "name"])
+        if parsed.options["name"] != nil { return try runGroupSnapshot(parsed) }
         guard parsed.positionals.count == 2, let file = parsed.options["to"]?.last, !file.isEmpty else {
             printError("usage: lunfs snapshot --to FILE DIR NAME [--wait]   (DIR: a disk directory in a mounted lunfs tree)")
             return ExitCode.failure

@@ -14,6 +14,8 @@ usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive 
        lunfs check POOL [--scrub] [--repair]
        lunfs clone DIR [--wait]
        lunfs snapshot --to FILE DIR NAME [--wait]
+       lunfs snapshot --name NAME DIR...
+       lunfs rollback POOL DISK SNAPSHOT
        lunfs attach COORDINATOR EXPORT --nbd ADDRESS
        lunfs apply-changes DELTA IMAGE
        lunfs drive add POOL PATH... [--force] [--wait] | remove POOL N [--wait] | replace POOL N PATH [--wait] | list POOL [--json]
@@ -31,6 +33,7 @@ case "status": exit(runStatus(rest))
 case "check": exit(runCheck(rest))
 case "clone": exit(runClone(rest))
 case "snapshot": exit(runSnapshot(rest))
+case "rollback": exit(runRollback(rest))
 case "attach": exit(runAttach(rest))
 case "apply-changes": exit(runApplyChanges(rest))
 case "drive": exit(runDrive(rest))

@@ -26,6 +26,7 @@ final class MetadataOpTests: XCTestCase {
                                             blockBytes: 65536, sizeBytes: 5 << 30, independent: true, token: 0x0123_4567_89AB_CDEF, lost: true)),
         .dropExternal(301),
         .moveMember(store: 70_000, member: 4, from: StoreMember(drive: 2, pseg: 300), to: StoreMember(drive: 9, pseg: 70_000)),
+        .rollback(disk: 300, target: 70_000, keeping: 1_000_000),
         .putPartial(location: 4097 << 3 | 5, source: 70_000 << 3 | 1, valid: BlockBits(words: SIMD4(1, 0, 1 << 63, 0x0F0F))),
         .dropPartial(location: 4097 << 3 | 5),
     ]
@@ -62,14 +63,14 @@ final class MetadataOpTests: XCTestCase {
             try drives.format(raid: level)
             let pool = try drives.open()
             let segment = Int(pool.geometry.rsegSizeBytes)
-            var names = 0, copies = 0, independents = 0, moves = 0, fills = 0, partialSteps = 0
+            var names = 0, copies = 0, independents = 0, moves = 0, rollbacks = 0, fills = 0, partialSteps = 0
             for step in 0..<400 {
                 let disks = pool.disks()
                 let images = disks.filter(\.hasImage)
                 func pick(_ from: [DiskInfo]) -> DiskInfo? { from.isEmpty ? nil : from[Int(rng.below(UInt64(from.count)))] }
                 names += 1
                 do {
-                    switch rng.below(20) {
+                    switch rng.below(22) {
                     case 0:
                         _ = try pool.createDisk(named: "d\(names)")
                     case 1, 2, 3, 4:
@@ -93,16 +94,26 @@ final class MetadataOpTests: XCTestCase {
                         guard let d = pick(disks) else { continue }
                         if rng.chance(0.5) { try pool.rename(d.id, to: "r\(names)") } else { try pool.setReserved(d.id, rng.chance(0.5)) }
                     case 11, 12:
-                        guard let d = pick(images.filter { $0.successor != nil }) else { continue }
+                        // (A rollback can put an independent disk below its own snapshot.)
+                        guard let d = pick(images.filter { $0.successor != nil && $0.kind != .independent }) else { continue }
                         try pool.makeSnapclone(d.id)
                     case 13, 14, 15, 16, 17, 18:
                         guard let c = pool.copyingSnapclones().first else { continue }
                         pool.quiescedCopySegments = Int(rng.below(3))
                         copies += 1
                         if try pool.copySnapclone(c, segments: Int(rng.below(3)) + 1).independent { independents += 1 }
-                    default:
+                    case 19:
                         guard let c = pool.copyingSnapclones().first else { continue }
                         try pool.revertSnapclone(c)
+                    case 20:
+                        // Rollback to a disk of the same chain (the rest is refused: EINVAL, EPERM).
+                        guard let d = pick(images), let t = pick(images.filter { $0.id != d.id }) else { continue }
+                        do { _ = try pool.rollback(d.id, to: t.id) } catch { if error.errno != EINVAL && error.errno != EPERM { throw error } }
+                        rollbacks += 1
+                    default:
+                        guard let d = pick(images), let e = pick(images) else { continue }
+                        let group = d.id == e.id ? [d.id] : [d.id, e.id]
+                        _ = try pool.createGroupSnapshot(of: group, named: "g\(names)")
                     }
                 } catch LunError.noSpace, LunError.exists, LunError.busy, LunError.notFound, LunError.stale {
                     continue
@@ -122,6 +133,7 @@ final class MetadataOpTests: XCTestCase {
             XCTAssertGreaterThan(copies, 5, "\(context): copy steps ran")
             XCTAssertGreaterThan(moves, 5, "\(context): PSEG moves ran")
             XCTAssertGreaterThan(pool.metadata.journalBytesSinceCheckpoint, 0, "\(context): the records to replay exist")
+            print("replay, \(context): \(copies) snapclone copy steps, \(independents) clones left their chain, \(rollbacks) rollbacks tried")
             print("replay, \(context): \(copies) snapclone copy steps, \(independents) clones left their chain, "
                   + "\(fills) partial segments filled, partial segments present after \(partialSteps) steps")
             XCTAssertGreaterThan(partialSteps, 0, "\(context): partial segments made")
@@ -161,6 +173,9 @@ final class MetadataOpTests: XCTestCase {
             .unlink(999),
             .moveMember(store: liveStore, member: 0, from: StoreMember(drive: 9, pseg: 9), to: StoreMember(drive: 1, pseg: 100)),
             .moveMember(store: liveStore, member: 7, from: pool.state.rsds.member(liveStore, 0), to: StoreMember(drive: 1, pseg: 100)),
+            .rollback(disk: x, target: y, keeping: 999),             // no such kept disk
+            .rollback(disk: x, target: y, keeping: p),               // y is in another chain, p in one
+            .rollback(disk: x, target: x, keeping: y),               // to itself
             .putPartial(location: UInt32(pool.state.rsds.highWater + 3) << 3, source: UInt32(liveStore) << 3, valid: .none),  // undefined store
             .dropPartial(location: UInt32(liveStore) << 3),          // no record
         ]

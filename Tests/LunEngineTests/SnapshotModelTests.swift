@@ -1,8 +1,8 @@
 // Model-based randomized test of snapshots: random writes, snapshots, snapshots of snapshots,
-// deletes, resizes, discards and reopens on a pool of in-memory drives, with every disk's
-// whole image compared against a plain byte-array model after every step, and every change
-// file applied to its predecessor's model image every fifth step. Seeded; the seed
-// is printed so a failure can be replayed with LUNFS_SEED.
+// rollbacks, group snapshots, deletes, resizes, discards and reopens on a pool of in-memory
+// drives, with every disk's whole image compared against a plain byte-array model after every
+// step, and every change file applied to its predecessor's model image every fifth step.
+// Seeded; the seed is printed so a failure can be replayed with LUNFS_SEED.
 import XCTest
 import Foundation
 @testable import LunEngine
@@ -32,8 +32,8 @@ final class SnapshotModelTests: XCTestCase {
         var model: [DiskID: ModelDisk] = [:]
         let maxSize = 4 << 20
         var counter = 0
-        var snapcloneSteps = 0, independents = 0, partialsSeen = 0, fills = 0
-        defer { print("SnapshotModelTests seed \(seed) level \(level): \(steps) steps, \(snapcloneSteps) snapclone copy steps, \(independents) snapclones made independent, \(partialsSeen) steps with partial segments, \(fills) filled") }
+        var snapcloneSteps = 0, independents = 0, rollbacks = 0, groupSnapshots = 0, partialsSeen = 0, fills = 0
+        defer { print("SnapshotModelTests seed \(seed) level \(level): \(steps) steps, \(snapcloneSteps) snapclone copy steps, \(independents) snapclones made independent, \(rollbacks) rollbacks, \(groupSnapshots) group snapshots, \(partialsSeen) steps with partial segments, \(fills) filled") }
         func liveImages() -> [DiskID] { model.filter { $0.value.hasImage }.keys.sorted() }
         for step in 0..<steps {
             let roll = Int.random(in: 0..<100, using: &rng)
@@ -45,7 +45,15 @@ final class SnapshotModelTests: XCTestCase {
                 partialsSeen += 1
                 if rng.chance(0.15) { fills += try pool.fillPartialSegments(limit: Int(rng.below(3)) + 1) }
             }
-            if !live.isEmpty && rng.chance(0.15) {
+            if !live.isEmpty && rng.chance(0.1) {
+                // Rollbacks and group snapshots (issue 15).
+                counter += 1
+                if rng.chance(0.5) {
+                    if try modelRollback(pool, &model, &rng, live: live, context: context) { rollbacks += 1 }
+                } else if try modelGroupSnapshot(pool, &model, &rng, live: live, name: "g\(counter)", context: context) {
+                    groupSnapshots += 1
+                }
+            } else if !live.isEmpty && rng.chance(0.15) {
                 // Snapclones: none of these changes a byte any disk reads.
                 pool.quiescedCopySegments = Int(rng.below(4))
                 let clones = pool.copyingSnapclones()
@@ -63,7 +71,8 @@ final class SnapshotModelTests: XCTestCase {
                         try pool.revertSnapclone(c)
                         XCTAssertNotEqual(pool.kind(c), .snapclone, context)
                     }
-                } else if let x = live.filter({ pool.info($0)!.successor != nil }).randomElement(using: &rng) {
+                } else if let x = live.filter({ pool.info($0)!.successor != nil && pool.kind($0) != .independent }).randomElement(using: &rng) {
+                    // (A rollback can put an independent disk below its own snapshot.)
                     do { try pool.makeSnapclone(x) } catch { if error.errno != EBUSY { throw error } }
                 }
             } else if live.isEmpty || roll < 5 {
@@ -163,6 +172,59 @@ final class SnapshotModelTests: XCTestCase {
         XCTAssertTrue(pool.state.partials.orphans.isEmpty)
         for id in liveImages() { assertSameBytes(try pool.image(id), model[id]!.image) }
         try pool.close()
+    }
+
+    /// Rolls a random disk back to a random disk (of its chain or not): the model changes as
+    /// the rollback says, or the refusal names why.
+    func modelRollback(_ pool: Pool, _ model: inout [DiskID: ModelDisk], _ rng: inout TestRandom,
+                       live: [DiskID], context: String) throws -> Bool {
+        let x = live.randomElement(using: &rng)!
+        // Mostly a disk of its own chain: its snapshots and their neighbours.
+        var chain: [DiskID] = []
+        var head = x
+        while let p = pool.info(head)!.predecessor { head = p }
+        var next: DiskID? = head
+        while let d = next { chain.append(d); next = pool.info(d)!.successor }
+        let candidates = rng.chance(0.85) ? chain.filter { $0 != x } : live.filter { $0 != x }
+        guard let t = candidates.randomElement(using: &rng) else { return false }
+        let copying = chain.contains { pool.kind($0) == .snapclone }
+        do {
+            let outcome = try pool.rollback(x, to: t)
+            XCTAssertTrue(chain.contains(t) && !copying, "\(context): rollback of \(x) to \(t) outside its chain or beside a copying snapclone")
+            XCTAssertEqual(pool.info(outcome.before)!.parent, x, context)
+            XCTAssertEqual(pool.info(outcome.before)!.name, outcome.beforeName, context)
+            XCTAssertTrue(outcome.beforeName.hasPrefix("before-rollback-"), context)
+            model[outcome.before] = ModelDisk(image: model[x]!.image, parent: x, hasImage: true)
+            model[x]!.image = model[t]!.image
+            return true
+        } catch {
+            switch error.errno {
+            case EINVAL: XCTAssertFalse(chain.contains(t), "\(context): \(error)")
+            case EBUSY: XCTAssertTrue(copying, "\(context): \(error)")
+            default: throw error
+            }
+            return false
+        }
+    }
+
+    /// A group snapshot of one to three disks: each gets a child `name` with its bytes, or
+    /// (a copying snapclone among them) none does.
+    func modelGroupSnapshot(_ pool: Pool, _ model: inout [DiskID: ModelDisk], _ rng: inout TestRandom,
+                            live: [DiskID], name: String, context: String) throws -> Bool {
+        let group = Array(live.shuffled(using: &rng).prefix(Int(rng.below(3)) + 1))
+        let copying = group.contains { pool.kind($0) == .snapclone }
+        do {
+            let snaps = try pool.createGroupSnapshot(of: group, named: name)
+            XCTAssertFalse(copying, context)
+            XCTAssertEqual(Set(snaps.keys), Set(group), context)
+            for (x, snap) in snaps { model[snap] = ModelDisk(image: model[x]!.image, parent: x, hasImage: true) }
+            return true
+        } catch {
+            guard error.errno == EBUSY else { throw error }
+            XCTAssertTrue(copying, "\(context): \(error)")
+            for x in group { XCTAssertNil(pool.child(named: name, of: x), "\(context): a refused group snapshot left \(x)/\(name)") }
+            return false
+        }
     }
 
     /// 120 snapshots of one disk with writes in between, then writes to old snapshots in the

@@ -15,6 +15,11 @@ int lunsys_open_direct(const char *path, int flags);
 /// SSE 4.2 instruction where the processor has it and a table otherwise. The same value as
 /// the byte-wise Swift implementation in Format/CRC32C.swift.
 uint32_t lunsys_crc32c(uint32_t crc, const void *data, uint64_t length);
+/// The part of a 4,096-byte block's CRC-32C (continuing from `seed`) that its bytes decide:
+/// linear in the bytes, so the part of the XOR of blocks is the XOR of their parts.
+uint32_t lunsys_crc32c_block_unseeded(uint32_t crc, uint32_t seed);
+/// The CRC-32C continuing from `seed` of a 4,096-byte block whose bytes' part is `unseeded`.
+uint32_t lunsys_crc32c_block_seeded(uint32_t unseeded, uint32_t seed);
 
 /// The git commit lunfs was built from, as scripts/install passes it to the compiler
 /// (-Xcc -DLUNFS_BUILD_COMMIT='"..."'); "unknown" for a build that was not given one.
@@ -24,6 +29,19 @@ const char *lunsys_build_commit(void);
 /// on failure, as the calls themselves.
 long lunsys_getxattr(const char *path, const char *name, void *value, unsigned long size);
 int lunsys_setxattr(const char *path, const char *name, const void *value, unsigned long size, int flags);
+
+/// One write of `length` bytes at `offset` of descriptor `fd`, for lunsys_ring_write_all;
+/// `result` is what the write returned: the bytes written or -errno (-ECANCELED: not made).
+struct lunsys_ring_write {
+    int fd;
+    const void *data;
+    uint32_t length;
+    uint64_t offset;
+    int32_t result;
+};
+/// Makes all `count` writes through the calling thread's io_uring, submitted together, and
+/// returns when every one has completed: 0. -1 when this thread has no ring (nothing written).
+int lunsys_ring_write_all(struct lunsys_ring_write *writes, int count);
 
 #include <pthread.h>
 /// Initialises a read-write lock that makes new readers wait while a writer waits, so a

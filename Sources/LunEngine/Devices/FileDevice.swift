@@ -141,6 +141,16 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
         try write(directDescriptor, buffer, at: offset)
     }
 
+    /// The descriptor a write of `buffer` at `offset` goes to when it goes direct from the
+    /// caller's memory as it is, for a caller that makes the write itself (DriveSubmission's
+    /// io_uring); nil when it would go through the page cache or a bounce buffer.
+    func directDescriptor(forWriteOf buffer: UnsafeRawBufferPointer, at offset: UInt64) -> Int32? {
+        guard let base = buffer.baseAddress, goesDirect(buffer.count, offset), Self.isAligned(base),
+              buffer.count <= Int(UInt32.max) else { return nil }
+        precondition(offset + UInt64(buffer.count) <= sizeBytes, "write past the end of drive \(name)")
+        return directDescriptor
+    }
+
     private func write(_ descriptor: Int32, _ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
         var fd = descriptor
         var done = 0

@@ -35,8 +35,13 @@ struct ChecksumArea: Sendable {
     /// The checksum of one block: CRC-32C seeded with where the block belongs.
     @inline(__always)
     static func checksum(_ block: UnsafeRawBufferPointer, drive: Int, blockNumber: UInt64) -> UInt32 {
+        CRC32C.checksum(block, seed: seed(drive: drive, blockNumber: blockNumber))
+    }
+
+    /// What the checksum of the block at `blockNumber` of `drive` continues from.
+    @inline(__always)
+    static func seed(drive: Int, blockNumber: UInt64) -> UInt32 {
         let place = (UInt64(drive) << 48) ^ blockNumber
-        let seed = UInt32(truncatingIfNeeded: (place &* 0x9E37_79B9_7F4A_7C15) >> 32)
-        return CRC32C.checksum(block, seed: seed)
+        return UInt32(truncatingIfNeeded: (place &* 0x9E37_79B9_7F4A_7C15) >> 32)
     }
 }

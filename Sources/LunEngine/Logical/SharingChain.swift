@@ -387,4 +387,37 @@ enum SharingChain {
         x.predecessor = nil
         x.successor = nil
     }
+
+    /// Whether `a` and `b` sit in one chain (a disk is in its own).
+    static func sameChain(_ a: Disk, _ b: Disk) -> Bool {
+        members(ofChainOf: a).contains { $0 === b }
+    }
+
+    /// The disks of x's chain, oldest first.
+    static func members(ofChainOf x: Disk) -> [Disk] {
+        var head = x
+        while let p = head.predecessor { head = p }
+        var order: [Disk] = []
+        var d: Disk? = head
+        while let c = d { order.append(c); d = c.successor }
+        return order
+    }
+
+    /// Rollback's exchange: `a` and `b`, of one chain, swap everything their bytes consist of
+    /// (map, place in the chain, size, written flag) and keep the rest (id, name, directory,
+    /// settings). Sharing bits belong to places, so every other disk reads what it read.
+    static func exchangeContents(_ a: Disk, _ b: Disk) {
+        precondition(a !== b && a.family === b.family && sameChain(a, b))
+        var order = members(ofChainOf: a)
+        let i = order.firstIndex { $0 === a }!, j = order.firstIndex { $0 === b }!
+        order.swapAt(i, j)
+        for (k, d) in order.enumerated() {
+            let p = k > 0 ? order[k - 1] : nil, s = k + 1 < order.count ? order[k + 1] : nil
+            if d.predecessor !== p { d.predecessor = p }
+            if d.successor !== s { d.successor = s }
+        }
+        swap(&a.map, &b.map)
+        (a.sizeBytes, b.sizeBytes) = (b.sizeBytes, a.sizeBytes)
+        (a.hasWritten, b.hasWritten) = (b.hasWritten, a.hasWritten)
+    }
 }

@@ -35,6 +35,11 @@ enum MetadataOp: Equatable {
     /// Member `member` of a store now lives on PSEG `to` instead of `from`, whose bytes were
     /// copied there first (a PSEG move or a rebuild, Pool/PSEGMove.swift). Maps never change.
     case moveMember(store: Int, member: Int, from: StoreMember, to: StoreMember)
+    /// Rollback (docs/DESIGN.md section 7): new, empty `keeping` is split below `target` (so it
+    /// reads target's bytes), then `disk` and `keeping` exchange their contents: map, place in
+    /// the chain, size and written flag. `disk` reads what target reads; `keeping` holds what
+    /// `disk` held. Every other disk keeps its map and its place.
+    case rollback(disk: DiskID, target: DiskID, keeping: DiskID)
     /// The RSEG at `location` is a partial segment: blocks with a bit in `valid` are its own,
     /// the others read from `source` (created, or more bits set; docs/DESIGN.md section 8).
     case putPartial(location: UInt32, source: UInt32, valid: BlockBits)
@@ -48,7 +53,8 @@ enum MetadataOp: Equatable {
         case split = 6, unlink = 7, intentAdd = 8, intentClear = 9
         case putExternal = 10, dropExternal = 11
         case moveMember = 12
-        case putPartial = 13, dropPartial = 14
+        case rollback = 13
+        case putPartial = 14, dropPartial = 15
     }
 
     var code: Code {
@@ -65,6 +71,7 @@ enum MetadataOp: Equatable {
         case .putExternal: .putExternal
         case .dropExternal: .dropExternal
         case .moveMember: .moveMember
+        case .rollback: .rollback
         case .putPartial: .putPartial
         case .dropPartial: .dropPartial
         }
@@ -92,6 +99,8 @@ enum MetadataOp: Equatable {
             w.varint(UInt64(successor)); w.varint(UInt64(predecessor))
         case .moveMember(let store, let member, let from, let to):
             w.varint(UInt64(store)); w.u8(UInt8(member)); w.u32(from.packed); w.u32(to.packed)
+        case .rollback(let disk, let target, let keeping):
+            w.varint(UInt64(disk)); w.varint(UInt64(target)); w.varint(UInt64(keeping))
         case .putPartial(let location, let source, let valid):
             w.varint(UInt64(location)); w.varint(UInt64(source))
             for i in 0..<4 { w.u64(valid.words[i]) }
@@ -149,6 +158,7 @@ enum MetadataOp: Equatable {
             let id = try store()
             let member = Int(try r.u8())
             return .moveMember(store: id, member: member, from: StoreMember(packed: try r.u32()), to: StoreMember(packed: try r.u32()))
+        case .rollback: return .rollback(disk: try disk(), target: try disk(), keeping: try disk())
         case .putPartial:
             let location = try rsegLocation(), source = try rsegLocation()
             var valid = BlockBits.none
@@ -238,6 +248,17 @@ enum MetadataOp: Equatable {
             // At run time the mover took `to` from the allocator and gives `from` back once
             // this op is durable; in replay the allocator is built after, from the RSDs.
             state.rsds.setMember(id, m, to)
+        case .rollback(let xID, let tID, let nID):
+            let x = try disk(xID), t = try disk(tID), n = try disk(nID)
+            guard Set([xID, tID, nID]).count == 3, n.map.mappedCount == 0, n.predecessor == nil, n.successor == nil,
+                  SharingChain.sameChain(x, t) else {
+                throw .corrupt("\(self): the target is not in the disk's chain, or the kept disk is not new and empty")
+            }
+            // As for the split: in replay the new disk joins the chain's family here.
+            if state.replaying { n.family = x.family }
+            guard n.family === x.family else { throw .corrupt("\(self): the kept disk is not in the chain's family") }
+            SharingChain.insert(n, below: t)
+            SharingChain.exchangeContents(x, n)
         case .putPartial(let location, let source, let valid):
             for loc in [location, source] where !state.rsds.isLive(Int(loc >> 3)) || Int(loc & 7) >= state.geometry.rsegsPerStore {
                 throw .corrupt("\(self): RSEG \(loc >> 3).\(loc & 7) is not in a defined store")

@@ -28,11 +28,6 @@ final class BlockChecksums: @unchecked Sendable {
     }
 
     @inline(__always)
-    private func checksumOffset(_ drive: Int, _ offset: UInt64) -> UInt64 {
-        drives.checksumAreaStart(drive) + offset / UInt64(Self.blockBytes) * UInt64(ChecksumArea.checksumBytes)
-    }
-
-    @inline(__always)
     private static func firstBlock(_ offset: UInt64) -> UInt64 { offset / UInt64(blockBytes) }
 
     @inline(__always)
@@ -54,8 +49,32 @@ final class BlockChecksums: @unchecked Sendable {
     /// Writes whole blocks and then their checksums. A failing drive leaves service (DriveSet).
     func write(_ drive: Int, _ data: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
         Self.assertBlocks(offset, data.count)
-        try drives.write(drive, data, at: offset)
-        try writeChecksums(drive, of: data, at: offset)
+        try write(data, sums: BlockSums(of: data, drive: drive, at: offset))
+    }
+
+    /// Writes whole blocks and then `sums`, their checksums computed beforehand (a mirror's
+    /// copy or a parity block, see BlockSums), to the place the sums are for.
+    func write(_ data: UnsafeRawBufferPointer, sums: BlockSums) throws(LunError) {
+        let offset = sums.first * UInt64(Self.blockBytes)
+        precondition(data.count == sums.count * Self.blockBytes, "checksums for other blocks")
+        try drives.write(sums.drive, data, at: offset)
+        try store(sums) { (bytes, at) throws(LunError) in try drives.write(sums.drive, bytes, at: at) }
+    }
+
+    /// Writes several runs of whole blocks, each with its checksums after it: the data of all
+    /// of them first, together (DriveSet.writeAll), then the checksums of each run whose data
+    /// landed. Returns what each run threw.
+    func writeAll(_ runs: [(data: UnsafeRawBufferPointer, sums: BlockSums)], sideBySide: Bool) -> [LunError?] {
+        let bb = UInt64(Self.blockBytes)
+        for run in runs { precondition(run.data.count == run.sums.count * Self.blockBytes, "checksums for other blocks") }
+        var errors = drives.writeAll(runs.map { DriveWrite(drive: $0.sums.drive, data: $0.data, offset: $0.sums.first * bb) },
+                                     sideBySide: sideBySide)
+        for (i, run) in runs.enumerated() where errors[i] == nil {
+            do throws(LunError) {
+                try store(run.sums) { (bytes, at) throws(LunError) in try drives.write(run.sums.drive, bytes, at: at) }
+            } catch { errors[i] = error }
+        }
+        return errors
     }
 
     /// Writes whole blocks and their checksums to a drive that is out of service (a stale drive
@@ -64,25 +83,24 @@ final class BlockChecksums: @unchecked Sendable {
         Self.assertBlocks(offset, data.count)
         guard let device = drives.devices(drive) else { throw .io("drive \(drive) is missing") }
         try device.write(data, at: offset)
-        try storeChecksums(drive, of: data, at: offset) { (sums, at) throws(LunError) in try device.write(sums, at: at) }
+        try store(BlockSums(of: data, drive: drive, at: offset)) { (sums, at) throws(LunError) in try device.write(sums, at: at) }
     }
 
     /// Rewrites only the checksums, for blocks whose bytes are to be taken as they are (blocks
     /// a crash cut in flight, see RedundancyCheck).
     func writeChecksums(_ drive: Int, of data: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
         Self.assertBlocks(offset, data.count)
-        try storeChecksums(drive, of: data, at: offset) { (sums, at) throws(LunError) in try drives.write(drive, sums, at: at) }
+        try store(BlockSums(of: data, drive: drive, at: offset)) { (sums, at) throws(LunError) in
+            try drives.write(drive, sums, at: at)
+        }
     }
 
-    /// Computes the checksums of `data`, writes them with `write(bytes, offset on the drive)`
-    /// and, once that returned, puts them in the pages in memory.
-    private func storeChecksums(_ drive: Int, of data: UnsafeRawBufferPointer, at offset: UInt64,
-                                _ write: (UnsafeRawBufferPointer, UInt64) throws(LunError) -> Void) throws(LunError) {
-        let n = data.count / Self.blockBytes
-        try withUnsafeTemporaryAllocation(of: UInt32.self, capacity: n) { (sums) throws(LunError) in
-            compute(drive, data, at: offset, into: sums)
-            try write(UnsafeRawBufferPointer(sums), checksumOffset(drive, offset))
-            pages.noteWritten(drive, first: Self.firstBlock(offset), UnsafeBufferPointer(sums))
+    /// Writes checksums with `write(bytes, offset on the drive)` and, once that returned, puts
+    /// them in the pages in memory.
+    private func store(_ sums: BlockSums, _ write: (UnsafeRawBufferPointer, UInt64) throws(LunError) -> Void) throws(LunError) {
+        try sums.stored.withUnsafeBufferPointer { (values) throws(LunError) in
+            try write(UnsafeRawBufferPointer(values), drives.checksumAreaStart(sums.drive) + sums.first * UInt64(ChecksumArea.checksumBytes))
+            pages.noteWritten(sums.drive, first: sums.first, values)
         }
     }
 

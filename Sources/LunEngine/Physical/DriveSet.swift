@@ -156,6 +156,47 @@ final class DriveSet: @unchecked Sendable {
         counts[i].completed.add(1, ordering: .releasing)
     }
 
+    /// Whether `writeAll` may use io_uring (LUNFS_DRIVE_URING=0 says no; a test compares both).
+    var usesRing = DriveSubmission.ringEnabled
+    /// Writes the ring made whole (for tests).
+    let ringWrites = Atomic<Int>(0)
+
+    /// Makes every write of a batch and returns what each threw. Direct writes to file drives
+    /// go together through this thread's io_uring (DriveSubmission) when `usesRing`; the
+    /// others, and the rest of any the ring did not finish, go through `write`, side by side
+    /// on the transfer pool when `sideBySide` asks and the drives allow it. A write the ring
+    /// failed is made again by `write`, which takes the drive out of service if it fails again.
+    func writeAll(_ writes: [DriveWrite], sideBySide: Bool) -> [LunError?] {
+        var rest: [(index: Int, done: Int)] = []
+        if usesRing, let made = DriveSubmission.submit(writes, device: device) {
+            for (i, w) in writes.enumerated() {
+                if let n = made[i], n == w.data.count {
+                    counts[w.drive].completed.add(1, ordering: .releasing)
+                    ringWrites.add(1, ordering: .relaxed)
+                } else {
+                    rest.append((i, max(made[i] ?? 0, 0)))
+                }
+            }
+        } else {
+            rest = writes.indices.map { ($0, 0) }
+        }
+        let errors = UnsafeMutableBufferPointer<LunError?>.allocate(capacity: writes.count)
+        errors.initialize(repeating: nil)
+        defer { errors.deinitialize(); errors.deallocate() }
+        let finish = { (k: Int) in
+            let (i, done) = rest[k], w = writes[i]
+            do throws(LunError) {
+                try self.write(w.drive, UnsafeRawBufferPointer(rebasing: w.data[done...]), at: w.offset + UInt64(done))
+            } catch { errors[i] = error }
+        }
+        if sideBySide, let pool = transfers, rest.count > 1 {
+            pool.run(rest.count, finish)
+        } else {
+            for k in rest.indices { finish(k) }
+        }
+        return Array(errors)
+    }
+
     func write(_ i: Int, bytes: [UInt8], at offset: UInt64) throws(LunError) {
         try typed { try bytes.withUnsafeBytes { try write(i, $0, at: offset) } }
     }

@@ -67,39 +67,6 @@ struct StoreIO: @unchecked Sendable {
     /// Pieces of at least this size go side by side to their drives.
     private static let sideBySideMinimumBytes = 64 << 10
 
-    /// Like forEachColumn, but the pieces of a large range run side by side (see `runAll`).
-    /// Every piece runs; the first error is thrown after.
-    private func forEachColumnSideBySide(offset: Int, count: Int, _ body: (Int, Int, Int, Int) throws(LunError) -> Void) throws(LunError) {
-        guard drives.transfers != nil, count >= 2 * Self.sideBySideMinimumBytes else {
-            try forEachColumn(offset: offset, count: count, body)
-            return
-        }
-        var pieces: [(column: Int, within: Int, at: Int, n: Int)] = []
-        forEachColumn(offset: offset, count: count) { pieces.append(($0, $1, $2, $3)) }
-        let errors = runAll(pieces.count) { (i) throws(LunError) in
-            let p = pieces[i]
-            try body(p.column, p.within, p.at, p.n)
-        }
-        if let first = errors.first(where: { $0 != nil }) { throw first! }
-    }
-
-    /// Runs body(0..<count), side by side on the drive set's transfer pool when it has one
-    /// (file drives), else one after another; returns what each threw.
-    private func runAll(_ count: Int, _ body: (Int) throws(LunError) -> Void) -> [LunError?] {
-        guard let pool = drives.transfers, count > 1 else {
-            return (0..<count).map { i in
-                do throws(LunError) { try body(i); return nil } catch { return error }
-            }
-        }
-        let errors = UnsafeMutableBufferPointer<LunError?>.allocate(capacity: count)
-        errors.initialize(repeating: nil)
-        defer { errors.deinitialize(); errors.deallocate() }
-        pool.run(count) { i in
-            do throws(LunError) { try body(i) } catch { errors[i] = error }
-        }
-        return Array(errors)
-    }
-
     // MARK: Read
 
     /// Reads `buffer.count` bytes at `offset` of RSEG `rseg`. `describe` names what is read
@@ -287,17 +254,8 @@ struct StoreIO: @unchecked Sendable {
     /// Caller holds the stripe lock; the range covers whole blocks.
     private func writeBlocks(_ store: Int, _ level: RAIDLevel, _ rseg: Int, _ offset: Int, _ buffer: UnsafeRawBufferPointer) throws(LunError) {
         switch level {
-        case .raid0:
-            try forEachColumnSideBySide(offset: offset, count: buffer.count) { column, within, at, n throws(LunError) in
-                let m = table.member(store, layout(store, .raid0).dataMember(column: column))
-                try checksums.write(m.drive, UnsafeRawBufferPointer(rebasing: buffer[at..<at + n]),
-                                    at: physicalOffset(m, rseg: rseg, within: within))
-            }
-        case .raid1:
-            try forEachColumnSideBySide(offset: offset, count: buffer.count) { column, within, at, n throws(LunError) in
-                let piece = UnsafeRawBufferPointer(rebasing: buffer[at..<at + n])
-                try writeCopies(layout(store, .raid1).copies(column: column), store: store, rseg: rseg, within: within, piece)
-            }
+        case .raid0, .raid1:
+            try writeColumns(store, level, rseg, offset, buffer)
         case .raid5:
             if offset == 0 && buffer.count == Int(geometry.rsegSizeBytes) {
                 try writeFullStripe(store: store, rseg: rseg, buffer)
@@ -310,19 +268,39 @@ struct StoreIO: @unchecked Sendable {
         }
     }
 
-    /// Writes the same bytes to several members; succeeds while at least one copy lands.
-    private func writeCopies(_ members: [Int], store: Int, rseg: Int, within: Int, _ piece: UnsafeRawBufferPointer) throws(LunError) {
-        var landed = 0
-        var lastError = LunError.io("no member of store \(store) is available")
-        for member in members {
-            let m = table.member(store, member)
-            guard drives.isAvailable(m.drive) else { continue }
-            do {
-                try checksums.write(m.drive, piece, at: physicalOffset(m, rseg: rseg, within: within))
-                landed += 1
-            } catch { lastError = error }
+    /// RAID 0 and 1: each column piece to its member, or to both members of its mirror; the
+    /// data of every piece first, together (DriveSet.writeAll), then their checksums. A RAID 1
+    /// piece is written while one copy lands. The CRC runs over the bytes once; the second
+    /// copy's checksums are derived (BlockSums).
+    private func writeColumns(_ store: Int, _ level: RAIDLevel, _ rseg: Int, _ offset: Int, _ buffer: UnsafeRawBufferPointer) throws(LunError) {
+        var runs: [(data: UnsafeRawBufferPointer, sums: BlockSums)] = []
+        var pieceOfRun: [Int] = []
+        var pieces = 0
+        var unwritable: LunError?
+        forEachColumn(offset: offset, count: buffer.count) { column, within, at, n in
+            let piece = UnsafeRawBufferPointer(rebasing: buffer[at..<at + n])
+            var summed: BlockSums?
+            for member in layout(store, level).copies(column: column) {
+                let m = table.member(store, member)
+                // RAID 0 has no other copy: a missing drive fails the write in DriveSet.
+                guard level == .raid0 || drives.isAvailable(m.drive) else { continue }
+                let place = physicalOffset(m, rseg: rseg, within: within)
+                let sums = summed?.copy(toDrive: m.drive, at: place) ?? BlockSums(of: piece, drive: m.drive, at: place)
+                summed = sums
+                runs.append((piece, sums))
+                pieceOfRun.append(pieces)
+            }
+            if summed == nil { unwritable = .io("no member of store \(store) is available") }
+            pieces += 1
         }
-        if landed == 0 { throw lastError }
+        if let unwritable { throw unwritable }
+        let errors = checksums.writeAll(runs, sideBySide: buffer.count >= 2 * Self.sideBySideMinimumBytes)
+        var landed = [Bool](repeating: false, count: pieces)
+        var lastError: LunError?
+        for (r, error) in errors.enumerated() {
+            if let error { lastError = error } else { landed[pieceOfRun[r]] = true }
+        }
+        if let lastError, level == .raid0 || landed.contains(false) { throw lastError }
     }
 
     private func writeFullStripe(store: Int, rseg: Int, _ buffer: UnsafeRawBufferPointer) throws(LunError) {
@@ -332,16 +310,26 @@ struct StoreIO: @unchecked Sendable {
         for column in 1..<4 {
             xorBytes(into: parity.baseAddress!, from: buffer.baseAddress! + column * stripeUnit, count: stripeUnit)
         }
+        // The data columns' checksums first; the parity's follow from them without a CRC pass.
         let layout = layout(store, .raid5)
-        let writeMember = { (member: Int) throws(LunError) in
+        let parityMember = layout.parityMember!
+        let dataSums = (0..<5).map { member -> BlockSums? in
+            guard let column = layout.column(ofMember: member) else { return nil }
             let m = table.member(store, member)
-            let bytes = layout.column(ofMember: member).map { column in
+            return BlockSums(of: UnsafeRawBufferPointer(rebasing: buffer[column * stripeUnit..<(column + 1) * stripeUnit]),
+                             drive: m.drive, at: physicalOffset(m, rseg: rseg, within: 0))
+        }
+        let pm = table.member(store, parityMember)
+        let paritySums = BlockSums.parity(of: dataSums.compactMap { $0 }, drive: pm.drive, at: physicalOffset(pm, rseg: rseg, within: 0))
+        let sums = (0..<5).map { dataSums[$0] ?? paritySums }
+        let bytes = { (member: Int) -> UnsafeRawBufferPointer in
+            layout.column(ofMember: member).map { column in
                 UnsafeRawBufferPointer(rebasing: buffer[column * stripeUnit..<(column + 1) * stripeUnit])
             } ?? UnsafeRawBufferPointer(parity)
-            guard drives.isAvailable(m.drive) else { throw .io("drive \(m.drive) is not available") }
-            try checksums.write(m.drive, bytes, at: physicalOffset(m, rseg: rseg, within: 0))
         }
-        let failures = runAll(5, writeMember).filter { $0 != nil }.count
+        let present = (0..<5).filter { drives.isAvailable(table.member(store, $0).drive) }
+        let errors = checksums.writeAll(present.map { (bytes($0), sums[$0]) }, sideBySide: true)
+        let failures = 5 - present.count + errors.filter { $0 != nil }.count
         if failures > 1 { throw .io("RAID 5 store \(store) lost \(failures) members") }
     }
 
@@ -372,9 +360,9 @@ struct StoreIO: @unchecked Sendable {
             guard drives.isAvailable(m.drive) else { throw .io("drive \(m.drive) is not available") }
             try checksums.write(m.drive, bytes, at: physicalOffset(m, rseg: rseg, within: within))
         }
-        // A few blocks per member are written on the calling thread: handing them to the
+        // A few blocks per member, written on the calling thread: handing them to the
         // transfer pool costs more than the writes.
-        let errors: [LunError?] = count >= 2 * Self.sideBySideMinimumBytes ? runAll(5, writeMember) : (0..<5).map { member in
+        let errors: [LunError?] = (0..<5).map { member in
             do throws(LunError) { try writeMember(member); return nil } catch { return error }
         }
         let failures = errors.filter { $0 != nil }.count

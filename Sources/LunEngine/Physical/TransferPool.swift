@@ -2,7 +2,9 @@
 // 1 MiB write to RAID 0 is four 256 KiB writes to four drives; made one after another, a
 // single stream of requests (dd) waits for four disk round trips per request. With the
 // pieces in flight together it waits for about one. Only file drives use it: the simulated
-// drives of the tests count their operations in order, and crash points must replay.
+// drives of the tests count their operations in order, and crash points must replay. Writes
+// that go O_DIRECT are submitted together through io_uring instead (DriveSubmission), at less
+// CPU; the pool carries large reads and the large writes the ring does not take.
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -123,24 +123,29 @@ extension Pool {
         guard x.clone != .copying else {
             throw .busy("\(x.name) is a snapclone still copying; snapshot it once it is independent")
         }
-        let p = try stateLock.withLock { () throws(LunError) -> Disk in
-            guard !state.disks.values.contains(where: { $0.parent == id && $0.name == name }) else { throw .exists(name) }
-            let reserve = (reserved ?? x.reserveSnapshots) ? x.map.mappedCount : 0
-            if reserve > 0 {
-                let free = state.freeSegments(level: x.raid) - state.reservedTotal
-                guard free >= reserve else {
-                    throw .noSpace("a reserved snapshot of \(x.name) needs \(reserve) segments; \(max(0, free)) are free")
-                }
+        return try stateLock.withLock { () throws(LunError) -> Disk in try splitStateLocked(x, named: name, reserved: reserved) }
+    }
+
+    /// The part of the split made under `stateLock` (a group snapshot makes several in one
+    /// section, so that one record carries them all). Checks, then changes; nothing changed
+    /// when it throws.
+    func splitStateLocked(_ x: Disk, named name: String, reserved: Bool?) throws(LunError) -> Disk {
+        let id = x.id
+        guard !state.disks.values.contains(where: { $0.parent == id && $0.name == name }) else { throw .exists(name) }
+        let reserve = (reserved ?? x.reserveSnapshots) ? x.map.mappedCount : 0
+        if reserve > 0 {
+            let free = state.freeSegments(level: x.raid) - state.reservedTotal
+            guard free >= reserve else {
+                throw .noSpace("a reserved snapshot of \(x.name) needs \(reserve) segments; \(max(0, free)) are free")
             }
-            let p = state.newDisk(name: name, parent: id, family: x.family, size: x.sizeBytes, raid: x.raid, now: now()) {
-                $0.hasWritten = x.hasWritten
-                $0.reserved = reserved ?? x.reserveSnapshots
-                $0.reservedSegments = reserve
-            }
-            state.reservedTotal += reserve
-            state.apply(.split(successor: x.id, predecessor: p.id))
-            return p
         }
+        let p = state.newDisk(name: name, parent: id, family: x.family, size: x.sizeBytes, raid: x.raid, now: now()) {
+            $0.hasWritten = x.hasWritten
+            $0.reserved = reserved ?? x.reserveSnapshots
+            $0.reservedSegments = reserve
+        }
+        state.reservedTotal += reserve
+        state.apply(.split(successor: x.id, predecessor: p.id))
         return p
     }
 

@@ -1,0 +1,50 @@
+// The large direct writes of one request, to several drives, made together: one io_uring
+// submission from the calling thread (CLunSys/drive_ring.c) instead of a blocking pwrite per
+// piece, each on a thread of the transfer pool. A 1 MiB write to RAID 1 is eight 256 KiB
+// pieces; made this way they cost half the CPU time (docs/PERFORMANCE.md section 7). Only
+// file drives' O_DIRECT writes from aligned memory go to the ring: small writes go through
+// the page cache, which ext4 cannot do without blocking, so io_uring would hand each to a
+// worker thread at three times the cost of a pwrite. Everything else, and a write the ring
+// did not finish, is made by DriveSet.write as before; simulated drives never see the ring,
+// so the crash simulation keeps its program order.
+import CLunSys
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One piece of data for one place on one drive.
+struct DriveWrite {
+    let drive: Int
+    let data: UnsafeRawBufferPointer
+    let offset: UInt64
+}
+
+enum DriveSubmission {
+    /// LUNFS_DRIVE_URING=0 turns the ring off (to measure; the fallback's test passes false).
+    static let ringEnabled: Bool = {
+        guard let text = getenv("LUNFS_DRIVE_URING") else { return true }
+        return String(cString: text) != "0"
+    }()
+
+    /// Makes those of `writes` that go direct to file drives through this thread's ring, all
+    /// submitted together. Returns, per write, the bytes the ring wrote (negative: -errno) or
+    /// nil for a write it did not take; nil in place of the whole answer when it took none
+    /// (fewer than two such writes, or no ring on this thread).
+    static func submit(_ writes: [DriveWrite], device: (Int) -> BlockDevice?) -> [Int?]? {
+        var ops: [lunsys_ring_write] = []
+        var which: [Int] = []
+        for (i, w) in writes.enumerated() {
+            guard let file = device(w.drive) as? FileDevice,
+                  let fd = file.directDescriptor(forWriteOf: w.data, at: w.offset) else { continue }
+            ops.append(lunsys_ring_write(fd: fd, data: w.data.baseAddress, length: UInt32(w.data.count),
+                                         offset: w.offset, result: 0))
+            which.append(i)
+        }
+        guard ops.count >= 2 else { return nil }
+        let made = ops.withUnsafeMutableBufferPointer { lunsys_ring_write_all($0.baseAddress, Int32($0.count)) }
+        guard made == 0 else { return nil }
+        var results = [Int?](repeating: nil, count: writes.count)
+        for (k, i) in which.enumerated() { results[i] = Int(ops[k].result) }
+        return results
+    }
+}
