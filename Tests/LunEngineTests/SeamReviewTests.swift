@@ -148,7 +148,7 @@ final class SeamReviewTests: XCTestCase {
         try Pool.format(devices: devices, raid: .raid1)
         let pool = try Pool.open(devices: devices, sizes: devices.map(\.sizeBytes))
         let vm = try pool.createDisk(named: "vm", raid: .raid1)
-        let mib = 1 << 20, segments = 12
+        let segments = 12
         final class Writer: @unchecked Sendable {
             let pool: Pool, vm: DiskID, mib: Int
             let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
@@ -243,5 +243,151 @@ final class SeamReviewTests: XCTestCase {
                 for (id, bytes) in images { assertSameBytes(try reopened.image(id), bytes, "\(level) order \(order): disk \(id) reopened") }
             }
         }
+    }
+
+    /// A pool directory whose drives change: one of another size added by path, one removed
+    /// (its slot retired), another added after that; reopened from its drives.list each time,
+    /// every byte reads back and passes its checksum (each drive's checksum area starts where
+    /// its own size puts it).
+    func testDirectoryPoolWithDrivesAddedAndRemovedReopens() throws {
+        let root = NSTemporaryDirectory() + "lunfs-review2-dir-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        var options = PoolOptions()
+        options.driveCount = 4
+        options.driveSizeBytes = 48 << 20
+        options.raid = .raid1
+        var pool = try Pool.create(directory: root, options: options)
+        let vm = try pool.createDisk(named: "vm", raid: .raid1)
+        var rng = TestRandom(seed: 4242)
+        var expected = rng.bytes(10 << 20)
+        try pool.write(vm, at: 0, expected)
+        _ = try FileDevice.createFile(path: root + "/big.img", sizeBytes: 80 << 20)
+        XCTAssertEqual(try pool.addDrives(paths: ["big.img"]), [4])
+        try pool.levelCompletely()
+        let patch = rng.bytes(2 << 20)
+        try pool.write(vm, at: 3 << 20, patch)
+        expected.replaceSubrange(3 << 20 ..< 5 << 20, with: patch)
+        try pool.close()
+        pool = try Pool.open(directory: root)
+        assertSameBytes(try pool.image(vm), expected, "after adding a drive")
+        _ = try pool.removeDrive(1)
+        try pool.levelCompletely()
+        XCTAssertEqual(pool.driveListing().map(\.index), [0, 2, 3, 4])
+        try pool.close()
+        pool = try Pool.open(directory: root)
+        assertSameBytes(try pool.image(vm), expected, "after removing drive 1")
+        _ = try FileDevice.createFile(path: root + "/more.img", sizeBytes: 64 << 20)
+        XCTAssertEqual(try pool.addDrives(paths: ["more.img"]), [5])
+        try pool.levelCompletely()
+        let tail = rng.bytes(3 << 20)
+        try pool.write(vm, at: 8 << 20, tail)
+        expected.replaceSubrange(8 << 20 ..< 10 << 20, with: tail[0..<(2 << 20)])
+        expected += tail[(2 << 20)...]
+        XCTAssertGreaterThan(pool.usedSegments(onDrive: 5), 0)
+        XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [])
+        try pool.close()
+        pool = try Pool.open(directory: root)
+        assertSameBytes(try pool.image(vm), expected, "after adding a drive into slot 5")
+        XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [])
+        try pool.close()
+    }
+
+    /// Readers of one disk never see another disk's bytes while PSEGs of its stores move and
+    /// the old PSEGs go to stores of a disk that allocates and frees segments all the time,
+    /// on file drives (1 MiB writes through the io_uring batch, reads side by side).
+    func testReadsBesideMovesAndPSEGReuseOnFileDrives() throws {
+        let root = NSTemporaryDirectory() + "lunfs-review2-gate-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let devices: [FileDevice] = try (0..<6).map { try FileDevice.createFile(path: "\(root)/d\($0)", sizeBytes: 64 << 20) }
+        try Pool.format(devices: devices, raid: .raid1)
+        let pool = try Pool.open(devices: devices, sizes: devices.map(\.sizeBytes))
+        let a = try pool.createDisk(named: "a", raid: .raid1), b = try pool.createDisk(named: "b", raid: .raid1)
+        let mib = 1 << 20, segments = 6
+        final class Aligned: @unchecked Sendable {
+            let memory = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+            deinit { memory.deallocate() }
+            func fill(_ v: UInt8) -> UnsafeRawBufferPointer { memory.initializeMemory(as: UInt8.self, repeating: v); return UnsafeRawBufferPointer(memory) }
+        }
+        let setup = Aligned()
+        for k in 0..<segments { try pool.write(a, at: UInt64(k * mib), from: setup.fill(1)) }
+        let failures = ThreadFailures()
+        let stop = Atomic(false)
+        let group = DispatchGroup()
+        DispatchQueue.global().async(group: group) {
+            let buf = Aligned()
+            var v: UInt8 = 2
+            while !stop.load(ordering: .relaxed) {
+                for k in 0..<segments {
+                    do { try pool.write(a, at: UInt64(k * mib), from: buf.fill(v)) } catch { failures.add("a: \(error)") }
+                }
+                v = v == 100 ? 2 : v + 1
+            }
+        }
+        DispatchQueue.global().async(group: group) {
+            let buf = Aligned()
+            var k = 0
+            while !stop.load(ordering: .relaxed) {
+                do {
+                    try pool.write(b, at: UInt64(k * mib), from: buf.fill(UInt8(200 + k % 50)))
+                    if k % 2 == 1 { try pool.write(b, at: UInt64((k - 1) * mib), from: buf.fill(0)) }
+                } catch { failures.add("b: \(error)") }
+                k = (k + 1) % 16
+            }
+        }
+        DispatchQueue.global().async(group: group) {
+            while !stop.load(ordering: .relaxed) {
+                do { try pool.commit() } catch { failures.add("commit: \(error)") }
+                usleep(2000)
+            }
+        }
+        for r in 0..<2 {
+            DispatchQueue.global().async(group: group) {
+                let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: mib, alignment: 4096)
+                defer { buf.deallocate() }
+                var k = r
+                while !stop.load(ordering: .relaxed) {
+                    do {
+                        let n = try pool.read(try pool.openDisk(a), at: UInt64(k * mib), into: buf)
+                        if n != mib { failures.add("reader \(r): a short read of \(n) bytes") }
+                        for blk in stride(from: 0, to: mib, by: 4096) {
+                            let v = buf[blk]
+                            if v < 1 || v > 100 || buf[blk + 4095] != v || buf[blk + 2048] != v {
+                                failures.add("reader \(r): a segment \(k) block \(blk / 4096) reads \(v), \(buf[blk + 2048]), \(buf[blk + 4095])")
+                                break
+                            }
+                        }
+                    } catch { failures.add("reader \(r): \(error)") }
+                    k = (k + 1) % segments
+                }
+            }
+        }
+        var rng = TestRandom(seed: 8)
+        var moves = 0
+        let deadline = Date().addingTimeInterval(4)
+        while Date() < deadline && failures.messages.isEmpty {
+            let slots = pool.stateLock.withLock { () -> [StoreMemberSlot] in
+                var out: [StoreMemberSlot] = []
+                pool.state.disks[a]?.map.forEachMapped { _, e in
+                    if e.holdsData { for m in 0..<8 { out.append(StoreMemberSlot(store: Int(e.store), member: m)) } }
+                }
+                return out
+            }
+            guard !slots.isEmpty else { break }
+            let slot = slots[Int(rng.next() % UInt64(slots.count))]
+            if let target = pool.moveTargets(for: slot).first {
+                do { try pool.movePSEG(slot, toDrive: target); moves += 1 } catch {
+                    let code = error.errno
+                    if code != EBUSY && code != EINVAL && code != ENOSPC { failures.add("move: \(error)") }
+                }
+            }
+        }
+        stop.store(true, ordering: .relaxed)
+        group.wait()
+        print("SeamReviewTests: \(moves) moves, \(pool.drives.ringWrites.load(ordering: .relaxed)) ring writes")
+        XCTAssertEqual(Array(failures.messages.prefix(5)), [])
+        XCTAssertGreaterThan(moves, 10)
+        XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [])
+        try pool.close()
     }
 }
