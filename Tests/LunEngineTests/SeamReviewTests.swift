@@ -390,4 +390,33 @@ final class SeamReviewTests: XCTestCase {
         XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [])
         try pool.close()
     }
+
+    /// A missing drive being removed that holds a RAID 0 member (nothing to rebuild it from):
+    /// leveling moves what it can and then rests (no move helps), instead of failing each step.
+    func testLevelingRestsWhenADrainingMissingDriveHoldsRAID0Members() throws {
+        let drives = MemoryDrives(count: 5, sizeBytes: 64 << 20)
+        try drives.format(raid: .raid1)
+        var pool = try drives.open()
+        let mirrored = try pool.createDisk(named: "m", raid: .raid1)
+        let striped = try pool.createDisk(named: "s", raid: .raid0)
+        var rng = TestRandom(seed: 3)
+        let bytes = rng.bytes(6 << 20)
+        try pool.write(mirrored, at: 0, bytes)
+        try pool.write(striped, at: 0, rng.bytes(6 << 20))
+        try pool.close()
+        let mirrors = Set(pool.metadata.mirrors.map { Int($0) })
+        let gone = (0..<5).first { !mirrors.contains($0) }!
+        pool = try drives.open(missing: [gone])
+        XCTAssertFalse(try pool.removeDrive(gone))
+        var steps = 0
+        while let moved = try pool.levelingStep() {
+            steps += 1
+            XCTAssertLessThan(steps, 200)
+            if steps >= 200 { break }
+            _ = moved
+        }
+        XCTAssertGreaterThan(pool.usedSegments(onDrive: gone), 0, "the RAID 0 members stay")
+        XCTAssertEqual(pool.members(onDrive: gone).filter { pool.state.rsds.level($0.store) != .raid0 }, [])
+        assertSameBytes(try pool.image(mirrored), bytes, "the mirrored disk")
+    }
 }
