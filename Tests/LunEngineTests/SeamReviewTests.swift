@@ -8,6 +8,17 @@ import Synchronization
 import LunEngineTesting
 
 final class SeamReviewTests: XCTestCase {
+    /// A committer on its own thread until `stopped()` (its failures go to `failures`).
+    private func commitUntilStopped(_ pool: Pool, _ stopped: @escaping @Sendable () -> Bool, _ failures: ThreadFailures,
+                                    group: DispatchGroup, pauseMicroseconds: UInt32) {
+        DispatchQueue.global().async(group: group) {
+            while !stopped() {
+                do { try pool.commit() } catch { failures.add("commit: \(error)") }
+                usleep(pauseMicroseconds)
+            }
+        }
+    }
+
     /// Change files along a chain stay true after a rollback and after a rollback undone: each
     /// disk's change file applied to its predecessor's image gives its own image.
     func testChangeFilesAfterRollback() throws {
@@ -56,9 +67,13 @@ final class SeamReviewTests: XCTestCase {
         for k in 0..<segments { try pool.write(vm, at: UInt64(k * seg), [UInt8](repeating: 1, count: seg)) }
         let failures = ThreadFailures()
         let stop = Atomic(false)
+        let snapshotsTaken = Atomic(0)
         let background = DispatchGroup(), writing = DispatchGroup()
         DispatchQueue.global().async(group: writing) {
             for round in 2...rounds {
+                // A snapshot between rounds (at most 1 s of waiting), so that the pool fills.
+                let deadline = Date().addingTimeInterval(1)
+                while snapshotsTaken.load(ordering: .relaxed) < round - 1 && Date() < deadline { usleep(500) }
                 for k in 0..<segments {
                     do { try pool.write(vm, at: UInt64(k * seg), [UInt8](repeating: UInt8(round), count: seg)) } catch {
                         failures.add("write round \(round) segment \(k): \(error)")
@@ -67,12 +82,7 @@ final class SeamReviewTests: XCTestCase {
                 }
             }
         }
-        DispatchQueue.global().async(group: background) {
-            while !stop.load(ordering: .relaxed) {
-                do { try pool.commit() } catch { failures.add("commit: \(error)") }
-                usleep(3000)
-            }
-        }
+        commitUntilStopped(pool, { stop.load(ordering: .relaxed) }, failures, group: background, pauseMicroseconds: 3000)
         DispatchQueue.global().async(group: background) {
             var n = 0
             while !stop.load(ordering: .relaxed) {
@@ -84,6 +94,7 @@ final class SeamReviewTests: XCTestCase {
                     } else {
                         let id = try pool.createSnapshot(of: vm, named: "s\(n)")
                         try pool.setExpendable(id, true)
+                        snapshotsTaken.add(1, ordering: .relaxed)
                         if n % 4 == 1 {
                             let kept = try pool.rollback(vm, to: id)
                             try pool.setExpendable(kept.before, true)
@@ -129,7 +140,9 @@ final class SeamReviewTests: XCTestCase {
             XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [], context)
         }
         print("SeamReviewTests: \(pool.droppedSnapshots().count) snapshots dropped for space")
+        XCTAssertGreaterThan(pool.droppedSnapshots().count, 0, "space ran out at least once")
         try checkWholeWrites(pool, "live")
+        try pool.commit()
         let images = Dictionary(uniqueKeysWithValues: try pool.disks().filter(\.hasImage).map { ($0.id, try pool.image($0.id)) })
         let reopened = try drives.open()
         try checkWholeWrites(reopened, "reopened")
@@ -179,12 +192,7 @@ final class SeamReviewTests: XCTestCase {
                 round &+= 1
             }
         }
-        DispatchQueue.global().async(group: done) {
-            while !stop.load(ordering: .relaxed) {
-                do { try pool.commit() } catch { failures.add("commit: \(error)") }
-                usleep(5000)
-            }
-        }
+        commitUntilStopped(pool, { stop.load(ordering: .relaxed) }, failures, group: done, pauseMicroseconds: 5000)
         for n in 0..<2 {
             let d = try FileDevice.createFile(path: "\(root)/n\(n)", sizeBytes: size + UInt64(n) * (16 << 20))
             devices.append(d)
@@ -335,12 +343,7 @@ final class SeamReviewTests: XCTestCase {
                 k = (k + 1) % 16
             }
         }
-        DispatchQueue.global().async(group: group) {
-            while !stop.load(ordering: .relaxed) {
-                do { try pool.commit() } catch { failures.add("commit: \(error)") }
-                usleep(2000)
-            }
-        }
+        commitUntilStopped(pool, { stop.load(ordering: .relaxed) }, failures, group: group, pauseMicroseconds: 2000)
         for r in 0..<2 {
             DispatchQueue.global().async(group: group) {
                 let buf = UnsafeMutableRawBufferPointer.allocate(byteCount: mib, alignment: 4096)
