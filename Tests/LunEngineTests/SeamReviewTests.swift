@@ -422,4 +422,40 @@ final class SeamReviewTests: XCTestCase {
         XCTAssertEqual(pool.members(onDrive: gone).filter { pool.state.rsds.level($0.store) != .raid0 }, [])
         assertSameBytes(try pool.image(mirrored), bytes, "the mirrored disk")
     }
+
+    /// A group snapshot of two disks of one chain (a disk and its snapshot), then a rollback
+    /// to one of the group's snapshots: every image as expected, change files true.
+    func testGroupSnapshotWithinOneChainThenRollback() throws {
+        var rng = TestRandom(seed: 12)
+        let drives = MemoryDrives(count: 5, sizeBytes: 64 << 20)
+        try drives.format(raid: .raid5)
+        let pool = try drives.open()
+        let vm = try pool.createDisk(named: "vm")
+        let v1 = rng.bytes(3 << 20)
+        try pool.write(vm, at: 0, v1)
+        let s1 = try pool.createSnapshot(of: vm, named: "s1")
+        let v2 = rng.bytes(1 << 20)
+        try pool.write(vm, at: 1 << 20, v2)
+        var vmBytes = v1
+        vmBytes.replaceSubrange(1 << 20 ..< 2 << 20, with: v2)
+        let taken = try pool.createGroupSnapshot(of: [s1, vm], named: "g")
+        assertSameBytes(try pool.image(taken[vm]!), vmBytes, "g of vm")
+        assertSameBytes(try pool.image(taken[s1]!), v1, "g of s1")
+        try pool.write(vm, at: 0, rng.bytes(1 << 20))
+        try pool.write(s1, at: 2 << 20, rng.bytes(1 << 20))
+        var images: [DiskID: [UInt8]] = [:]
+        for d in pool.disks() where d.hasImage { images[d.id] = try pool.image(d.id) }
+        try checkChangeFiles(pool, images: images, "after the group snapshot")
+        let kept = try pool.rollback(vm, to: taken[vm]!)
+        assertSameBytes(try pool.image(vm), vmBytes, "vm rolled back to g")
+        assertSameBytes(try pool.image(kept.before), images[vm]!, "the state before")
+        images[vm] = vmBytes
+        images[kept.before] = try pool.image(kept.before)
+        for (id, bytes) in images { assertSameBytes(try pool.image(id), bytes, "disk \(id) after the rollback") }
+        try checkChangeFiles(pool, images: images, "after the rollback")
+        XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [])
+        try pool.commit()
+        let reopened = try drives.open()
+        for (id, bytes) in images { assertSameBytes(try reopened.image(id), bytes, "disk \(id) reopened") }
+    }
 }
