@@ -96,7 +96,8 @@ extension Pool {
         }
         do {
             let slot = try addDrive(device: device, listLine: "\(path) \(device.sizeBytes)", force: force)
-            lockedDrives.append(device)
+            // forgetDrive removes entries on the leveling thread, under the same lock.
+            membershipLock.withLock { lockedDrives.append(device) }
             return slot
         } catch {
             device.unlock()
