@@ -95,6 +95,9 @@ public struct StatusReport: Codable {
         /// No move helps under the RAID rules until drives change: leveling rests.
         public var waiting: Bool
     }
+    /// Partial segments (copy on first write in blocks) and the bytes their fill has left.
+    public var partialSegments: Int? = nil
+    public var partialBytesToFill: UInt64? = nil
 }
 
 /// The whole report; `live` says whether the pool is the daemon's own (live figures).
@@ -117,6 +120,9 @@ public func buildStatus(_ pool: Pool, mounted: Bool, live: Bool = false) -> Stat
         report.snapshotsDroppedForSpace = dropped.count
         report.droppedSnapshots = dropped.recent.map { .init(path: $0.path, forDisk: $0.forDisk, at: $0.at, freedBytes: $0.freedBytes) }
     }
+    let partial = pool.partialSegmentProgress
+    report.partialSegments = partial.segments
+    report.partialBytesToFill = partial.bytesLeft
     return report
 }
 

@@ -124,6 +124,12 @@ struct MountArguments {
                     throw .usage("max_threads takes a number from 1 to 1024")
                 }
                 arguments.maximumThreads = count
+            } else if option.hasPrefix("blockcow=") {
+                switch option.dropFirst("blockcow=".count) {
+                case "on": arguments.poolOptions.blockCopyOnWrite = true
+                case "off": arguments.poolOptions.blockCopyOnWrite = false
+                default: throw .usage("blockcow takes on or off, not \(option.dropFirst("blockcow=".count))")
+                }
             } else if option.hasPrefix("snapclone=") {
                 let name = String(option.dropFirst("snapclone=".count))
                 guard let variant = SnapcloneVariant(rawValue: name) else {

@@ -66,6 +66,7 @@ struct PoolOpener {
             case .open:
                 let pool = try Pool.open(directory: poolDirectory, readOnly: readOnly, log: engineLog)
                 pool.snapcloneVariant = poolOptions.snapcloneVariant
+                pool.blockCopyOnWrite = poolOptions.blockCopyOnWrite
                 for note in pool.openNotes { channel.say("lunfs: note: \(note)") }
                 return pool
             case .create:

@@ -74,6 +74,9 @@ private func printStatus(_ r: StatusReport) {
     print("capacity \(formatSize(r.capacityBytes)) of segments; used \(formatSize(r.usedBytes)) by disks (\(formatSize(r.rawUsedBytes)) raw with redundancy); free \(formatSize(r.freeBytes)) at raid\(r.defaultRAID)\(r.reservedBytes > 0 ? "; reserved \(formatSize(r.reservedBytes))" : "")")
     let perMiB = r.mapBytesPerAllocatedMiB.map { String(format: "%.1f B per allocated MiB", $0) } ?? "nothing allocated"
     print("map memory \(formatSize(UInt64(r.mapMemoryBytes))) (\(perMiB))")
+    if let n = r.partialSegments, n > 0 {
+        print("partial segments: \(n), \(formatSize(r.partialBytesToFill ?? 0)) left to fill in the background (copy on first write in blocks)")
+    }
     for n in r.notes { print("note: \(n)") }
     printDisks(r)
     printCopies(r)

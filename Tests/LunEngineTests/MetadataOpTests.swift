@@ -27,6 +27,8 @@ final class MetadataOpTests: XCTestCase {
         .dropExternal(301),
         .moveMember(store: 70_000, member: 4, from: StoreMember(drive: 2, pseg: 300), to: StoreMember(drive: 9, pseg: 70_000)),
         .rollback(disk: 300, target: 70_000, keeping: 1_000_000),
+        .putPartial(location: 4097 << 3 | 5, source: 70_000 << 3 | 1, valid: BlockBits(words: SIMD4(1, 0, 1 << 63, 0x0F0F))),
+        .dropPartial(location: 4097 << 3 | 5),
     ]
 
     func testEveryOpDecodesToWhatWasEncoded() throws {
@@ -61,7 +63,7 @@ final class MetadataOpTests: XCTestCase {
             try drives.format(raid: level)
             let pool = try drives.open()
             let segment = Int(pool.geometry.rsegSizeBytes)
-            var names = 0, copies = 0, independents = 0, moves = 0, rollbacks = 0
+            var names = 0, copies = 0, independents = 0, moves = 0, rollbacks = 0, fills = 0, partialSteps = 0
             for step in 0..<400 {
                 let disks = pool.disks()
                 let images = disks.filter(\.hasImage)
@@ -122,6 +124,9 @@ final class MetadataOpTests: XCTestCase {
                     let slot = StoreMemberSlot(store: store, member: step % level.memberCount)
                     if let target = pool.moveTargets(for: slot).first { try pool.movePSEG(slot, toDrive: target); moves += 1 }
                 }
+                // The fill of partial segments (made by small writes after snapshots).
+                if step % 7 == 3 { fills += try pool.fillPartialSegments(limit: 1) }
+                if pool.partialSegmentProgress.segments > 0 { partialSteps += 1 }
             }
             try pool.commit()
             let context = "\(level), seed \(seed)"
@@ -129,6 +134,9 @@ final class MetadataOpTests: XCTestCase {
             XCTAssertGreaterThan(moves, 5, "\(context): PSEG moves ran")
             XCTAssertGreaterThan(pool.metadata.journalBytesSinceCheckpoint, 0, "\(context): the records to replay exist")
             print("replay, \(context): \(copies) snapclone copy steps, \(independents) clones left their chain, \(rollbacks) rollbacks tried")
+            print("replay, \(context): \(copies) snapclone copy steps, \(independents) clones left their chain, "
+                  + "\(fills) partial segments filled, partial segments present after \(partialSteps) steps")
+            XCTAssertGreaterThan(partialSteps, 0, "\(context): partial segments made")
             let running = pool.stateLock.withLock { pool.state.encodeCheckpoint() }
             let images = try pool.disks().filter(\.hasImage).map { ($0.id, try pool.image($0.id)) }
             XCTAssertEqual(try PoolChecker(pool: pool).run().problems, [], "\(context): running")
@@ -168,6 +176,8 @@ final class MetadataOpTests: XCTestCase {
             .rollback(disk: x, target: y, keeping: 999),             // no such kept disk
             .rollback(disk: x, target: y, keeping: p),               // y is in another chain, p in one
             .rollback(disk: x, target: x, keeping: y),               // to itself
+            .putPartial(location: UInt32(pool.state.rsds.highWater + 3) << 3, source: UInt32(liveStore) << 3, valid: .none),  // undefined store
+            .dropPartial(location: UInt32(liveStore) << 3),          // no record
         ]
         var linked = pool.info(y).map { _ in pool.state.disks[y]!.record }!
         linked.predecessor = 999

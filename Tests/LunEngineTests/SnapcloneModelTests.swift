@@ -30,7 +30,7 @@ final class SnapcloneModelTests: XCTestCase {
         let size = 12 * seg
         var model: [DiskID: [UInt8]] = [:]
         var counter = 0
-        var stats = (copies: 0, independent: 0, reverts: 0, shadowsSeen: 0, clonesMade: 0, leftToSecondPass: 0)
+        var stats = (copies: 0, independent: 0, reverts: 0, shadowsSeen: 0, clonesMade: 0, leftToSecondPass: 0, partialsSeen: 0)
         let base = try pool.createDisk(named: "vm")
         try pool.write(base, at: 0, rng.bytes(size))
         model[base] = try pool.image(base)
@@ -59,6 +59,11 @@ final class SnapcloneModelTests: XCTestCase {
             let disks = chainDisks()
             let clones = pool.copyingSnapclones()
             pool.quiescedCopySegments = rng.chance(0.8) ? 0 : Int(rng.below(3))
+            if pool.partialSegmentProgress.segments > 0 {
+                stats.partialsSeen += 1
+                // The background fill of partial segments, between any two steps.
+                if rng.chance(0.2) { _ = try pool.fillPartialSegments(limit: Int(rng.below(3)) + 1) }
+            }
             let roll = rng.below(100)
             switch roll {
             case 0..<30:
@@ -145,7 +150,9 @@ final class SnapcloneModelTests: XCTestCase {
         XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [])
         print("SnapcloneModelTests seed \(seed) level \(level): \(steps) steps, \(stats.clonesMade) snapclones made, "
               + "\(stats.copies) copy steps, \(stats.independent) became independent, \(stats.reverts) reverted, "
-              + "shadows present after \(stats.shadowsSeen) steps, \(stats.leftToSecondPass) writes left the second pass work")
+              + "shadows present after \(stats.shadowsSeen) steps, \(stats.leftToSecondPass) writes left the second pass work, "
+              + "partial segments present after \(stats.partialsSeen) steps")
+        XCTAssertGreaterThan(stats.partialsSeen, 0, "the test reaches partial segments")
         XCTAssertGreaterThan(stats.shadowsSeen, 0, "the test reaches the shadow states it is for")
         try pool.close()
     }

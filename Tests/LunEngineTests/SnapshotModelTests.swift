@@ -32,13 +32,19 @@ final class SnapshotModelTests: XCTestCase {
         var model: [DiskID: ModelDisk] = [:]
         let maxSize = 4 << 20
         var counter = 0
-        var snapcloneSteps = 0, independents = 0, rollbacks = 0, groupSnapshots = 0
-        defer { print("SnapshotModelTests seed \(seed) level \(level): \(steps) steps, \(snapcloneSteps) snapclone copy steps, \(independents) snapclones made independent, \(rollbacks) rollbacks, \(groupSnapshots) group snapshots") }
+        var snapcloneSteps = 0, independents = 0, rollbacks = 0, groupSnapshots = 0, partialsSeen = 0, fills = 0
+        defer { print("SnapshotModelTests seed \(seed) level \(level): \(steps) steps, \(snapcloneSteps) snapclone copy steps, \(independents) snapclones made independent, \(rollbacks) rollbacks, \(groupSnapshots) group snapshots, \(partialsSeen) steps with partial segments, \(fills) filled") }
         func liveImages() -> [DiskID] { model.filter { $0.value.hasImage }.keys.sorted() }
         for step in 0..<steps {
             let roll = Int.random(in: 0..<100, using: &rng)
             let live = liveImages()
             let context = "seed \(seed) step \(step) level \(level)"
+            // Partial segments (copy on first write in blocks) are filled now and then, between
+            // any two steps, as the background fill would.
+            if pool.partialSegmentProgress.segments > 0 {
+                partialsSeen += 1
+                if rng.chance(0.15) { fills += try pool.fillPartialSegments(limit: Int(rng.below(3)) + 1) }
+            }
             if !live.isEmpty && rng.chance(0.1) {
                 // Rollbacks and group snapshots (issue 15).
                 counter += 1
@@ -75,8 +81,9 @@ final class SnapshotModelTests: XCTestCase {
                 model[id] = ModelDisk(image: [], parent: nil, hasImage: true)
             } else if roll < 55 {
                 let id = live.randomElement(using: &rng)!
-                let len = [1, 4096, 65536, 1 << 20, (1 << 20) + 4097][Int.random(in: 0..<5, using: &rng)]
-                let off = Int.random(in: 0..<(maxSize - len), using: &rng)
+                let len = [1, 4096, 65536, 1 << 20, (1 << 20) + 4097, 4096, 8192][Int.random(in: 0..<7, using: &rng)]
+                var off = Int.random(in: 0..<(maxSize - len), using: &rng)
+                if rng.chance(0.5) { off &= ~4095 }
                 // Some writes are zeros: over a whole segment held alone they unmap it, which a
                 // change file must still show as data (zeros) against the predecessor.
                 let bytes = rng.chance(0.1) ? [UInt8](repeating: 0, count: len) : rng.bytes(len)
@@ -152,9 +159,17 @@ final class SnapshotModelTests: XCTestCase {
                 if !report.problems.isEmpty { return }
             }
         }
+        XCTAssertGreaterThan(partialsSeen, 0, "seed \(seed): no write made a partial segment")
         try pool.close()
         pool = try drives.open()
         XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [])
+        for id in liveImages() { assertSameBytes(try pool.image(id), model[id]!.image) }
+        // Every partial segment filled: the images stay, and no orphan source is left.
+        try pool.fillPartialSegments()
+        XCTAssertEqual(pool.partialSegmentProgress.segments, 0)
+        try pool.commit()
+        XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [])
+        XCTAssertTrue(pool.state.partials.orphans.isEmpty)
         for id in liveImages() { assertSameBytes(try pool.image(id), model[id]!.image) }
         try pool.close()
     }

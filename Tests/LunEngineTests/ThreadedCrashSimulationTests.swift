@@ -139,6 +139,9 @@ final class ThreadedCrashSimulationTests: XCTestCase {
         var drivesGone = 0, commitsRefusedAfterDriveLoss = 0, drivesRebuilt = 0, latentBlocksRepairedByScrub = 0
         var bytesVerifiedAfterCrashes = 0, bytesReadVerified = 0, fsyncedBytesLost = 0, wrongBytes = 0
         var midSnapshotsVerified = 0, psegMoves = 0
+        /// Partial segments (copy on first write in blocks): filled during the runs, and found
+        /// partial after a crash (then filled after the reopen, the images checked again).
+        var partialSegmentsFilled = 0, partialSegmentsAfterCrashes = 0
 
         var summary: String {
             "\(points) crash points (\(cutsDuringWork) cut while the threads ran), "
@@ -148,7 +151,8 @@ final class ThreadedCrashSimulationTests: XCTestCase {
                 + "\(corruptedReadsHealed) corrupted reads served on RAID 1/5 (healed), "
                 + "\(corruptedReadsOnRAID0) on RAID 0 (\(readsRefusedOnRAID0) reads refused, never wrong bytes), "
                 + "\(drivesGone) drives gone (\(commitsRefusedAfterDriveLoss) commits refused until recorded), "
-                + "\(drivesRebuilt) gone stale and rebuilt, \(midSnapshotsVerified) snapshots taken mid-run verified, \(psegMoves) PSEG moves beside the writers, \(bytesVerifiedAfterCrashes) bytes verified after crashes "
+                + "\(drivesRebuilt) gone stale and rebuilt, \(midSnapshotsVerified) snapshots taken mid-run verified, \(psegMoves) PSEG moves beside the writers, "
+                + "\(partialSegmentsFilled) partial segments filled during the runs and \(partialSegmentsAfterCrashes) after crashes, \(bytesVerifiedAfterCrashes) bytes verified after crashes "
                 + "and \(bytesReadVerified) read during the runs, fsync'd bytes lost \(fsyncedBytesLost), wrong bytes \(wrongBytes)"
         }
     }
@@ -313,11 +317,32 @@ final class ThreadedCrashSimulationTests: XCTestCase {
             }
             moverDone.signal()
         }.start()
+        // The background fill of partial segments, at seeded moments among the writes.
+        var fillerRandom = rng.split()
+        let fillerDone = DispatchSemaphore(value: 0)
+        let fillerSleeps = (0..<10_000).map { _ in UInt32(fillerRandom.below(3000)) }
+        let filled = Atomic<Int>(0)
+        Thread {
+            var i = 0
+            while !stop.load(ordering: .acquiring) && !shared.cut.isDead {
+                do {
+                    filled.add(try pool.fillPartialSegments(limit: 1), ordering: .relaxed)
+                } catch {
+                    if !shared.cut.isDead && plan.level != .raid0 { shared.fail("fill of a partial segment failed with one faulty drive: \(error)") }
+                    if shared.cut.isDead { break }
+                }
+                usleep(fillerSleeps[i % fillerSleeps.count])
+                i += 1
+            }
+            fillerDone.signal()
+        }.start()
         group.wait()
         stop.store(true, ordering: .releasing)
         committerDone.wait()
         moverDone.wait()
         totals.psegMoves += moves.load(ordering: .relaxed)
+        fillerDone.wait()
+        totals.partialSegmentsFilled += filled.load(ordering: .relaxed)
         if cut.isDead { totals.cutsDuringWork += 1 }
 
         // The power goes out now (if the cut has not come yet), and the unsynced writes meet
@@ -404,6 +429,20 @@ final class ThreadedCrashSimulationTests: XCTestCase {
                 totals.midSnapshotsVerified += 1
                 totals.bytesVerifiedAfterCrashes += kept.count
             }
+        }
+        // Partial segments the crash left: filling them changes no byte any disk shows.
+        let partialsLeft = reopened.partialSegmentProgress.segments
+        if partialsLeft > 0 && failures.isEmpty {
+            totals.partialSegmentsAfterCrashes += partialsLeft
+            let ids = finished.withLock { $0.values.flatMap { l in [l.disk] + (l.snapshot.map { [$0] } ?? []) } }.sorted()
+            let before = try ids.map { try reopened.image($0) }
+            try reopened.fillPartialSegments()
+            try reopened.commit()
+            for (id, image) in zip(ids, before) where !sameBytes(try reopened.image(id), image) {
+                failures.append("\(what): disk \(id) changed when its partial segments were filled after the reopen")
+            }
+            let left = try PoolChecker(pool: reopened, scrub: true).run().problems
+            if !left.isEmpty { failures.append("\(what): check after the fill: \(left)") }
         }
         try reopened.close()
         totals.points += 1

@@ -121,8 +121,10 @@ public struct PoolChecker {
                 }
             }
         }
-        // Every RSEG marked used is held by someone or waiting for a commit to be freed.
-        let pending = Set(state.pendingFree.map { UInt32($0.store) << 3 | UInt32($0.rseg) })
+        checkPartialSegments(holders, &report)
+        // Every RSEG marked used is held by someone, waiting for a commit to be freed, or the
+        // source of a partial segment (an orphan).
+        let pending = Set(state.pendingFree.map { UInt32($0.store) << 3 | UInt32($0.rseg) }).union(state.partials.orphans)
         var used = 0
         for id in 0..<state.rsds.highWater where state.rsds.isLive(id) {
             report.storesChecked += 1
@@ -136,6 +138,37 @@ public struct PoolChecker {
         }
         if used != state.usedRSEGs {
             report.problems.append("used RSEG count is \(state.usedRSEGs), the stores say \(used)")
+        }
+    }
+
+    /// Partial segments (docs/DESIGN.md section 8): each held by one disk, reading from a
+    /// complete source that is held or an orphan (never both), with bits inside the segment
+    /// and, on RAID 5, whole stripe rows.
+    private func checkPartialSegments(_ holders: [UInt32: DiskID], _ report: inout CheckReport) {
+        let state = pool.state
+        let orphans = state.partials.orphans
+        func name(_ l: UInt32) -> String { "RSEG \(l >> 3).\(l & 7)" }
+        for p in state.partials.all() {
+            let bits = state.partials.bits(of: p)
+            if holders[p.location] == nil { report.problems.append("partial segment \(name(p.location)) is held by no disk") }
+            if state.partials.record(p.source) != nil {
+                report.problems.append("partial segment \(name(p.location)) reads from \(name(p.source)), itself partial")
+            }
+            if !BlockBits.all(pool.blocksPerSegment).isSuperset(of: bits) || pool.widenedUnits(store: Int(p.location >> 3), bits) != bits {
+                report.problems.append("partial segment \(name(p.location)): validity bits outside the segment or not whole stripe rows")
+            }
+        }
+        for (source, _) in state.partials.sources() {
+            let held = holders[source] != nil, orphan = orphans.contains(source)
+            if held == orphan {
+                report.problems.append("\(name(source)), the source of partial segments, is " + (held ? "held and an orphan" : "neither held nor an orphan"))
+            }
+            if !state.rsds.isLive(Int(source >> 3)) || !state.rsds.isUsed(Int(source >> 3), rseg: Int(source & 7)) {
+                report.problems.append("\(name(source)), the source of partial segments, is marked free")
+            }
+        }
+        for o in orphans where state.partials.sources()[o] == nil {
+            report.problems.append("\(name(o)) is kept as an orphan source but no partial segment reads it")
         }
     }
 

@@ -31,6 +31,14 @@ extension PoolState {
         // the zero padding reads as a count of 0).
         w.varint(UInt64(externals.count))
         for id in externals.keys.sorted() { externals[id]!.encode(into: &w) }
+        // Partial segments (absent likewise in older checkpoints).
+        let partialRecords = partials.all()
+        w.varint(UInt64(partialRecords.count))
+        for p in partialRecords {
+            w.varint(UInt64(p.location)); w.varint(UInt64(p.source))
+            let bits = partials.bits(of: p)
+            for i in 0..<4 { w.u64(bits.words[i]) }
+        }
         // Drives not in the default group (DiskGroups.swift; absent before groups existed).
         w.varint(UInt64(driveGroups.count))
         for d in driveGroups.keys.sorted() { w.varint(UInt64(d)); w.string(driveGroups[d]!) }
@@ -80,6 +88,18 @@ extension PoolState {
                 let record = try ExternalSnapshotRecord.decode(from: &r)
                 guard disks[record.id] != nil else { throw .corrupt("checkpoint: external snapshot of missing disk \(record.id)") }
                 externals[record.id] = record
+            }
+        }
+        if r.remaining > 0 {
+            let partialCount = try r.varint()
+            for _ in 0..<partialCount {
+                let location = try r.varint(), source = try r.varint()
+                var bits = BlockBits.none
+                for i in 0..<4 { bits.words[i] = try r.u64() }
+                guard location <= UInt64(UInt32.max), source <= UInt64(UInt32.max) else {
+                    throw .corrupt("checkpoint: partial segment \(location) reads from \(source)")
+                }
+                try MetadataOp.putPartial(location: UInt32(location), source: UInt32(source), valid: bits).apply(to: self)
             }
         }
         if r.remaining > 0 {

@@ -40,6 +40,11 @@ enum MetadataOp: Equatable {
     /// the chain, size and written flag. `disk` reads what target reads; `keeping` holds what
     /// `disk` held. Every other disk keeps its map and its place.
     case rollback(disk: DiskID, target: DiskID, keeping: DiskID)
+    /// The RSEG at `location` is a partial segment: blocks with a bit in `valid` are its own,
+    /// the others read from `source` (created, or more bits set; docs/DESIGN.md section 8).
+    case putPartial(location: UInt32, source: UInt32, valid: BlockBits)
+    /// The partial segment at `location` is complete (filled) or freed: its record goes.
+    case dropPartial(location: UInt32)
 
     /// The op's first byte in a journal record. Codes are part of the on-disk format
     /// (docs/DESIGN.md section 4): never reuse or renumber one.
@@ -49,6 +54,7 @@ enum MetadataOp: Equatable {
         case putExternal = 10, dropExternal = 11
         case moveMember = 12
         case rollback = 13
+        case putPartial = 14, dropPartial = 15
     }
 
     var code: Code {
@@ -66,6 +72,8 @@ enum MetadataOp: Equatable {
         case .dropExternal: .dropExternal
         case .moveMember: .moveMember
         case .rollback: .rollback
+        case .putPartial: .putPartial
+        case .dropPartial: .dropPartial
         }
     }
 
@@ -93,6 +101,11 @@ enum MetadataOp: Equatable {
             w.varint(UInt64(store)); w.u8(UInt8(member)); w.u32(from.packed); w.u32(to.packed)
         case .rollback(let disk, let target, let keeping):
             w.varint(UInt64(disk)); w.varint(UInt64(target)); w.varint(UInt64(keeping))
+        case .putPartial(let location, let source, let valid):
+            w.varint(UInt64(location)); w.varint(UInt64(source))
+            for i in 0..<4 { w.u64(valid.words[i]) }
+        case .dropPartial(let location):
+            w.varint(UInt64(location))
         }
     }
 
@@ -112,6 +125,11 @@ enum MetadataOp: Equatable {
             let v = try r.varint()
             guard v <= UInt64(LMapEntry.maxStoreID) else { throw .corrupt("journal store id \(v) is out of range") }
             return Int(v)
+        }
+        func rsegLocation() throws(LunError) -> UInt32 {
+            let v = try r.varint()
+            guard v <= UInt64(LMapEntry.maxStoreID) << 3 | 7 else { throw .corrupt("journal RSEG location \(v) is out of range") }
+            return UInt32(v)
         }
         switch code {
         case .setEntry:
@@ -141,6 +159,12 @@ enum MetadataOp: Equatable {
             let member = Int(try r.u8())
             return .moveMember(store: id, member: member, from: StoreMember(packed: try r.u32()), to: StoreMember(packed: try r.u32()))
         case .rollback: return .rollback(disk: try disk(), target: try disk(), keeping: try disk())
+        case .putPartial:
+            let location = try rsegLocation(), source = try rsegLocation()
+            var valid = BlockBits.none
+            for i in 0..<4 { valid.words[i] = try r.u64() }
+            return .putPartial(location: location, source: source, valid: valid)
+        case .dropPartial: return .dropPartial(location: try rsegLocation())
         }
     }
 
@@ -235,6 +259,20 @@ enum MetadataOp: Equatable {
             guard n.family === x.family else { throw .corrupt("\(self): the kept disk is not in the chain's family") }
             SharingChain.insert(n, below: t)
             SharingChain.exchangeContents(x, n)
+        case .putPartial(let location, let source, let valid):
+            for loc in [location, source] where !state.rsds.isLive(Int(loc >> 3)) || Int(loc & 7) >= state.geometry.rsegsPerStore {
+                throw .corrupt("\(self): RSEG \(loc >> 3).\(loc & 7) is not in a defined store")
+            }
+            try state.partials.put(location: location, source: source, bits: valid)
+        case .dropPartial(let location):
+            if let source = try state.partials.drop(location), !state.replaying {
+                // The committed records may still read the source: no in-place write to it
+                // before this drop is durable, and an orphan is freed with it.
+                state.pendingUnshared.insert(source)
+                if state.partials.orphans.remove(source) != nil {
+                    state.pendingFree.append((Int(source >> 3), Int(source & 7)))
+                }
+            }
         }
         return []
     }

@@ -86,6 +86,8 @@ extension Pool {
             for d in state.disks.values {
                 d.map.forEachMapped { _, e in if e.holdsData { mapped.insert(Int(e.store) << 3 | e.rseg) } }
             }
+            // Sources of partial segments that no entry holds any more are still read.
+            for o in state.partials.orphans { mapped.insert(Int(o)) }
         }
         var done = 0
         for id in stores where rsds.isLive(id) {
@@ -156,6 +158,9 @@ private struct RowCheck {
     var present: [Bool]
     var bad: [Set<Int>]
     let blocks: Int
+    /// Blocks of a partial segment it does not hold yet (docs/DESIGN.md section 8): nothing
+    /// reads them, so they are not checked (indexed `column * blocks + row`).
+    let invalid: BlockBits
     static let bb = ChecksumArea.blockBytes
 
     init(pool: Pool, store: Int, level: RAIDLevel, rseg: Int, buffers: [UnsafeMutableRawBufferPointer], mode: RedundancyCheckMode) {
@@ -170,6 +175,7 @@ private struct RowCheck {
         present = Array(repeating: false, count: members.count)
         bad = Array(repeating: [], count: members.count)
         blocks = Int(pool.geometry.stripeUnitBytes) / Self.bb
+        invalid = pool.invalidBlocks(store: store, rseg: rseg)
     }
 
     var checksums: BlockChecksums { pool.storeIO.checksums }
@@ -198,9 +204,12 @@ private struct RowCheck {
         }
         for b in 0..<blocks {
             switch level {
-            case .raid0: for m in 0..<4 { settleAlone(m, b, &report, &places) }
-            case .raid1: for pair in layout.redundancyGroups { settleMirror(pair[0], pair[1], b, &report, &places) }
-            case .raid5: settleParityRow(b, &report, &places)
+            case .raid0: for m in 0..<4 where !invalid.contains(m * blocks + b) { settleAlone(m, b, &report, &places) }
+            case .raid1:
+                for pair in layout.redundancyGroups where !invalid.contains(column(pair[0])! * blocks + b) {
+                    settleMirror(pair[0], pair[1], b, &report, &places)
+                }
+            case .raid5: if !invalid.contains(b) { settleParityRow(b, &report, &places) }
             }
         }
     }

@@ -58,17 +58,21 @@ extension Pool {
             for (m, member) in members.enumerated() where stale.contains(member.drive) {
                 for r in 0..<geometry.rsegsPerStore where rsds.isUsed(id, rseg: r) {
                     func at(_ x: StoreMember) -> UInt64 { layout.driveOffset(x, rseg: r) }
+                    // Blocks of a partial segment it does not hold yet may fail: nothing reads them.
+                    let invalid = invalidBlocks(store: id, rseg: r), perColumn = unit / ChecksumArea.blockBytes
+                    func readable(_ bad: [Int], column: Int) -> Bool { bad.allSatisfy { invalid.contains(column * perColumn + $0) } }
                     do {
                         let checksums = storeIO.checksums
                         if level == .raid1 {
                             let partner = members[layout.partner(ofMember: m)!]
-                            guard try checksums.read(partner.drive, into: a, at: at(partner)).isEmpty else {
+                            guard readable(try checksums.read(partner.drive, into: a, at: at(partner)), column: layout.column(ofMember: m)!) else {
                                 throw LunError.io("the mirror copy on drive \(partner.drive) fails its checksum")
                             }
                         } else {
                             a.initializeMemory(as: UInt8.self, repeating: 0)
                             for other in layout.redundancySources(ofMember: m).map({ members[$0] }) {
-                                guard try checksums.read(other.drive, into: b, at: at(other)).isEmpty else {
+                                // RAID 5 rows are valid or not as a whole: column 0 stands for the row.
+                                guard readable(try checksums.read(other.drive, into: b, at: at(other)), column: 0) else {
                                     throw LunError.io("RAID 5 member on drive \(other.drive) fails its checksum")
                                 }
                                 xorBytes(into: a.baseAddress!, from: b.baseAddress!, count: unit)

@@ -333,6 +333,42 @@ struct StoreIO: @unchecked Sendable {
         if failures > 1 { throw .io("RAID 5 store \(store) lost \(failures) members") }
     }
 
+    /// Writes stripe rows [within, within + count) of every column of RSEG `rseg` and their
+    /// parity, computed from `segment` (the whole RSEG's bytes as reads see them; only those
+    /// rows are used), reading nothing: a partial segment's rows (docs/DESIGN.md section 8)
+    /// hold nothing anyone reads until this write, so their old bytes and parity do not matter.
+    func writeRows(store: Int, rseg: Int, within: Int, count: Int, from segment: UnsafeRawBufferPointer) throws(LunError) {
+        let bb = Self.blockBytes
+        precondition(within % bb == 0 && count % bb == 0 && count > 0 && within + count <= stripeUnit
+                      && segment.count == Int(geometry.rsegSizeBytes))
+        guard table.level(store) == .raid5 else { preconditionFailure("stripe rows of store \(store), which is not RAID 5") }
+        let lock = stripeLock(store, rseg)
+        lock.lock()
+        defer { lock.unlock() }
+        let parity = scratchBuffer(count)
+        defer { parity.deallocate() }
+        parity.copyMemory(from: UnsafeRawBufferPointer(rebasing: segment[within..<within + count]))
+        for column in 1..<4 {
+            xorBytes(into: parity.baseAddress!, from: segment.baseAddress! + column * stripeUnit + within, count: count)
+        }
+        let layout = layout(store, .raid5)
+        func writeMember(_ member: Int) throws(LunError) {
+            let m = table.member(store, member)
+            let bytes = layout.column(ofMember: member).map { column in
+                UnsafeRawBufferPointer(rebasing: segment[column * stripeUnit + within..<column * stripeUnit + within + count])
+            } ?? UnsafeRawBufferPointer(parity)
+            guard drives.isAvailable(m.drive) else { throw .io("drive \(m.drive) is not available") }
+            try checksums.write(m.drive, bytes, at: physicalOffset(m, rseg: rseg, within: within))
+        }
+        // A few blocks per member, written on the calling thread: handing them to the
+        // transfer pool costs more than the writes.
+        let errors: [LunError?] = (0..<5).map { member in
+            do throws(LunError) { try writeMember(member); return nil } catch { return error }
+        }
+        let failures = errors.filter { $0 != nil }.count
+        if failures > 1 { throw .io("RAID 5 store \(store) lost \(failures) members") }
+    }
+
     /// new parity = old parity ^ old data ^ new data; with the data member gone, the parity
     /// alone carries the new bytes, which reconstruction then returns. Old data and old parity
     /// are checked; a damaged old parity is computed afresh from the data columns.

@@ -103,7 +103,12 @@ extension Pool {
                 .sorted { ($0.draining ? 1 : 0, $0.excess, -$0.drive) > ($1.draining ? 1 : 0, $1.excess, -$1.drive) }
             var found: (slot: StoreMemberSlot, source: Int, target: Int)?
             search: for source in sources {
-                if members[source.drive] == nil { members[source.drive] = self.members(onDrive: source.drive).prefix(256) }
+                if members[source.drive] == nil {
+                    // Only members a move can copy or rebuild: planning one that cannot would
+                    // fail the step again and again, ahead of every member that could move.
+                    let all = self.members(onDrive: source.drive)
+                    members[source.drive] = stateLock.withLock { all.filter(isMovableLocked) }.prefix(256)
+                }
                 // Every member is one PSEG; the first that may go somewhere better will do.
                 for slot in members[source.drive]! where !planned.contains(slot) {
                     let targets = moveTargets(for: slot).compactMap { shares[$0] }.filter { !$0.draining }
@@ -122,6 +127,19 @@ extension Pool {
             shares[found.target]!.used += 1
         }
         return plan
+    }
+
+    /// Whether a move can fill a new PSEG for `slot` now: copied from its drive, or rebuilt
+    /// from the store's redundancy when that drive is out of service (so never a RAID 0 member
+    /// of such a drive, nor one whose store has another member out of service too).
+    /// Caller holds `stateLock`.
+    func isMovableLocked(_ slot: StoreMemberSlot) -> Bool {
+        let rsds = state.rsds
+        guard let layout = rsds.layout(slot.store, geometry), slot.member < layout.memberCount else { return false }
+        let members = rsds.memberList(slot.store)
+        if drives.isAvailable(members[slot.member].drive) { return true }
+        return layout.level != .raid0
+            && layout.redundancySources(ofMember: slot.member).allSatisfy { drives.isAvailable(members[$0].drive) }
     }
 
     /// PSEGs moved by one leveling step, with one commit: a commit per PSEG would cost more
@@ -167,7 +185,7 @@ extension Pool {
         }
         let left = levelingBacklog()
         guard left.draining.isEmpty else {
-            throw .noSpace("drives \(left.draining) cannot be emptied: no other drive has room for their PSEGs under the RAID rules")
+            throw .noSpace("drives \(left.draining) cannot be emptied: no other drive has room for their PSEGs under the RAID rules, or they hold members with nothing to rebuild them from (RAID 0, or a store with another member out of service)")
         }
     }
 }

@@ -184,7 +184,9 @@ extension Pool {
                     // stripe locks) holds no data: its blocks pass no checksum anywhere, and
                     // the write will go to the new PSEG. A mapped RSEG without a good copy is
                     // damage: the move stops there.
-                    if isMapped(store: layout.store, rseg: r) {
+                    // So are blocks a partial segment does not hold yet (DESIGN 8): nothing reads them.
+                    let invalid = invalidBlocks(store: layout.store, rseg: r), column = layout.column(ofMember: m) ?? 0
+                    if isMapped(store: layout.store, rseg: r) && !run.allSatisfy({ invalid.contains(column * (unit / bb) + $0) }) {
                         throw .io("drive \(old.drive) offset \(layout.driveOffset(old, rseg: r, within: run.lowerBound * bb)), \(run.count * 4) KiB: no good copy to move (\(error))")
                     }
                     unwritten.formUnion(run)
@@ -201,9 +203,11 @@ extension Pool {
         return copied
     }
 
-    /// Whether some disk's map points at RSEG `rseg` of `store` (visits every map).
+    /// Whether some disk's map points at RSEG `rseg` of `store` (visits every map), or partial
+    /// segments still read it (an orphan source, DESIGN 8).
     func isMapped(store: Int, rseg: Int) -> Bool {
         stateLock.withLock {
+            if state.partials.orphans.contains(UInt32(store) << 3 | UInt32(rseg)) { return true }
             for d in state.disks.values {
                 var hit = false
                 d.map.forEachMapped { _, e in if !hit && e.holdsData && Int(e.store) == store && e.rseg == rseg { hit = true } }

@@ -101,7 +101,8 @@ extension Pool {
         }
         do {
             let slot = try addDrive(device: device, listLine: "\(path) \(device.sizeBytes)", force: force, group: group)
-            lockedDrives.append(device)
+            // forgetDrive removes entries on the leveling thread, under the same lock.
+            membershipLock.withLock { lockedDrives.append(device) }
             return slot
         } catch {
             device.unlock()

@@ -34,8 +34,8 @@ extension Pool {
             let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[at..<at + len])
             let e = SharingChain.lookup(d, k).holder
             if e.isMapped {
-                try storeIO.read(store: Int(e.store), rseg: e.rseg, offset: within, into: piece,
-                                 describe: { "disk \(d.name) (id \(d.id)) offset \(UInt64(k) * UInt64(segmentBytes) + UInt64(within))" })
+                try readHeld(e, offset: within, into: piece,
+                             describe: { "disk \(d.name) (id \(d.id)) offset \(UInt64(k) * UInt64(segmentBytes) + UInt64(within))" })
             } else {
                 piece.initializeMemory(as: UInt8.self, repeating: 0)
             }
@@ -95,6 +95,11 @@ extension Pool {
         /// copying snapclone below (`SharingChain.cloneBelowNeedsCopy`), in `below`.
         var copiesBelowClone = false
         var below: (store: Int, rseg: Int)? = nil
+        /// An in-place step into a partial segment: its record (section 8, "Partial segments").
+        var partial: PartialSegment? = nil
+        /// A step that made its fresh segment partial: the source and the units it wrote.
+        var partialSource: UInt32? = nil
+        var partialBits = BlockBits.none
     }
 
     /// Whether a write step under `plan` makes the third copy (first snapclone variant).
@@ -107,9 +112,13 @@ extension Pool {
     /// show shared; a crash must not show its new bytes to the other disk, so a commit goes first.
     /// A piece of zeros for a segment that is unmapped (and so reads zeros already) needs no
     /// step at all: it allocates nothing, so zeros written into a thin disk stay holes.
-    private func planSteps(_ d: Disk, at offset: UInt64, _ buffer: UnsafeRawBufferPointer) -> (steps: [WriteStep], mustCommitFirst: Bool) {
+    /// `mustFillFirst`: an in-place piece lands on the source of partial segments, which must be
+    /// completed first (section 8, "Partial segments").
+    private func planSteps(_ d: Disk, at offset: UInt64, _ buffer: UnsafeRawBufferPointer)
+        -> (steps: [WriteStep], mustCommitFirst: Bool, mustFillFirst: [UInt32]) {
         var steps: [WriteStep] = []
         var mustCommitFirst = false
+        var mustFillFirst: [UInt32] = []
         forEachSegmentPiece(offset: offset, count: buffer.count) { k, within, at, len in
             let e = d.map.entry(k)
             let p = SharingChain.plan(d, k)
@@ -121,10 +130,15 @@ extension Pool {
             if case .inPlace = p, !mustCommitFirst, state.unsharedCount.load(ordering: .acquiring) > 0 {
                 mustCommitFirst = stateLock.withLock { state.isUnsharedUncommitted(SharingChain.location(e)) }
             }
+            var partial: PartialSegment?
+            if case .inPlace = p, !state.partials.isEmpty {
+                partial = state.partials.record(SharingChain.location(e))
+                if state.partials.isSource(SharingChain.location(e)) { mustFillFirst.append(SharingChain.location(e)) }
+            }
             steps.append(WriteStep(k: k, within: within, at: at, len: len, entry: e, plan: p,
-                                   copiesBelowClone: copiesBelowClone(d, k, p)))
+                                   copiesBelowClone: copiesBelowClone(d, k, p), partial: partial))
         }
-        return (steps, mustCommitFirst)
+        return (steps, mustCommitFirst, mustFillFirst)
     }
 
     /// Whether every byte is zero (word by word; it stops at the first other byte).
@@ -156,7 +170,13 @@ extension Pool {
             if end > d.sizeBytes || !d.hasWritten { return false }
             try copyBeforeChange(of: d, from: offset, to: end)
             let epoch = d.family.changeEpoch
-            var (steps, mustCommitFirst) = planSteps(d, at: offset, buffer)
+            var (steps, mustCommitFirst, mustFillFirst) = planSteps(d, at: offset, buffer)
+            if !mustFillFirst.isEmpty {
+                d.family.lock.unlock()
+                locked = false
+                try completePartialSegments(readingFrom: mustFillFirst)
+                continue
+            }
             if mustCommitFirst {
                 try commit()
                 continue
@@ -164,7 +184,8 @@ extension Pool {
             let unsharing = steps.filter { $0.plan.segmentsNeeded > 0 }.map(\.k)
             if unsharing.isEmpty {
                 for step in steps {
-                    try writeInPlace(step.entry, at: step.within, UnsafeRawBufferPointer(rebasing: buffer[step.at..<step.at + step.len]))
+                    try writeHeldInPlace(step.entry, partial: step.partial, at: step.within,
+                                         UnsafeRawBufferPointer(rebasing: buffer[step.at..<step.at + step.len]))
                 }
                 return true
             }
@@ -177,7 +198,7 @@ extension Pool {
             defer { d.family.release(unsharing) }
             var fresh = try allocateSteps(&steps, for: d)
             defer { releaseUnmapped(fresh) }
-            try fillSegments(d, steps, from: buffer)
+            try fillSegments(d, &steps, from: buffer)
             // The data is in place; the maps may now point at it. Anything that changed the
             // chain or these entries in between means the plan is stale: plan again.
             d.family.lock.unlock()
@@ -202,7 +223,7 @@ extension Pool {
             defer { if locked { d.family.lock.unlock() } }
             guard !d.removed, d.hasImage else { throw .stale("disk \(d.id) was deleted") }
             try copyBeforeChange(of: d, from: offset, to: offset + UInt64(buffer.count))
-            var (steps, mustCommitFirst) = planSteps(d, at: offset, buffer)
+            var (steps, mustCommitFirst, mustFillFirst) = planSteps(d, at: offset, buffer)
             // A write with the lock shared may be between filling its segments and switching
             // the maps: let it finish first.
             let unsharing = steps.filter { $0.plan.segmentsNeeded > 0 }.map(\.k)
@@ -210,6 +231,13 @@ extension Pool {
                 d.family.lock.unlock()
                 locked = false
                 d.family.waitUntilUnclaimed(unsharing)
+                continue
+            }
+            // Sources of partial segments about to change in place: those are completed first.
+            if !mustFillFirst.isEmpty {
+                d.family.lock.unlock()
+                locked = false
+                try completePartialSegments(readingFrom: mustFillFirst)
                 continue
             }
             if mustCommitFirst { try commit() }
@@ -227,7 +255,7 @@ extension Pool {
                     state.update(d) { $0.sizeBytes = max($0.sizeBytes, end); $0.hasWritten = true }
                 }
             }
-            try fillSegments(d, steps, from: buffer)
+            try fillSegments(d, &steps, from: buffer)
             switchMaps(d, steps)
             fresh = []
             return
@@ -268,14 +296,17 @@ extension Pool {
     /// Writes every step's bytes: in place, or into its fresh segment as a whole segment (the
     /// old bytes copied in, the new ones on top; the predecessor's copy first if it gets one).
     /// Caller holds the family lock, either way, and the claim of every unsharing step.
-    func fillSegments(_ d: Disk, _ steps: [WriteStep], from buffer: UnsafeRawBufferPointer) throws(LunError) {
+    /// A hand-off or a copy in of part of a segment from a complete one only writes the blocks
+    /// it touches, and its step records them (`partialSource`, `partialBits`; section 8).
+    func fillSegments(_ d: Disk, _ steps: inout [WriteStep], from buffer: UnsafeRawBufferPointer) throws(LunError) {
         let seg = segmentBytes
         var staging: UnsafeMutableRawBufferPointer?
         defer { staging?.deallocate() }
-        for step in steps {
+        for i in steps.indices {
+            let step = steps[i]
             let piece = UnsafeRawBufferPointer(rebasing: buffer[step.at..<step.at + step.len])
             guard let mine = step.mine else {
-                try writeInPlace(step.entry, at: step.within, piece)
+                try writeHeldInPlace(step.entry, partial: step.partial, at: step.within, piece)
                 continue
             }
             if step.within == 0 && step.len == seg && step.theirs == nil && step.below == nil {
@@ -285,8 +316,18 @@ extension Pool {
             if staging == nil { staging = scratchBuffer(seg) }
             let buf = staging!
             let old = SharingChain.lookup(d, step.k).holder
+            if makesPartialSegments, step.theirs == nil, step.below == nil, old.isMapped,
+               state.partials.record(SharingChain.location(old)) == nil {
+                switch step.plan {
+                case .handOff, .copyIn:
+                    steps[i].partialBits = try fillPartially(mine: mine, old: old, within: step.within, piece, staging: buf)
+                    steps[i].partialSource = SharingChain.location(old)
+                    continue
+                default: break
+                }
+            }
             if old.isMapped {
-                try storeIO.read(store: Int(old.store), rseg: old.rseg, offset: 0, into: buf)
+                try readHeld(old, offset: 0, into: buf)
             } else {
                 buf.initializeMemory(as: UInt8.self, repeating: 0)
             }
@@ -302,7 +343,7 @@ extension Pool {
     }
 
     /// Overwrites part of a segment that committed maps point at, inside the write-intent set.
-    private func writeInPlace(_ e: LMapEntry, at within: Int, _ piece: UnsafeRawBufferPointer) throws(LunError) {
+    func writeInPlace(_ e: LMapEntry, at within: Int, _ piece: UnsafeRawBufferPointer) throws(LunError) {
         let store = Int(e.store)
         try beginInPlaceWrite(store)
         defer { endInPlaceWrite(store) }
@@ -322,6 +363,13 @@ extension Pool {
         for step in steps {
             guard let mine = step.mine else { continue }
             state.apply(SharingChain.afterWrite(d, step.k, step.plan, mine: mine, theirs: step.theirs, below: step.below))
+            if let source = step.partialSource {
+                let location = UInt32(mine.store) << 3 | UInt32(mine.rseg)
+                state.apply(.putPartial(location: location, source: source, valid: step.partialBits))
+                let record = state.partials.record(location)!
+                record.family = d.family
+                record.createdAt = Self.uptimeSeconds()
+            }
         }
     }
 

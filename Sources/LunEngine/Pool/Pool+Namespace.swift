@@ -178,7 +178,7 @@ extension Pool {
     }
 
     private func dropImageLocked(_ x: Disk) {
-        state.pendingFree += state.apply(.unlink(x.id))
+        state.freeAfterCommit(state.apply(.unlink(x.id)))
         state.reservedTotal -= x.reservedSegments
         // A hollow node is no snapclone: nothing is left to copy or to move.
         state.update(x) { $0.reservedSegments = 0; $0.hasImage = false; $0.sizeBytes = 0; $0.clone = .none }

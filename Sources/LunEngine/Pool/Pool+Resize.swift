@@ -44,7 +44,7 @@ extension Pool {
             let zeros = scratchBuffer(tail[0].len)
             defer { zeros.deallocate() }
             zeros.initializeMemory(as: UInt8.self, repeating: 0)
-            try fillSegments(d, tail, from: UnsafeRawBufferPointer(zeros))
+            try fillSegments(d, &tail, from: UnsafeRawBufferPointer(zeros))
         }
         var copies = try copiesForDrop(d, dropped)
         defer { releaseUnmapped(Array(copies.values)) }
@@ -140,7 +140,7 @@ extension Pool {
             let holder = SharingChain.lookup(d, k).holder
             let c = copies.removeLast()
             do throws(LunError) {
-                try storeIO.read(store: Int(holder.store), rseg: holder.rseg, offset: 0, into: buf)
+                try readHeld(holder, offset: 0, into: buf)
                 try storeIO.write(store: c.store, rseg: c.rseg, offset: 0, from: UnsafeRawBufferPointer(buf))
             } catch {
                 copies.append(c)

@@ -147,7 +147,7 @@ extension Pool {
     private func copySegment(from holder: LMapEntry, to fresh: (store: Int, rseg: Int)) throws(LunError) {
         let buf = scratchBuffer(segmentBytes)
         defer { buf.deallocate() }
-        try storeIO.read(store: Int(holder.store), rseg: holder.rseg, offset: 0, into: buf)
+        try readHeld(holder, offset: 0, into: buf)
         try storeIO.write(store: fresh.store, rseg: fresh.rseg, offset: 0, from: UnsafeRawBufferPointer(buf))
     }
 

@@ -66,7 +66,7 @@ extension Pool {
             if !whole {
                 if buffer == nil { buffer = scratchBuffer(segmentBytes) }
                 do {
-                    try storeIO.read(store: Int(e.store), rseg: e.rseg, offset: 0, into: buffer!,
+                    try readHeld(e, offset: 0, into: buffer!,
                                      describe: { "disk \(d.name) (id \(d.id)) segment \(k), checked for zeros" })
                 } catch {
                     log("disk \(d.name) segment \(k) was not checked for zeros: \(error)")

@@ -39,6 +39,11 @@ public final class Pool: @unchecked Sendable {
     let spacePolicy = SpacePolicyState()
     /// The background copier of the mounted pool, if started.
     var snapcloneCopier: SnapcloneCopier?
+    /// Copy on first write in blocks (partial segments, docs/DESIGN.md section 8); off, a
+    /// first write copies the whole segment. Partial segments already made stay readable.
+    public var blockCopyOnWrite = PoolOptions().blockCopyOnWrite
+    /// The background fill of partial segments of the mounted pool, if started.
+    var segmentFiller: SegmentFiller?
     /// Snapshots on separate storage: their open files and their background copy (External/).
     let externals = ExternalSnapshotRegistry()
     /// Rebuilds and drive evacuations, and the lock of PSEG moves (Pool/PoolJobs.swift).
@@ -155,6 +160,7 @@ public final class Pool: @unchecked Sendable {
             made.append(directory + "/" + lockName)
             let pool = try open(directory: directory, log: log)
             pool.snapcloneVariant = options.snapcloneVariant
+            pool.blockCopyOnWrite = options.blockCopyOnWrite
             return pool
         } catch {
             for path in made { unlink(path) }
@@ -545,6 +551,9 @@ public final class Pool: @unchecked Sendable {
         let copier = SnapcloneCopier(pool: self)
         snapcloneCopier = copier
         copier.start()
+        let filler = SegmentFiller(pool: self)
+        segmentFiller = filler
+        filler.start()
         startExternalCopies()
         startLeveling()
         startRebuilds()
@@ -554,6 +563,7 @@ public final class Pool: @unchecked Sendable {
     public func close() throws(LunError) {
         if closed { return }
         snapcloneCopier?.stop()
+        segmentFiller?.stop()
         externals.copier?.stop()
         stopLeveling()
         jobs.rebuilder.withLock { $0 }?.stop()

@@ -16,6 +16,9 @@ public struct PoolOptions: Sendable {
     public var force = false
     /// How snapclones give their predecessor its copies (not stored: set at each open).
     public var snapcloneVariant = SnapcloneVariant.secondPass
+    /// Copy on first write in blocks: the first small write to a shared segment writes only
+    /// the blocks it touches, the rest is filled in the background (not stored: set at each open).
+    public var blockCopyOnWrite = true
 
     public init() {}
 

@@ -89,6 +89,9 @@ final class PoolState: @unchecked Sendable {
     let externalCount = Atomic<Int>(0)
     let activeExternalCount = Atomic<Int>(0)
 
+    /// Partial segments (copy on first write in blocks, docs/DESIGN.md section 8).
+    let partials = PartialSegmentTable()
+
     /// Segments set aside for fully reserved snapshots (sum of their `reservedSegments`).
     var reservedTotal = 0
     /// RSEGs in use or pending free.
@@ -137,7 +140,22 @@ final class PoolState: @unchecked Sendable {
     func apply(_ change: ChainChange) {
         for edit in change.edits { apply(edit) }
         pendingUnshared.formUnion(change.unshared)
-        pendingFree += change.freed
+        freeAfterCommit(change.freed)
+    }
+
+    /// RSEGs no entry holds any more: free once the pending record is durable. A partial
+    /// segment's record goes with it; a source some partial segment still reads stays
+    /// allocated as an orphan until the last such record is dropped (section 8).
+    func freeAfterCommit(_ freed: [(store: Int, rseg: Int)]) {
+        for f in freed {
+            let location = UInt32(f.store) << 3 | UInt32(f.rseg)
+            if partials.record(location) != nil { apply(.dropPartial(location: location)) }
+            if partials.isSource(location) {
+                partials.orphans.insert(location)
+            } else {
+                pendingFree.append(f)
+            }
+        }
     }
 
 
@@ -300,6 +318,22 @@ final class PoolState: @unchecked Sendable {
             }
             if let bad { throw .corrupt(bad) }
         }
+        // Partial segments: each is held by an entry; a source no entry holds is an orphan,
+        // allocated for the records that read it.
+        partials.orphans = []
+        for (source, _) in partials.sources() {
+            let id = Int(source >> 3), r = Int(source & 7)
+            guard rsds.isLive(id), r < geometry.rsegsPerStore else { throw .corrupt("partial segment source \(id).\(r) is undefined") }
+            if !rsds.isUsed(id, rseg: r) {
+                rsds.markUsed(id, rseg: r)
+                usedRSEGs += 1
+                partials.orphans.insert(source)
+            }
+        }
+        for p in partials.all() where !rsds.isLive(Int(p.location >> 3)) || !rsds.isUsed(Int(p.location >> 3), rseg: Int(p.location & 7))
+            || partials.orphans.contains(p.location) {
+            throw .corrupt("partial segment \(p.location >> 3).\(p.location & 7) is held by no disk")
+        }
         for id in 0..<rsds.highWater where rsds.isLive(id) {
             if rsds.usedMask(id) == 0 { apply(.freeStore(store: id)) } else if let level = rsds.level(id) {
                 partialStores[partialKey(level, group(ofStore: id)), default: []].append(id)
@@ -310,6 +344,13 @@ final class PoolState: @unchecked Sendable {
             let family = SharingFamily()
             var c: Disk? = d
             while let x = c { x.family = family; c = x.successor }
+        }
+        if !partials.isEmpty {
+            for d in disks.values {
+                d.map.forEachMapped { _, e in
+                    if e.holdsData, let p = partials.record(SharingChain.location(e)) { p.family = d.family }
+                }
+            }
         }
     }
 
