@@ -88,7 +88,7 @@ extension Pool {
         var plan: [(slot: StoreMemberSlot, target: Int)] = []
         var planned = Set<StoreMemberSlot>()
         // First the members a re-forming of RSSs left outside their store's RSS (DiskGroups.swift).
-        for slot in stateLock.withLock({ state.strayMembers(limit: limit) }) {
+        for slot in stateLock.withLock({ state.strayMembers(limit: limit).filter(isMovableLocked) }) {
             let targets = moveTargets(for: slot).filter { shares[$0]?.draining == false }
             guard let target = targets.min(by: { shares[$0]!.excess < shares[$1]!.excess || (shares[$0]!.excess == shares[$1]!.excess && $0 < $1) })
             else { continue }
