@@ -2,7 +2,13 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import LunMount
+
+// ProcessInfo.processInfo is initialized once, lazily; two threads reaching it first at the
+// same moment in a new daemon hung it for good (both waiting in swift_once). Initialized here,
+// while the process has one thread and before the daemon forks, it never is again.
+_ = ProcessInfo.processInfo
 
 let usage = """
 usage: lunfs init POOL [--drives N] [--drive-size SIZE] [--raid 0|1|5] [--drive PATH ...] [--force]

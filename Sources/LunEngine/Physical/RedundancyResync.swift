@@ -12,7 +12,7 @@ extension Pool {
     /// Settles the stores of the write-intent set. `LUNFS_RECOVER_ALL=1` checks every store
     /// instead (to measure what the set saves).
     func recoverInFlightWrites() -> ScrubReport {
-        let all = ProcessInfo.processInfo.environment["LUNFS_RECOVER_ALL"] == "1"
+        let all = getenv("LUNFS_RECOVER_ALL").map { String(cString: $0) } == "1"
         let stores = all ? (0..<state.rsds.highWater).filter { state.rsds.isLive($0) } : state.intent.sorted()
         if !stores.isEmpty { log("recovery after an unclean shutdown: checking \(stores.count) stores" + (all ? "" : " of the write-intent set")) }
         return checkRedundancy(stores: stores, mode: .recoverInFlight)

@@ -635,7 +635,7 @@ public final class Pool: @unchecked Sendable {
     }
 
     /// The clock the write-intent set ages by (seconds since boot); tests may move it on.
-    func intentSeconds() -> Double { ProcessInfo.processInfo.systemUptime + intentClockOffset.withLock { $0 } }
+    func intentSeconds() -> Double { Pool.uptimeSeconds() + intentClockOffset.withLock { $0 } }
 
     func checkWritable() throws(LunError) {
         if readOnly { throw .notPermitted("the pool is open read-only") }

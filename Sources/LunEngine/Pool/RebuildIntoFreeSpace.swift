@@ -215,7 +215,7 @@ final class MemberRebuilder: @unchecked Sendable {
     /// When the rebuilder first saw each drive out of service (only its own thread uses it).
     private var outSince: [Int: Date] = [:]
     let delaySeconds: Double
-    static var defaultDelaySeconds: Double { ProcessInfo.processInfo.environment["LUNFS_REBUILD_DELAY"].flatMap(Double.init) ?? 30 }
+    static var defaultDelaySeconds: Double { getenv("LUNFS_REBUILD_DELAY").flatMap { Double(String(cString: $0)) } ?? 30 }
 
     /// Rest after each step, as a multiple of its time: 2, not the 1 of the other background
     /// copies, because a RAID 5 rebuild reads four bytes for each it writes, so that copying a

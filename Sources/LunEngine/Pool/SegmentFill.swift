@@ -7,8 +7,14 @@ import Foundation
 extension Pool {
     static let validityBlockBytes = ChecksumArea.blockBytes
 
-    /// Seconds since boot (the age of partial segments).
-    static func uptimeSeconds() -> Double { ProcessInfo.processInfo.systemUptime }
+    /// Seconds on the monotonic clock (the age of partial segments, write-intent times). Not
+    /// ProcessInfo: its first use from two threads at once hung a daemon for good (both
+    /// waiting in swift_once, the main thread and a background thread, right after open).
+    static func uptimeSeconds() -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+    }
 
     /// Blocks of a segment (256 for 1 MiB); partial segments need at most `BlockBits.capacity`.
     var blocksPerSegment: Int { segmentBytes / Self.validityBlockBytes }
