@@ -36,13 +36,25 @@ final class KernelPageCache: @unchecked Sendable {
     func attach(_ session: OpaquePointer?) {
         let bits = session.map { UInt(bitPattern: Int(bitPattern: UnsafeRawPointer($0))) } ?? 0
         self.session.withLock { $0 = bits }
-        if bits == 0 { while namesBeingDropped.withLock({ $0 }) > 0 { usleep(1000) } }
+        if bits == 0 { while notifiesInKernel.withLock({ $0 }) > 0 { usleep(1000) } }
     }
 
-    /// Calls of `forgetImageName` inside the kernel: they hold no lock of ours (the kernel may
-    /// wait in them for a directory whose request needs the session), so this count keeps the
-    /// session alive for them instead.
-    private let namesBeingDropped = Mutex<Int>(0)
+    /// Notify calls made off the request threads (`withSessionOutsideLock`), inside the
+    /// kernel now: they hold no lock of ours (the kernel may wait in them for a directory or a
+    /// page whose request needs the session), so this count keeps the session alive instead.
+    private let notifiesInKernel = Mutex<Int>(0)
+
+    /// Runs `call` with the session, unless it is gone, without holding the session mutex:
+    /// counted under it, so that a detach either comes first (no call) or waits for this one.
+    private func withSessionOutsideLock(_ call: (OpaquePointer) -> Void) {
+        let bits = session.withLock { bits in
+            if bits != 0 { notifiesInKernel.withLock { $0 += 1 } }
+            return bits
+        }
+        guard let session = OpaquePointer(bitPattern: bits) else { return }
+        call(session)
+        notifiesInKernel.withLock { $0 -= 1 }
+    }
 
     /// Makes the kernel write back every dirty page of `id`'s image (buffered writes and
     /// shared mmaps alike) and waits until the daemon has taken them: the kernel launders
@@ -91,11 +103,7 @@ final class KernelPageCache: @unchecked Sendable {
         refused.withLock { $0[id] = RefusedWriteBack(errno: errno) }
         let ino = MountedNode.image(id).inodeNumber
         Thread { [self] in
-            // Under the mutex, so that the session cannot be destroyed meanwhile (see attach).
-            session.withLock { bits in
-                guard let session = OpaquePointer(bitPattern: bits) else { return }
-                _ = fuse_lowlevel_notify_inval_inode(session, ino, offset, off_t(count))
-            }
+            withSessionOutsideLock { _ = fuse_lowlevel_notify_inval_inode($0, ino, offset, off_t(count)) }
         }.start()
     }
 
@@ -104,8 +112,7 @@ final class KernelPageCache: @unchecked Sendable {
     /// above: the caller may be serving a request, and the kernel locks the directory.
     func nameRemoved(parent: fuse_ino_t, _ name: String) {
         Thread { [self] in
-            session.withLock { bits in
-                guard let session = OpaquePointer(bitPattern: bits) else { return }
+            withSessionOutsideLock { session in
                 _ = name.withCString { fuse_lowlevel_notify_inval_entry(session, parent, $0, strlen($0)) }
             }
         }.start()
@@ -139,18 +146,12 @@ final class KernelPageCache: @unchecked Sendable {
     func forgetImageName(_ id: DiskID, afterReply: Bool) {
         let parent = MountedNode.directory(id).inodeNumber
         let drop: @Sendable () -> Void = { [self] in
-            // Counted under the session mutex, so that a detach either comes first (no call)
-            // or waits for this one; the call itself runs without the mutex.
-            let bits = session.withLock { bits in
-                if bits != 0 { namesBeingDropped.withLock { $0 += 1 } }
-                return bits
+            withSessionOutsideLock { session in
+                // changes.img shares the image's generation (and its size).
+                for name in ["disk.img", "changes.img"] {
+                    _ = fuse_lowlevel_notify_inval_entry(session, parent, name, name.utf8.count)
+                }
             }
-            guard let session = OpaquePointer(bitPattern: bits) else { return }
-            // changes.img shares the image's generation (and its size).
-            for name in ["disk.img", "changes.img"] {
-                _ = fuse_lowlevel_notify_inval_entry(session, parent, name, name.utf8.count)
-            }
-            namesBeingDropped.withLock { $0 -= 1 }
         }
         if afterReply { Thread { drop() }.start() } else { drop() }
     }
