@@ -273,17 +273,13 @@ def main():
 
         ex = results["extras"]
         if not ctx.lunfs.error and not args.no_extras:
-            try:
-                snapshot_latency(ctx, ex)
-            except (BenchError, OSError) as e:
-                ex["snapshot_error"] = str(e)
-                log(f"[snapshot] {e}")
-        if not ctx.lunfs.error and not args.no_extras:
-            try:
-                snapshot_under_writes(ctx, ex)
-            except (BenchError, OSError) as e:
-                ex["midrun_error"] = str(e)
-                log(f"[midrun] {e}")
+            for extra, key, tag in ((snapshot_latency, "snapshot_error", "snapshot"),
+                                    (snapshot_under_writes, "midrun_error", "midrun")):
+                try:
+                    extra(ctx, ex)
+                except (BenchError, OSError) as e:
+                    ex[key] = str(e)
+                    log(f"[{tag}] {e}")
         if ctx.pool_mounted:
             pid = ctx.lunfs.daemons.get(ctx.pool_mnt)
             if pid:
