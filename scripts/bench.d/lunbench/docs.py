@@ -24,6 +24,10 @@ def machine_description(workdir):
     info["free_h"] = p.stdout.strip()
     info["kernel"] = os.uname().release
     try:
+        info["fuse_uring"] = Path("/sys/module/fuse/parameters/enable_uring").read_text().strip() == "Y"
+    except OSError:
+        info["fuse_uring"] = False
+    try:
         osr = Path("/etc/os-release").read_text()
         m = re.search(r'^PRETTY_NAME="?([^"\n]+)"?', osr, re.M)
         info["os"] = m.group(1) if m else "unknown"
@@ -100,7 +104,8 @@ def write_docs(results, png_rel, plot_error):
     L.append("")
     L.append(f"- CPU: {mach['cpu']}")
     L.append(f"- Memory: {mach['memory']}")
-    L.append(f"- OS: {mach['os']}, kernel {mach['kernel']}")
+    L.append(f"- OS: {mach['os']}, kernel {mach['kernel']}; FUSE over io_uring "
+             f"{'on (enable_uring=Y)' if mach.get('fuse_uring') else 'off'}")
     L.append(f"- Disk and file system holding every test file and the pool's drives: "
              f"{mach['device']}, `{mach['filesystem']}`")
     L.append(f"- {mach['fio']}; {mach['qemu']}; lunfs at {mach['lunfs_revision']}")
@@ -157,6 +162,9 @@ def write_docs(results, png_rel, plot_error):
              f"user.lunfs.raid` before the first write, `truncate -s {size}`) in one pool of "
              f"8 sparse drive files of {human_size(cfg.get('drive_size_bytes', 0))}; written "
              "once in full before the tests |")
+    L.append("| lunfs-raid0-devfuse | the lunfs-raid0 disk in a second pool of its own, "
+             "mounted `-o uring=off` so that every request goes through /dev/fuse reads; "
+             "the other lunfs rows use FUSE over io_uring when the kernel offers it |")
     L.append("| lunfs-after-snapshot | a lunfs disk at the pool's default RAID level, written "
              "in full and snapshotted once (`mkdir disk/bench0`); before every write test a "
              "new snapshot is taken (and removed after it), so each write test measures copy "

@@ -37,6 +37,8 @@ def comparisons(row):
     refs = ["raw", "qsd-qcow2"]
     if row == "lunfs-after-snapshot":
         refs.append("qsd-qcow2-overlay")
+    if row == "lunfs-raid0":
+        refs.append("lunfs-raid0-devfuse")     # the io_uring loop against /dev/fuse reads
     return refs
 
 

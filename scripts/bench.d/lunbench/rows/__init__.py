@@ -3,6 +3,7 @@ raw file. Adding a row: its class in a file of this package (see base.Row) and a
 ROW_KINDS."""
 
 from .lunfs import LunfsRow
+from .lunfs_devfuse import LunfsDevFuseRow
 from .qsd import QsdRow
 from .raw import RawRow
 
@@ -12,6 +13,7 @@ ROW_KINDS = {
     "qsd-qcow2": lambda ctx: QsdRow(ctx, overlay=False),
     "qsd-qcow2-overlay": lambda ctx: QsdRow(ctx, overlay=True),
     "lunfs-raid0": lambda ctx: LunfsRow(ctx, "lunfs-raid0", 0),
+    "lunfs-raid0-devfuse": lambda ctx: LunfsDevFuseRow(ctx, "lunfs-raid0-devfuse"),
     "lunfs-raid1": lambda ctx: LunfsRow(ctx, "lunfs-raid1", 1),
     "lunfs-raid5": lambda ctx: LunfsRow(ctx, "lunfs-raid5", 5),
     "lunfs-after-snapshot": lambda ctx: LunfsRow(ctx, "lunfs-after-snapshot", None),

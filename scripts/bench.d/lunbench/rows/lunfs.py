@@ -19,8 +19,11 @@ class LunfsRow(Row):
         self.current_snap = None
         self.snapshot_ms = []
 
-    def setup(self):
+    def ensure_mounted(self):
         self.ctx.ensure_pool()
+
+    def setup(self):
+        self.ensure_mounted()
         fs("mkdir", os.mkdir, self.disk_dir)
         if self.raid is not None:
             fs("setxattr user.lunfs.raid", os.setxattr, self.disk_dir, "user.lunfs.raid",
@@ -48,7 +51,7 @@ class LunfsRow(Row):
 
     def path_for(self, test):
         # A dead daemon's mount point is an empty directory: never let a test write there.
-        self.ctx.ensure_pool()
+        self.ensure_mounted()
         if self.snapshot and TEST_WRITES[test]:
             self.current_snap = self.take_snapshot()
         return self.image
