@@ -38,7 +38,8 @@ def plot_in(results, png, rows, work):
         return path
     bw = write_dat("bw.dat", bw_tests, 1)
     io = write_dat("iops.dat", io_tests, 1000)
-    colors = ["#555555", "#e69f00", "#f0c674", "#0072b2", "#56b4e9", "#009e73", "#cc79a7"]
+    colors = ["#555555", "#e69f00", "#f0c674", "#0072b2", "#9ecae1", "#56b4e9", "#009e73", "#cc79a7"]
+    assert len(colors) >= len(ROWS), "a colour for every row"
     color_of = dict(zip(ROWS, colors))
     cfg = results["config"]
     title = (f"lunfs vs raw file vs qemu-storage-daemon qcow2 - {human_size(cfg['size_bytes'])} "
