@@ -15,7 +15,7 @@ final class DriveSubmissionTests: XCTestCase {
     private func driveSet(_ dir: String, _ count: Int, ring: Bool) throws -> (DriveSet, BlockChecksums, [String]) {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let paths = (0..<count).map { "\(dir)/d\($0)" }
-        let devices = try paths.map { try FileDevice.createFile(path: $0, sizeBytes: Self.driveBytes) }
+        let devices = try paths.map { try FileDevice.createFile(path: $0, sizeBytes: Self.driveBytes, directMinimumBytes: 64 << 10) }
         let drives = DriveSet(devices: devices, log: { _ in })
         drives.usesRing = ring
         let sums = BlockChecksums(drives: drives, driveSizes: Array(repeating: Self.driveBytes, count: count),

@@ -157,7 +157,7 @@ final class SeamReviewTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: root) }
         let size: UInt64 = 48 << 20
-        var devices: [FileDevice] = try (0..<4).map { try FileDevice.createFile(path: "\(root)/d\($0)", sizeBytes: size) }
+        var devices: [FileDevice] = try (0..<4).map { try FileDevice.createFile(path: "\(root)/d\($0)", sizeBytes: size, directMinimumBytes: 64 << 10) }
         try Pool.format(devices: devices, raid: .raid1)
         let pool = try Pool.open(devices: devices, sizes: devices.map(\.sizeBytes))
         let vm = try pool.createDisk(named: "vm", raid: .raid1)
@@ -194,7 +194,7 @@ final class SeamReviewTests: XCTestCase {
         }
         commitUntilStopped(pool, { stop.load(ordering: .relaxed) }, failures, group: done, pauseMicroseconds: 5000)
         for n in 0..<2 {
-            let d = try FileDevice.createFile(path: "\(root)/n\(n)", sizeBytes: size + UInt64(n) * (16 << 20))
+            let d = try FileDevice.createFile(path: "\(root)/n\(n)", sizeBytes: size + UInt64(n) * (16 << 20), directMinimumBytes: 64 << 10)
             devices.append(d)
             _ = try pool.addDrive(device: d)
         }

@@ -1,13 +1,15 @@
 // A drive backed by a file or a block device: pread/pwrite with EINTR retried, fdatasync as
 // the durability barrier, and holes punched to zero a range where the file system allows it.
 //
-// Large aligned transfers (a whole stripe unit of a sequential stream, a 1 MiB segment copy)
-// go through a second descriptor opened O_DIRECT, straight between the request's memory and
-// the disk: copying them through the host's page cache cost more CPU than the FUSE crossing
-// (see docs/BENCHMARKS.md). Small ones (4 KiB random I/O, RAID 5 read-modify-write) keep the
-// page cache, which absorbs them. The kernel keeps the two views coherent: a direct read first
-// writes back cached dirty pages of its range, a direct write drops the cached pages of its
-// range. fdatasync works on the file, so it covers both.
+// Transfers go through the host's page cache (docs/PERFORMANCE.md section 12): what was just
+// written is then read from memory, as a file read right after it was written is for
+// qemu-storage-daemon, and RAID 5's read-modify-writes find their old data and parity there.
+// With `directMinimumBytes` set (LUNFS_DIRECT_MIN_BYTES in the environment, or a caller),
+// aligned transfers of at least that many bytes go through a second descriptor opened
+// O_DIRECT instead, straight between the request's memory and the disk; large writes then go
+// to all their drives in one io_uring submission (DriveSubmission). The kernel keeps the two
+// views coherent: a direct read first writes back cached dirty pages of its range, a direct
+// write drops the cached pages of its range. fdatasync works on the file, so it covers both.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -20,7 +22,7 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
     public let fileDescriptor: Int32
     /// The same file opened O_DIRECT, or -1 where that is refused (tmpfs) or turned off.
     private let directDescriptor: Int32
-    /// Transfers of at least this many bytes, aligned to `directAlignment`, go direct.
+    /// Transfers of at least this many bytes, aligned to `directAlignment`, go direct; 0: none.
     private let directMinimumBytes: Int
     private var punchWorks = true
     /// Aligned buffers for direct writes whose source memory is not aligned.
@@ -29,12 +31,13 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
     /// Offset, length and memory alignment of a direct transfer (a page covers every common
     /// logical block size).
     static let directAlignment = 4096
-    /// Default for `directMinimumBytes`; `LUNFS_DIRECT_MIN_BYTES` overrides it (0 turns
-    /// direct transfers off), for measurements.
-    static let defaultDirectMinimumBytes = 64 << 10
+    /// Default for `directMinimumBytes`: no direct transfers. `LUNFS_DIRECT_MIN_BYTES`
+    /// overrides it (65536 is the rule before 2026-12-01: 64 KiB and more direct).
+    static let defaultDirectMinimumBytes = 0
 
-    /// Opens an existing drive file or block device read-write.
-    public init(path: String) throws(LunError) {
+    /// Opens an existing drive file or block device read-write. `directMinimumBytes`: nil for
+    /// the environment's or the default rule.
+    public init(path: String, directMinimumBytes: Int? = nil) throws(LunError) {
         let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { throw .io("cannot open drive \(path): \(String(cString: strerror(errno)))") }
         var st = stat()
@@ -52,6 +55,7 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
         if let text = getenv("LUNFS_DIRECT_MIN_BYTES"), let value = Int(String(cString: text)), value >= 0 {
             minimum = value
         }
+        if let directMinimumBytes { minimum = directMinimumBytes }
         self.directMinimumBytes = minimum
         self.directDescriptor = minimum == 0 ? -1 : lunsys_open_direct(path, O_RDWR | O_CLOEXEC)
     }
@@ -70,13 +74,13 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
     }
 
     /// Creates (or extends) a sparse drive file of `sizeBytes`.
-    public static func createFile(path: String, sizeBytes: UInt64) throws(LunError) -> FileDevice {
+    public static func createFile(path: String, sizeBytes: UInt64, directMinimumBytes: Int? = nil) throws(LunError) -> FileDevice {
         let fd = Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .io("cannot create drive \(path): \(String(cString: strerror(errno)))") }
         let ok = ftruncate(fd, off_t(sizeBytes)) == 0
         close(fd)
         guard ok else { throw .io("cannot size drive \(path) to \(sizeBytes) bytes") }
-        return try FileDevice(path: path)
+        return try FileDevice(path: path, directMinimumBytes: directMinimumBytes)
     }
 
     /// Takes a non-blocking exclusive flock() on the drive file: false when another open of
