@@ -1,6 +1,8 @@
 // Thin wrappers so Swift can reach GNU-only system calls; see include/lunsys.h.
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
+#include <string.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
@@ -13,6 +15,28 @@ int lunsys_fallocate(int fd, int mode, int64_t offset, int64_t length) {
 int lunsys_gettid(void) { return (int)syscall(SYS_gettid); }
 
 int lunsys_open_direct(const char *path, int flags) { return open(path, flags | O_DIRECT); }
+
+int lunsys_write_back_and_wait(int fd, long long offset) {
+    return sync_file_range(fd, offset, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+}
+
+int lunsys_open_fuse_inode(const char *mountpoint, unsigned long long nodeid, unsigned int generation) {
+    int mount_fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (mount_fd < 0) return -1;
+    // fs/fuse/inode.c fuse_encode_fh: three 32-bit words, node id high and low, generation,
+    // of type FILEID_INO64_GEN (0x81).
+    unsigned int words[3] = { (unsigned int)(nodeid >> 32), (unsigned int)nodeid, generation };
+    _Alignas(struct file_handle) char space[sizeof(struct file_handle) + sizeof words];
+    struct file_handle *handle = (struct file_handle *)space;
+    handle->handle_bytes = sizeof words;
+    handle->handle_type = 0x81;
+    memcpy(handle->f_handle, words, sizeof words);
+    int fd = open_by_handle_at(mount_fd, handle, O_RDONLY | O_CLOEXEC | O_NOATIME);
+    int saved = errno;
+    close(mount_fd);
+    errno = saved;
+    return fd;
+}
 
 int lunsys_rwlock_init_writer_preferring(pthread_rwlock_t *lock) {
     pthread_rwlockattr_t attr;

@@ -72,7 +72,7 @@ extension FileSystem {
             throw FuseFailure(EACCES, "changes.img of \(info.name) is read-only")
         }
         // Writes the kernel still holds dirty for disk.img are changes too: it hands them over.
-        try kernelCache.writeBack(info.id)
+        try kernelCache.writeBackDirty(info.id, mountpoint: options.mountpoint, generation: generation(of: .image(info.id)))
         let disk = try engine { () throws(LunError) in try pool.openDisk(info.id) }
         return OpenImage(disk: disk, generation: generation(of: .image(info.id)), isChanges: true)
     }
@@ -212,7 +212,9 @@ extension FileSystem {
 
     /// flush, at every close(2) of an image: fails if a write-back of it was refused since the
     /// last close. (Committing here would make every close an fsync.)
-    func flushImage(handle: UInt64) throws(FuseFailure) {
+    func flushImage(handle: UInt64, pid: pid_t) throws(FuseFailure) {
+        // The daemon's own close after a flush of dirty pages owes nothing.
+        if kernelCache.isInternalClose(pid: pid) { return }
         if let opened = OpenImage.of(handle: handle), let errno = kernelCache.takeForClose(opened.id) {
             throw FuseFailure(errno, "a write-back of disk \(opened.id) was refused earlier (see the log); its bytes are not stored")
         }
@@ -261,7 +263,7 @@ extension FileSystem {
         guard offset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
         // Data the kernel still holds dirty (writeback cache, shared mmap) is data too (cp skips holes):
         // it hands the dirty pages past `offset` over first, as mkdir does.
-        try kernelCache.writeBack(id, from: offset)
+        try kernelCache.writeBackDirty(id, mountpoint: options.mountpoint, generation: generation(of: .image(id)), from: offset)
         let found = try engine { () throws(LunError) in
             opened.isChanges ? try pool.seekChanges(id, from: UInt64(offset), data: whence == LUNFS_SEEK_DATA)
                 : try pool.seek(id, from: UInt64(offset), data: whence == LUNFS_SEEK_DATA)

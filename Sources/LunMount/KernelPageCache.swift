@@ -7,6 +7,7 @@
 import Glibc
 #endif
 import CFuse3
+import CLunSys
 import Foundation
 import LunEngine
 import Synchronization
@@ -60,20 +61,68 @@ final class KernelPageCache: @unchecked Sendable {
     /// shared mmaps alike) and waits until the daemon has taken them: the kernel launders
     /// them through WRITE requests inside the notify, served by other worker threads. So the
     /// caller must hold no lock those writes need, and other workers must be free. Clean
-    /// pages are dropped too. Without a session (no mount) or cached pages it does nothing.
-    /// `from`: only the pages from that offset to the end. The kernel launders the dirty pages
-    /// one at a time, each a WRITE it waits for, so this takes as long as the engine needs to
-    /// store them (docs/PERFORMANCE.md); only this image's pages are written.
+    /// pages are dropped too: for changes to the image's bytes (a rollback). Without a session
+    /// (no mount) or cached pages it does nothing.
+    /// `from`: only the pages from that offset to the end. The kernel walks every page of the
+    /// range and launders each dirty one it meets, one at a time, also pages written while it
+    /// walks (docs/PERFORMANCE.md section 11); only this image's pages are written.
     /// EBUSY when every other request thread is already in a flush (waiting would leave none
     /// to serve the WRITEs).
     func writeBack(_ id: DiskID, from offset: off_t = 0) throws(FuseFailure) {
         // libfuse's notify calls are safe from any thread while the session exists; the
         // session outlives every request, so holding the mutex across the call is not needed.
         guard let session = OpaquePointer(bitPattern: session.withLock({ $0 })) else { return }
+        try inFlushSlot {
+            // -ENOENT: the kernel holds no inode for the image, so no pages either.
+            _ = fuse_lowlevel_notify_inval_inode(session, MountedNode.image(id).inodeNumber, offset, 0)
+        }
+    }
+
+    /// Threads of this daemon inside `writeBackDirty`: the FLUSH their close(2) sends must not
+    /// take an error owed to the user's next close.
+    private let internalClosers = Mutex<Set<Int32>>([])
+
+    /// Whether a FLUSH comes from this daemon's own close in `writeBackDirty`.
+    func isInternalClose(pid: pid_t) -> Bool { internalClosers.withLock { $0.contains(pid) } }
+
+    /// Makes the kernel write back the pages of `id`'s image that are dirty now (buffered
+    /// writes and shared mmaps alike) and waits until the daemon has taken them, keeping clean
+    /// pages cached: for what leaves the image's bytes as they are (a snapshot, a seek for
+    /// data). The daemon opens the kernel's inode of the image by file handle on its own mount
+    /// (no name is looked up, so no directory that mkdir or setxattr holds locked is waited
+    /// for) and calls sync_file_range with WAIT_BEFORE|WRITE|WAIT_AFTER, a data-integrity
+    /// write-back: the kernel tags the pages dirty at the call and writes only those, many in
+    /// flight (docs/PERFORMANCE.md section 11). ESTALE: the kernel holds no inode of this
+    /// generation, so no pages of it. When the handle cannot be used otherwise (no
+    /// CAP_DAC_READ_SEARCH), `writeBack` does the job. Same admission rule as `writeBack`:
+    /// other request threads serve the OPEN, the WRITEs and the FLUSH.
+    func writeBackDirty(_ id: DiskID, mountpoint: String?, generation: UInt64, from offset: off_t = 0) throws(FuseFailure) {
+        guard let mountpoint, session.withLock({ $0 }) != 0 else { return try writeBack(id, from: offset) }
+        var handedOver = false
+        try inFlushSlot {
+            let tid = Int32(lunsys_gettid())
+            internalClosers.withLock { _ = $0.insert(tid) }
+            defer { internalClosers.withLock { _ = $0.remove(tid) } }
+            let fd = lunsys_open_fuse_inode(mountpoint, MountedNode.image(id).inodeNumber, UInt32(truncatingIfNeeded: generation))
+            guard fd >= 0 else {
+                handedOver = errno == ESTALE
+                return
+            }
+            handedOver = true
+            // A refused write-back is owed to the user's next fsync and close
+            // (refusedWriteBack), not to this call: its result is not looked at.
+            _ = lunsys_write_back_and_wait(fd, Int64(offset))
+            close(fd)
+        }
+        if !handedOver { try writeBack(id, from: offset) }
+    }
+
+    /// Runs `flush` holding one of the request threads that may wait for others, or throws
+    /// EBUSY when none is left. With one request thread (max_threads=1, allowed only with the
+    /// writeback cache off) no other thread could serve the WRITEs, so it does nothing; only
+    /// stores through a shared mmap not yet msync'd are then missed (docs/MOUNT.md).
+    private func inFlushSlot(_ flush: () -> Void) throws(FuseFailure) {
         let limit = flushLimit.withLock { $0 }
-        // One request thread (max_threads=1, allowed only with the writeback cache off): no
-        // other thread could serve the WRITEs, so no flush; only stores through a shared mmap
-        // not yet msync'd are then missed (docs/MOUNT.md).
         if limit == 0 { return }
         let admitted = flushes.withLock { running in
             guard running < limit else { return false }
@@ -84,8 +133,7 @@ final class KernelPageCache: @unchecked Sendable {
             throw FuseFailure(EBUSY, "\(limit) flushes of dirty pages already hold every request thread but one; try again")
         }
         defer { flushes.withLock { $0 -= 1 } }
-        // -ENOENT: the kernel holds no inode for the image, so no pages either.
-        _ = fuse_lowlevel_notify_inval_inode(session, MountedNode.image(id).inodeNumber, offset, 0)
+        flush()
     }
 
     /// Makes the kernel ask again for the image's attributes (st_blocks changes as dirty

@@ -162,7 +162,7 @@ func makeOperationsTable() -> fuse_lowlevel_ops {
     // fails only with a write-back refused since the last close (KernelPageCache).
     ops.flush = { request, ino, info in
         answerStatus(request, "flush", "ino \(ino)") { fs throws(FuseFailure) in
-            if let info { try fs.flushImage(handle: info.pointee.fh) }
+            if let info { try fs.flushImage(handle: info.pointee.fh, pid: requestPID(request)) }
         }
     }
     ops.release = { request, _, info in
