@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/xattr.h>
 #include "lunsys.h"
@@ -20,9 +21,15 @@ int lunsys_write_back_and_wait(int fd, long long offset) {
     return sync_file_range(fd, offset, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
 }
 
-int lunsys_open_fuse_inode(const char *mountpoint, unsigned long long nodeid, unsigned int generation) {
+int lunsys_open_fuse_inode(const char *mountpoint, unsigned long long device, unsigned long long nodeid, unsigned int generation) {
     int mount_fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (mount_fd < 0) return -1;
+    struct stat st;
+    if (fstat(mount_fd, &st) != 0 || (unsigned long long)st.st_dev != device) {
+        close(mount_fd);
+        errno = EXDEV;
+        return -1;
+    }
     // fs/fuse/inode.c fuse_encode_fh: three 32-bit words, node id high and low, generation,
     // of type FILEID_INO64_GEN (0x81).
     unsigned int words[3] = { (unsigned int)(nodeid >> 32), (unsigned int)nodeid, generation };

@@ -238,7 +238,7 @@ extension FileSystem {
         }
         // As mkdir does: the snapshot holds every write(2) that returned before this call,
         // so the kernel hands over the image's dirty pages first (writeback cache).
-        try kernelCache.writeBackDirty(info.id, mountpoint: options.mountpoint, generation: generation(of: .image(info.id)))
+        try kernelCache.writeBackDirty(info.id, generation: generation(of: .image(info.id)))
         let id = try engine { () throws(LunError) -> DiskID in
             try pool.createExternalSnapshot(of: info.id, named: snapshot, file: directory + String(file[slash...]),
                                             blockBytes: Pool.externalBlockBytes, quiesceTimeoutSeconds: 5)

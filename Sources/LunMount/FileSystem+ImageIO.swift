@@ -72,7 +72,7 @@ extension FileSystem {
             throw FuseFailure(EACCES, "changes.img of \(info.name) is read-only")
         }
         // Writes the kernel still holds dirty for disk.img are changes too: it hands them over.
-        try kernelCache.writeBackDirty(info.id, mountpoint: options.mountpoint, generation: generation(of: .image(info.id)))
+        try kernelCache.writeBackDirty(info.id, generation: generation(of: .image(info.id)))
         let disk = try engine { () throws(LunError) in try pool.openDisk(info.id) }
         return OpenImage(disk: disk, generation: generation(of: .image(info.id)), isChanges: true)
     }
@@ -263,7 +263,7 @@ extension FileSystem {
         guard offset >= 0 else { throw FuseFailure(EINVAL, "negative offset") }
         // Data the kernel still holds dirty (writeback cache, shared mmap) is data too (cp skips holes):
         // it hands the dirty pages past `offset` over first, as mkdir does.
-        try kernelCache.writeBackDirty(id, mountpoint: options.mountpoint, generation: generation(of: .image(id)), from: offset)
+        try kernelCache.writeBack(id, from: offset)
         let found = try engine { () throws(LunError) in
             opened.isChanges ? try pool.seekChanges(id, from: UInt64(offset), data: whence == LUNFS_SEEK_DATA)
                 : try pool.seek(id, from: UInt64(offset), data: whence == LUNFS_SEEK_DATA)

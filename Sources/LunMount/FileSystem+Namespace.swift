@@ -130,7 +130,7 @@ extension FileSystem {
             // Every write(2) that returned before this mkdir must be in the snapshot, also
             // those the kernel still holds in its page cache (writeback cache, shared mmap):
             // it hands them over first. No lock is held here that those writes need.
-            if directory.hasImage { try kernelCache.writeBackDirty(directory.id, mountpoint: options.mountpoint, generation: generation(of: .image(directory.id))) }
+            if directory.hasImage { try kernelCache.writeBackDirty(directory.id, generation: generation(of: .image(directory.id))) }
             id = try engine { () throws(LunError) in
                 try pool.createSnapshot(of: directory.id, named: name, reserved: nil, quiesceTimeoutSeconds: 5)
             }

@@ -68,7 +68,7 @@ extension FileSystem {
     /// after the kernel handed over each image's dirty pages.
     func groupSnapshot(named name: String, of ids: [DiskID], how: String) throws(FuseFailure) -> [DiskID: DiskID] {
         guard !ids.isEmpty else { throw FuseFailure(ENOENT, "no disk with an image to snapshot") }
-        for id in ids { try kernelCache.writeBackDirty(id, mountpoint: options.mountpoint, generation: generation(of: .image(id))) }
+        for id in ids { try kernelCache.writeBackDirty(id, generation: generation(of: .image(id))) }
         let snapshots = try engine { () throws(LunError) -> [DiskID: DiskID] in
             try pool.createGroupSnapshot(of: ids, named: name, quiesceTimeoutSeconds: 5)
         }

@@ -84,6 +84,11 @@ final class FuseSession {
             throw MountFailure(1, "cannot mount on \(mountpoint) (is /dev/fuse usable and fusermount3 installed?)")
         }
         isMounted = true
+        // Which mount is ours, for opening its inodes by handle (KernelPageCache): from the
+        // mount table, since a stat of the mount point would wait for INIT, not yet served.
+        if let entry = MountTable.entry(at: mountpoint), entry.fileSystemType.hasPrefix("fuse") {
+            fileSystem.kernelCache.mounted(at: mountpoint, device: entry.device)
+        }
         do {
             let custom = try UringTransport(session: session, threads: max(1, maximumThreads), wantRing: useRing)
             transport = custom

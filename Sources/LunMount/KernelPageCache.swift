@@ -78,6 +78,12 @@ final class KernelPageCache: @unchecked Sendable {
         }
     }
 
+    /// The mount point and the device number of this session's mount, once mounted.
+    private let mount = Mutex<(String, dev_t)?>(nil)
+
+    /// Called once the session is mounted at `mountpoint` (resolved) as file system `device`.
+    func mounted(at mountpoint: String, device: dev_t) { mount.withLock { $0 = (mountpoint, device) } }
+
     /// Threads of this daemon inside `writeBackDirty`: the FLUSH their close(2) sends must not
     /// take an error owed to the user's next close.
     private let internalClosers = Mutex<Set<Int32>>([])
@@ -94,16 +100,21 @@ final class KernelPageCache: @unchecked Sendable {
     /// write-back: the kernel tags the pages dirty at the call and writes only those, many in
     /// flight (docs/PERFORMANCE.md section 11). ESTALE: the kernel holds no inode of this
     /// generation, so no pages of it. When the handle cannot be used otherwise (no
-    /// CAP_DAC_READ_SEARCH), `writeBack` does the job. Same admission rule as `writeBack`:
+    /// CAP_DAC_READ_SEARCH, the mount point no longer this mount), `writeBack` does the job.
+    /// Not for a caller inside a request on the image itself (lseek holds the image's inode
+    /// lock, which the close of the handle takes on kernels before about 6.16): that one
+    /// uses `writeBack`. Same admission rule as `writeBack`:
     /// other request threads serve the OPEN, the WRITEs and the FLUSH.
-    func writeBackDirty(_ id: DiskID, mountpoint: String?, generation: UInt64, from offset: off_t = 0) throws(FuseFailure) {
-        guard let mountpoint, session.withLock({ $0 }) != 0 else { return try writeBack(id, from: offset) }
+    func writeBackDirty(_ id: DiskID, generation: UInt64, from offset: off_t = 0) throws(FuseFailure) {
+        guard let (mountpoint, device) = mount.withLock({ $0 }), session.withLock({ $0 }) != 0 else {
+            return try writeBack(id, from: offset)
+        }
         var handedOver = false
         try inFlushSlot {
             let tid = Int32(lunsys_gettid())
             internalClosers.withLock { _ = $0.insert(tid) }
             defer { internalClosers.withLock { _ = $0.remove(tid) } }
-            let fd = lunsys_open_fuse_inode(mountpoint, MountedNode.image(id).inodeNumber, UInt32(truncatingIfNeeded: generation))
+            let fd = lunsys_open_fuse_inode(mountpoint, UInt64(device), MountedNode.image(id).inodeNumber, UInt32(truncatingIfNeeded: generation))
             guard fd >= 0 else {
                 handedOver = errno == ESTALE
                 return
@@ -149,10 +160,28 @@ final class KernelPageCache: @unchecked Sendable {
     /// reply before it lets the pages go).
     func refusedWriteBack(_ id: DiskID, offset: off_t, count: Int, errno: Int32) {
         refused.withLock { $0[id] = RefusedWriteBack(errno: errno) }
+        pageDrops.withLock { $0[id, default: 0] += 1 }
         let ino = MountedNode.image(id).inodeNumber
         Thread { [self] in
             withSessionOutsideLock { _ = fuse_lowlevel_notify_inval_inode($0, ino, offset, off_t(count)) }
+            pageDrops.withLock { drops in
+                drops[id]! -= 1
+                if drops[id] == 0 { drops[id] = nil }
+            }
         }.start()
+    }
+
+    /// Drops of refused pages not yet done, per image.
+    private let pageDrops = Mutex<[DiskID: Int]>([:])
+
+    /// Before an fsync or close reports a refused write-back: waits (up to 5 s) until the
+    /// kernel's copies of the refused bytes are dropped, so that a read after the error never
+    /// returns them. The drop needs nothing this request holds.
+    private func awaitPageDrops(_ id: DiskID) {
+        for _ in 0..<5000 {
+            if pageDrops.withLock({ $0[id] == nil }) { return }
+            usleep(1000)
+        }
     }
 
     /// Makes the kernel forget the name `name` in directory `parent` (a node the engine removed
@@ -168,7 +197,8 @@ final class KernelPageCache: @unchecked Sendable {
 
     /// The error owed to this fsync of `id`'s image, if a write-back failed since the last one.
     func takeForFsync(_ id: DiskID) -> Int32? {
-        refused.withLock { table in
+        awaitPageDrops(id)
+        return refused.withLock { table in
             guard var entry = table[id], entry.owedToFsync else { return nil }
             entry.owedToFsync = false
             table[id] = entry.owedToClose ? entry : nil
@@ -178,7 +208,8 @@ final class KernelPageCache: @unchecked Sendable {
 
     /// The error owed to this close (FLUSH) of `id`'s image, if a write-back failed since the last.
     func takeForClose(_ id: DiskID) -> Int32? {
-        refused.withLock { table in
+        awaitPageDrops(id)
+        return refused.withLock { table in
             guard var entry = table[id], entry.owedToClose else { return nil }
             entry.owedToClose = false
             table[id] = entry.owedToFsync ? entry : nil

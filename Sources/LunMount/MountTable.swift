@@ -9,6 +9,8 @@ struct MountTableEntry {
     var fileSystemType: String
     /// For lunfs mounts "lunfs:POOL" (the fsname option).
     var source: String
+    /// The mounted file system's device number (st_dev of every file in it).
+    var device: dev_t
 
     /// The pool directory of a lunfs mount, from its fsname.
     var lunfsPoolDirectory: String? {
@@ -24,10 +26,12 @@ enum MountTable {
             // id parent major:minor root mountpoint options [optional...] - type source superoptions
             let fields = line.split(separator: " ", omittingEmptySubsequences: false)
             guard fields.count >= 10, let separator = fields.firstIndex(of: "-"), separator + 2 < fields.count else { return nil }
+            let numbers = fields[2].split(separator: ":").compactMap { UInt32($0) }
             return MountTableEntry(
                 mountpoint: unescape(fields[4]),
                 fileSystemType: String(fields[separator + 1]),
-                source: unescape(fields[separator + 2]))
+                source: unescape(fields[separator + 2]),
+                device: numbers.count == 2 ? deviceNumber(major: numbers[0], minor: numbers[1]) : 0)
         }
     }
 
@@ -35,6 +39,12 @@ enum MountTable {
     /// wins when mounts are stacked.
     static func entry(at path: String) -> MountTableEntry? {
         entries().last { $0.mountpoint == path }
+    }
+
+    /// glibc's makedev (a macro Swift cannot call): the st_dev of major:minor.
+    private static func deviceNumber(major: UInt32, minor: UInt32) -> dev_t {
+        let (major, minor) = (dev_t(major), dev_t(minor))
+        return ((major & 0xffff_f000) << 32) | ((major & 0xfff) << 8) | ((minor & 0xffff_ff00) << 12) | (minor & 0xff)
     }
 
     /// mountinfo writes space, tab, newline and backslash as \ooo octal escapes.

@@ -12,8 +12,10 @@ int lunsys_open_direct(const char *path, int flags);
 /// Opens, read-only, the inode of the FUSE mount at `mountpoint` whose node id and generation
 /// these are, by file handle (open_by_handle_at, FUSE's own handle format): no name is looked
 /// up, so no directory lock is waited for. -1 with errno ESTALE when the kernel holds no such
-/// inode (then it holds no pages of it either); EPERM without CAP_DAC_READ_SEARCH.
-int lunsys_open_fuse_inode(const char *mountpoint, unsigned long long nodeid, unsigned int generation);
+/// inode (then it holds no pages of it either); EXDEV when the mount point is no longer the
+/// file system of `device` (unmounted lazily, another mount on top); EPERM without
+/// CAP_DAC_READ_SEARCH.
+int lunsys_open_fuse_inode(const char *mountpoint, unsigned long long device, unsigned long long nodeid, unsigned int generation);
 /// sync_file_range(fd, offset, to the end, WAIT_BEFORE|WRITE|WAIT_AFTER): writes back the pages
 /// dirty at the call and waits for them; 0 or -1 with errno.
 int lunsys_write_back_and_wait(int fd, long long offset);
