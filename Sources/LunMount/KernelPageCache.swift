@@ -93,21 +93,21 @@ final class KernelPageCache: @unchecked Sendable {
 
     /// Makes the kernel write back the pages of `id`'s image that are dirty now (buffered
     /// writes and shared mmaps alike) and waits until the daemon has taken them, keeping clean
-    /// pages cached: for what leaves the image's bytes as they are (a snapshot, a seek for
-    /// data). The daemon opens the kernel's inode of the image by file handle on its own mount
-    /// (no name is looked up, so no directory that mkdir or setxattr holds locked is waited
-    /// for) and calls sync_file_range with WAIT_BEFORE|WRITE|WAIT_AFTER, a data-integrity
-    /// write-back: the kernel tags the pages dirty at the call and writes only those, many in
-    /// flight (docs/PERFORMANCE.md section 11). ESTALE: the kernel holds no inode of this
-    /// generation, so no pages of it. When the handle cannot be used otherwise (no
+    /// pages cached: for what leaves the image's bytes as they are (a snapshot, opening
+    /// changes.img). The daemon opens the kernel's inode of the image by file handle on its own
+    /// mount (no name is looked up, so no directory that mkdir or setxattr holds locked is
+    /// waited for) and calls sync_file_range with WAIT_BEFORE|WRITE|WAIT_AFTER, a
+    /// data-integrity write-back: the kernel tags the pages dirty at the call and writes only
+    /// those, many in flight (docs/PERFORMANCE.md section 11). ESTALE: the kernel holds no inode
+    /// of this generation, so no pages of it. When the handle cannot be used otherwise (no
     /// CAP_DAC_READ_SEARCH, the mount point no longer this mount), `writeBack` does the job.
     /// Not for a caller inside a request on the image itself (lseek holds the image's inode
-    /// lock, which the close of the handle takes on kernels before about 6.16): that one
-    /// uses `writeBack`. Same admission rule as `writeBack`:
-    /// other request threads serve the OPEN, the WRITEs and the FLUSH.
-    func writeBackDirty(_ id: DiskID, generation: UInt64, from offset: off_t = 0) throws(FuseFailure) {
+    /// lock, which the close of the handle takes on kernels before about 6.16): that one uses
+    /// `writeBack`. Same admission rule as `writeBack`: other request threads serve the OPEN,
+    /// the WRITEs and the FLUSH.
+    func writeBackDirty(_ id: DiskID, generation: UInt64) throws(FuseFailure) {
         guard let (mountpoint, device) = mount.withLock({ $0 }), session.withLock({ $0 }) != 0 else {
-            return try writeBack(id, from: offset)
+            return try writeBack(id)
         }
         var handedOver = false
         try inFlushSlot {
@@ -122,10 +122,10 @@ final class KernelPageCache: @unchecked Sendable {
             handedOver = true
             // A refused write-back is owed to the user's next fsync and close
             // (refusedWriteBack), not to this call: its result is not looked at.
-            _ = lunsys_write_back_and_wait(fd, Int64(offset))
+            _ = lunsys_write_back_and_wait(fd, 0)
             close(fd)
         }
-        if !handedOver { try writeBack(id, from: offset) }
+        if !handedOver { try writeBack(id) }
     }
 
     /// Runs `flush` holding one of the request threads that may wait for others, or throws
