@@ -58,7 +58,7 @@ enum RedundancyCheckMode {
 extension Pool {
     /// Reads every used RSEG of every store and checks every block (`lunfs check --scrub`,
     /// `--repair`, and `user.lunfs.scrub` on a mounted pool, which serves I/O meanwhile: each
-    /// row is checked under its stripe lock, which every write of it holds).
+    /// RSEG is checked holding it whole, which excludes every write of it: StripeLocks).
     public func scrub(repair: Bool) -> ScrubReport {
         let rsds = state.rsds
         // Read-only, a pool that was not closed cleanly still holds the writes a crash cut in
@@ -95,7 +95,7 @@ extension Pool {
             for r in 0..<geometry.rsegsPerStore where mapped.contains(id << 3 | r) {
                 done += 1
                 if done % 4096 == 0 { log("checking blocks: \(done) of \(total) segments (\(done * 100 / max(total, 1))%)") }
-                storeIO.stripeLock(id, r).withLock {
+                storeIO.stripes.withRSEG(id, r) {
                     guard rsds.isLive(id), rsds.level(id) == level else { return }
                     var row = RowCheck(pool: self, store: id, level: level, rseg: r, buffers: buffers, mode: mode)
                     row.run(&report, &places)

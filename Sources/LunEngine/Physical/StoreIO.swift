@@ -4,10 +4,10 @@
 // missing or failing member; RAID 0 cannot.
 //
 // Every block read is checked against its checksum (BlockChecksums). A block that fails is
-// read again under the stripe lock (an in-place write holds it from a block to its checksum,
-// so a second failure is damage, not a race), then taken from the RAID 1 partner or rebuilt
-// from the other RAID 5 members, each of them checked too; the good bytes are returned and
-// written over the bad copy. With no good copy the read fails with EIO: never wrong bytes.
+// read again holding its rows (StripeLocks: an in-place write holds them from a block to its
+// checksum, so a second failure is damage, not a race), then taken from the RAID 1 partner or
+// rebuilt from the other RAID 5 members, each of them checked too; the good bytes are returned
+// and written over the bad copy. With no good copy the read fails with EIO: never wrong bytes.
 // Writes cover whole 4 KiB blocks: a partial first or last block is merged with what it holds.
 
 struct StoreIO: @unchecked Sendable {
@@ -15,9 +15,9 @@ struct StoreIO: @unchecked Sendable {
     let drives: DriveSet
     let checksums: BlockChecksums
     let geometry: PoolGeometry
-    /// An in-place write of one stripe row holds its lock from the first block to the last
+    /// An in-place write holds the lock of its rows from the first block to the last
     /// checksum; a read that finds damage takes it before it believes what it found.
-    private let stripeLocks: [Lock]
+    let stripes: StripeLocks
     /// Reads count themselves here, so that a PSEG move knows when no read can still be using
     /// a member it switched away from.
     let memberSwitch = MemberSwitchGate()
@@ -32,21 +32,18 @@ struct StoreIO: @unchecked Sendable {
         self.drives = checksums.drives
         self.checksums = checksums
         self.geometry = geometry
-        stripeLocks = (0..<256).map { _ in Lock() }
+        stripes = StripeLocks(geometry: geometry)
     }
 
     private var stripeUnit: Int { Int(geometry.stripeUnitBytes) }
     private static let blockBytes = ChecksumArea.blockBytes
 
-    @inline(__always)
-    func stripeLock(_ store: Int, _ rseg: Int) -> Lock { stripeLocks[(store &* 8 &+ rseg) & 255] }
-
-    private func withStripeLock<T>(_ store: Int, _ rseg: Int, held: Bool, _ body: () throws(LunError) -> T) throws(LunError) -> T {
+    /// Runs `body` holding the rows of `within..<within+count` (one column's range), unless
+    /// the caller holds them already.
+    private func withRows<T>(_ store: Int, _ rseg: Int, within: Int, count: Int, held: Bool,
+                             _ body: () throws(LunError) -> T) throws(LunError) -> T {
         if held { return try body() }
-        let lock = stripeLock(store, rseg)
-        lock.lock()
-        defer { lock.unlock() }
-        return try body()
+        return try stripes.withRows(store, rseg, StripeLocks.rows(within: within, count: count), body)
     }
 
     @inline(__always)
@@ -90,7 +87,7 @@ struct StoreIO: @unchecked Sendable {
     }
 
     /// Reads whole blocks of a range. The pieces' fast paths may run side by side on the
-    /// transfer pool; anything that needs the stripe lock runs after, on the calling thread,
+    /// transfer pool; anything that needs the rows' lock runs after, on the calling thread,
     /// so that no pool thread ever waits for a lock a writer holds while it waits for the pool.
     private func readBlocks(_ store: Int, _ level: RAIDLevel, _ rseg: Int, _ offset: Int, _ buffer: UnsafeMutableRawBufferPointer,
                             lockHeld: Bool, _ describe: () -> String) throws(LunError) {
@@ -112,7 +109,7 @@ struct StoreIO: @unchecked Sendable {
                                   into: UnsafeMutableRawBufferPointer(rebasing: buffer[p.at..<p.at + p.n]))
         }
         for (i, p) in pieces.enumerated() where !good[i] {
-            try withStripeLock(store, rseg, held: lockHeld) { () throws(LunError) in
+            try withRows(store, rseg, within: p.within, count: p.n, held: lockHeld) { () throws(LunError) in
                 try recoverColumn(store: store, level: level, rseg: rseg, column: p.column, within: p.within,
                                   into: UnsafeMutableRawBufferPointer(rebasing: buffer[p.at..<p.at + p.n]), describe)
             }
@@ -136,12 +133,12 @@ struct StoreIO: @unchecked Sendable {
     private func readColumn(store: Int, level: RAIDLevel, rseg: Int, column: Int, within: Int,
                             into piece: UnsafeMutableRawBufferPointer, lockHeld: Bool, _ describe: () -> String) throws(LunError) {
         if readPrimary(store: store, level: level, rseg: rseg, column: column, within: within, into: piece) { return }
-        try withStripeLock(store, rseg, held: lockHeld) { () throws(LunError) in
+        try withRows(store, rseg, within: within, count: piece.count, held: lockHeld) { () throws(LunError) in
             try recoverColumn(store: store, level: level, rseg: rseg, column: column, within: within, into: piece, describe)
         }
     }
 
-    /// Caller holds the stripe lock. Reads the primary copy again; blocks that still fail (or
+    /// Caller holds the piece's rows. Reads the primary copy again; blocks that still fail (or
     /// all of them, when the drive cannot be read) come from redundancy and are rewritten.
     private func recoverColumn(store: Int, level: RAIDLevel, rseg: Int, column: Int, within: Int,
                                into piece: UnsafeMutableRawBufferPointer, _ describe: () -> String) throws(LunError) {
@@ -228,11 +225,10 @@ struct StoreIO: @unchecked Sendable {
     func write(store: Int, rseg: Int, offset: Int, from buffer: UnsafeRawBufferPointer) throws(LunError) {
         precondition(offset >= 0 && offset + buffer.count <= Int(geometry.rsegSizeBytes))
         guard let level = table.level(store) else { preconditionFailure("write to undefined store \(store)") }
-        let lock = stripeLock(store, rseg)
-        lock.lock()
-        defer { lock.unlock() }
         let bb = Self.blockBytes
         let start = offset & ~(bb - 1), end = (offset + buffer.count + bb - 1) & ~(bb - 1)
+        let held = stripes.lock(store, rseg, rows: rows(offset: start, count: end - start))
+        defer { stripes.unlock(held) }
         if start == offset && end == offset + buffer.count {
             try writeBlocks(store, level, rseg, offset, buffer)
             return
@@ -251,7 +247,20 @@ struct StoreIO: @unchecked Sendable {
         try writeBlocks(store, level, rseg, start, UnsafeRawBufferPointer(whole))
     }
 
-    /// Caller holds the stripe lock; the range covers whole blocks.
+    /// The rows a range of the RSEG touches, in all its columns: from the lowest to the highest
+    /// (a range across a column boundary touches the first column's last rows and the next
+    /// one's first, and so locks them all).
+    private func rows(offset: Int, count: Int) -> ClosedRange<Int> {
+        var low = Int.max, high = 0
+        forEachColumn(offset: offset, count: count) { _, within, _, n in
+            let r = StripeLocks.rows(within: within, count: n)
+            low = min(low, r.lowerBound)
+            high = max(high, r.upperBound)
+        }
+        return low...high
+    }
+
+    /// Caller holds the range's rows; the range covers whole blocks.
     private func writeBlocks(_ store: Int, _ level: RAIDLevel, _ rseg: Int, _ offset: Int, _ buffer: UnsafeRawBufferPointer) throws(LunError) {
         switch level {
         case .raid0, .raid1:
@@ -342,9 +351,8 @@ struct StoreIO: @unchecked Sendable {
         precondition(within % bb == 0 && count % bb == 0 && count > 0 && within + count <= stripeUnit
                       && segment.count == Int(geometry.rsegSizeBytes))
         guard table.level(store) == .raid5 else { preconditionFailure("stripe rows of store \(store), which is not RAID 5") }
-        let lock = stripeLock(store, rseg)
-        lock.lock()
-        defer { lock.unlock() }
+        let held = stripes.lock(store, rseg, rows: StripeLocks.rows(within: within, count: count))
+        defer { stripes.unlock(held) }
         let parity = scratchBuffer(count)
         defer { parity.deallocate() }
         parity.copyMemory(from: UnsafeRawBufferPointer(rebasing: segment[within..<within + count]))

@@ -3,16 +3,17 @@
 // so the disks' maps never notice). Leveling, `drive remove`, `drive replace` and the rebuild
 // into free space are all made of such moves.
 //
-// The move holds the store's stripe locks (every write of the store holds one of them from
-// its first block to its last checksum, and waits meanwhile), copies each used RSEG's piece
-// of the member to the new PSEG, checked block by block (a piece whose drive is gone, or a
-// block that fails its checksum, comes from the RAID 1 partner or the other RAID 5 members),
-// then switches the member with one journal op (`moveMember`) and releases the locks: writes
-// from then on go to the new PSEG. The move commits before it returns. The old PSEG is given
-// back to the allocator only once that record is durable and no read that looked the old
-// member up is still running (`MemberSwitchGate`). A crash before the record leaves the old
-// member in use (the new PSEG is free again at open, since the allocator is rebuilt from the
-// RSDs); after it, the new one, whose bytes the commit synced before writing the record.
+// The move holds each RSEG of the store whole (StripeLocks: every write of the store holds
+// rows of one RSEG from its first block to its last checksum, and waits meanwhile), copies
+// each used RSEG's piece of the member to the new PSEG, checked block by block (a piece whose
+// drive is gone, or a block that fails its checksum, comes from the RAID 1 partner or the
+// other RAID 5 members), then switches the member with one journal op (`moveMember`) and
+// releases the locks: writes from then on go to the new PSEG. The move commits before it
+// returns. The old PSEG is given back to the allocator only once that record is durable and
+// no read that looked the old member up is still running (`MemberSwitchGate`). A crash
+// before the record leaves the old member in use (the new PSEG is free again at open, since
+// the allocator is rebuilt from the RSDs); after it, the new one, whose bytes the commit
+// synced before writing the record.
 
 /// One member of one store: what a PSEG move moves.
 public struct StoreMemberSlot: Hashable, Sendable, CustomStringConvertible {
@@ -129,14 +130,13 @@ extension Pool {
             return (layout, state.rsds.member(slot.store, slot.member), StoreMember(drive: drive, pseg: pseg))
         }
         let (layout, old, new) = taken
-        // 2. Copy under the store's stripe locks, then switch.
-        let locks = (0..<layout.rsegsPerStore).map { storeIO.stripeLock(slot.store, $0) }
-        for l in locks { l.lock() }
+        // 2. Copy holding every RSEG of the store, then switch.
+        let locks = (0..<layout.rsegsPerStore).map { storeIO.stripes.lockRSEG(slot.store, $0) }
         var copied: UInt64 = 0
         do {
             copied = try copyMember(layout, member: slot.member, from: old, to: new)
         } catch {
-            for l in locks { l.unlock() }
+            for l in locks { storeIO.stripes.unlock(l) }
             stateLock.withLock { state.psegs.release(drive: new.drive, pseg: new.pseg) }
             log("move of \(slot) from drive \(old.drive) to drive \(new.drive) failed, nothing changed: \(error)")
             throw error
@@ -152,7 +152,7 @@ extension Pool {
             state.apply(.moveMember(store: slot.store, member: slot.member, from: old, to: new))
             return true
         }
-        for l in locks { l.unlock() }
+        for l in locks { storeIO.stripes.unlock(l) }
         guard switched else { throw .busy("\(slot) changed during its move; nothing moved") }
         return (old, copied)
     }
