@@ -1,7 +1,8 @@
 // In-place writes to one RSEG wait for each other only where their rows meet (StripeLocks):
 // a write held in flight on its drive must not stop a write to another row of the same RSEG,
-// and must stop a write to its own row until it has landed with its checksum. Both on RAID 0,
-// 1 and 5 (where a row shares its parity), with the bytes and a scrub checked after.
+// and must stop a write to its own row (on RAID 5 also in another column: the row's parity)
+// until it has landed with its checksum. On RAID 0, 1 and 5, with the bytes and a scrub
+// checked after; and threads writing the same blocks of a few RSEGs, with a committer.
 import XCTest
 import Foundation
 import Synchronization
@@ -32,8 +33,9 @@ final class StripeLocksTests: XCTestCase {
         let gate = set[drive].holdNextWrite()
         defer { gate.open() }
 
-        let held = rng.bytes(4096), sameRow = rng.bytes(4096), otherRow = rng.bytes(4096)
+        let held = rng.bytes(4096), sameRow = rng.bytes(4096), otherRow = rng.bytes(4096), sameParity = rng.bytes(4096)
         let heldDone = DispatchSemaphore(value: 0), sameRowDone = DispatchSemaphore(value: 0)
+        let sameParityDone = DispatchSemaphore(value: 0)
         let failures = Mutex<[String]>([])
         @Sendable func writer(_ at: Int, _ bytes: [UInt8], _ done: DispatchSemaphore?) {
             do { try pool.write(id, at: UInt64(at), bytes) } catch { failures.withLock { $0.append("write at \(at): \(error)") } }
@@ -47,16 +49,24 @@ final class StripeLocksTests: XCTestCase {
         Thread { writer(8192, otherRow, otherDone) }.start()
         XCTAssertEqual(otherDone.wait(timeout: .now() + 20), .success, "a write to another row waited for the held one")
 
-        // Row 0 again: it must wait until the held write has landed with its checksum.
+        // Row 0 again: it must wait until the held write has landed with its checksum. Row 0 of
+        // column 1 (256 KiB on) shares the held write's parity block on RAID 5, so it waits too.
+        let column = Int(pool.state.geometry.stripeUnitBytes)
         Thread { writer(0, sameRow, sameRowDone) }.start()
+        Thread { writer(column, sameParity, sameParityDone) }.start()
         XCTAssertEqual(sameRowDone.wait(timeout: .now() + 0.5), .timedOut, "a write to the held row did not wait for it")
+        if raid == .raid5 {
+            XCTAssertEqual(sameParityDone.wait(timeout: .now() + 0.1), .timedOut, "a write to the held row's parity did not wait")
+        }
         gate.open()
         XCTAssertEqual(heldDone.wait(timeout: .now() + 20), .success)
         XCTAssertEqual(sameRowDone.wait(timeout: .now() + 20), .success)
+        XCTAssertEqual(sameParityDone.wait(timeout: .now() + 20), .success)
         XCTAssertEqual(failures.withLock { $0 }, [])
 
         expected.replaceSubrange(0..<4096, with: sameRow)
         expected.replaceSubrange(8192..<12288, with: otherRow)
+        expected.replaceSubrange(column..<column + 4096, with: sameParity)
         assertSameBytes(try pool.readBytes(id, at: 0, count: expected.count), expected, "after the three writes")
         try pool.close()
         let reopened = try Pool.open(devices: set.devices)
@@ -65,22 +75,22 @@ final class StripeLocksTests: XCTestCase {
         try reopened.close()
     }
 
-    /// Many threads writing 4 KiB blocks of a few RSEGs, some to the same blocks, with a
-    /// committer and reads beside them: every block ends as the last write to it left it and
-    /// passes its checksum.
-    func testThreadsWritingNeighbouringBlocksWithACommitter() throws {
+    /// Threads writing whole 4 KiB blocks of two RSEGs, often the same block at once, with a
+    /// committer beside them: every block read back is one write's bytes, never a mix, and
+    /// ends as one of the writes to it; the scrub finds every checksum and parity right
+    /// (without the row locks, data and checksums of two writes of a block interleave).
+    func testThreadsWritingTheSameBlocksWithACommitter() throws {
         for raid in [RAIDLevel.raid0, .raid1, .raid5] {
             let set = SimulatedDriveSet(count: 6, sizeBytes: 64 << 20, seed: 3310)
             try Pool.format(devices: set.devices, raid: raid)
             let pool = try Pool.open(devices: set.devices)
             let id = try pool.createDisk(named: "vm")
-            let size = 2 << 20
-            try pool.write(id, at: 0, [UInt8](repeating: 1, count: size))
+            let blocks = 2 * Int(pool.state.geometry.rsegSizeBytes) / 4096
+            try pool.write(id, at: 0, [UInt8](repeating: 1, count: blocks * 4096))
             try pool.commit()
-            // Each block is owned by one thread (block % threads), so its last value is known;
-            // threads still meet in every row lock's RSEG and, on RAID 5, in every parity row.
             let threads = 6, rounds = 300
-            let lastValue = Mutex<[UInt8]>([UInt8](repeating: 1, count: size / 4096))
+            // Values written to each block; a block holds one of them, all its bytes alike.
+            let written = Mutex<[Set<UInt8>]>(Array(repeating: [1], count: blocks))
             let failures = Mutex<[String]>([])
             let stop = Atomic<Bool>(false)
             let group = DispatchGroup()
@@ -89,13 +99,14 @@ final class StripeLocksTests: XCTestCase {
                 Thread {
                     var rng = SeededRandom(seed: UInt64(3320 + t))
                     for i in 0..<rounds {
-                        let block = Int(rng.next() % UInt64(size / 4096 / threads)) * threads + t
-                        let value = UInt8(truncatingIfNeeded: 2 + i % 250)
+                        // A few hot blocks, so that writes of one block meet.
+                        let block = rng.chance(0.5) ? Int(rng.below(8)) * 37 % blocks : Int(rng.below(UInt64(blocks)))
+                        let value = UInt8(2 + (t * rounds + i) % 250)
+                        written.withLock { _ = $0[block].insert(value) }
                         do {
                             try pool.write(id, at: UInt64(block * 4096), [UInt8](repeating: value, count: 4096))
-                            lastValue.withLock { $0[block] = value }
                             let back = try pool.readBytes(id, at: UInt64(block * 4096), count: 4096)
-                            if back != [UInt8](repeating: value, count: 4096) { failures.withLock { $0.append("\(raid) block \(block) read back wrong") } }
+                            if back.contains(where: { $0 != back[0] }) { failures.withLock { $0.append("\(raid) block \(block) read back mixed") } }
                         } catch { failures.withLock { $0.append("\(raid) block \(block): \(error)") } }
                     }
                     group.leave()
@@ -112,11 +123,14 @@ final class StripeLocksTests: XCTestCase {
             stop.store(true, ordering: .releasing)
             XCTAssertEqual(failures.withLock { $0 }, [])
             try pool.commit()
-            let values = lastValue.withLock { $0 }
-            let image = try pool.readBytes(id, at: 0, count: size)
-            for (b, v) in values.enumerated() where image[b * 4096..<(b + 1) * 4096].contains(where: { $0 != v }) {
-                XCTFail("\(raid): block \(b) should hold \(v)")
-                break
+            let values = written.withLock { $0 }
+            let image = try pool.readBytes(id, at: 0, count: blocks * 4096)
+            for b in 0..<blocks {
+                let block = image[b * 4096..<(b + 1) * 4096]
+                guard let first = block.first, block.allSatisfy({ $0 == first }), values[b].contains(first) else {
+                    XCTFail("\(raid): block \(b) holds bytes no single write gave it")
+                    break
+                }
             }
             XCTAssertEqual(try PoolChecker(pool: pool, scrub: true).run().problems, [], "\(raid)")
             try pool.close()

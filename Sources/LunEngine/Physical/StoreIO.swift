@@ -225,6 +225,7 @@ struct StoreIO: @unchecked Sendable {
     func write(store: Int, rseg: Int, offset: Int, from buffer: UnsafeRawBufferPointer) throws(LunError) {
         precondition(offset >= 0 && offset + buffer.count <= Int(geometry.rsegSizeBytes))
         guard let level = table.level(store) else { preconditionFailure("write to undefined store \(store)") }
+        if buffer.isEmpty { return }
         let bb = Self.blockBytes
         let start = offset & ~(bb - 1), end = (offset + buffer.count + bb - 1) & ~(bb - 1)
         let held = stripes.lock(store, rseg, rows: rows(offset: start, count: end - start))

@@ -23,12 +23,12 @@ final class StripeLocks: @unchecked Sendable {
     static let mostRows = 16
 
     private static let rsegLockCount = 256
-    private static let rowLockCount = 4096
     /// One mutex per cache line, so that neighbouring rows' writers do not share one.
     private static let rowLockStride = 64
 
     private let rsegLocks: [ReadWriteLock]
     private let rowLocks: UnsafeMutableRawPointer
+    private let rowLockCount: Int
     /// Rows in one column of an RSEG.
     let rowsPerRSEG: Int
     /// How many RSEGs' rows fit side by side in the row locks.
@@ -44,16 +44,20 @@ final class StripeLocks: @unchecked Sendable {
 
     init(geometry: PoolGeometry) {
         rowsPerRSEG = max(1, Int(geometry.stripeUnitBytes) / Self.rowBytes)
-        precondition(rowsPerRSEG <= Self.rowLockCount, "a column of more rows than there are row locks")
-        rowSlots = Self.rowLockCount / rowsPerRSEG
+        // 4,096 row locks: the rows of 64 RSEGs of the default geometry, more for larger RSEGs.
+        rowLockCount = max(4096, rowsPerRSEG)
+        rowSlots = rowLockCount / rowsPerRSEG
         rsegLocks = (0..<Self.rsegLockCount).map { _ in ReadWriteLock() }
         precondition(MemoryLayout<pthread_mutex_t>.size <= Self.rowLockStride)
-        rowLocks = .allocate(byteCount: Self.rowLockCount * Self.rowLockStride, alignment: Self.rowLockStride)
-        for i in 0..<Self.rowLockCount { pthread_mutex_init(rowLock(i), nil) }
+        rowLocks = .allocate(byteCount: rowLockCount * Self.rowLockStride, alignment: Self.rowLockStride)
+        for i in 0..<rowLockCount {
+            let mutex = (rowLocks + i * Self.rowLockStride).bindMemory(to: pthread_mutex_t.self, capacity: 1)
+            pthread_mutex_init(mutex, nil)
+        }
     }
 
     deinit {
-        for i in 0..<Self.rowLockCount { pthread_mutex_destroy(rowLock(i)) }
+        for i in 0..<rowLockCount { pthread_mutex_destroy(rowLock(i)) }
         rowLocks.deallocate()
     }
 
@@ -80,7 +84,7 @@ final class StripeLocks: @unchecked Sendable {
         guard rows.count <= Self.mostRows else { return lockRSEG(store, rseg) }
         let i = rsegIndex(store, rseg)
         rsegLocks[i].lockShared()
-        let slot = Int(UInt64(truncatingIfNeeded: store &* 8 &+ rseg) &* 0x9E37_79B9_7F4A_7C15 >> 40) % rowSlots
+        let slot = Int((UInt64(truncatingIfNeeded: store &* 8 &+ rseg) &* 0x9E37_79B9_7F4A_7C15) >> 40) % rowSlots
         let first = slot * rowsPerRSEG + rows.lowerBound
         for r in first..<first + rows.count { pthread_mutex_lock(rowLock(r)) }
         return Held(rseg: i, firstRow: first, rows: rows.count)
