@@ -21,6 +21,21 @@ int lunsys_write_back_and_wait(int fd, long long offset) {
     return sync_file_range(fd, offset, 0, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
 }
 
+int lunsys_start_write_back(int fd, long long offset, long long length) {
+    return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
+}
+
+int lunsys_cachestat(int fd, long long offset, long long length,
+                     unsigned long long *cached, unsigned long long *dirty) {
+    // Debian 12's headers predate cachestat: its number and structures from the kernel's uapi.
+    struct { uint64_t off, len; } range = { (uint64_t)offset, (uint64_t)length };
+    struct { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; } stat;
+    if (syscall(451, fd, &range, &stat, 0) != 0) return -1;
+    *cached = stat.nr_cache;
+    *dirty = stat.nr_dirty;
+    return 0;
+}
+
 int lunsys_open_fuse_inode(const char *mountpoint, unsigned long long device, unsigned long long nodeid, unsigned int generation) {
     int mount_fd = open(mountpoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (mount_fd < 0) return -1;

@@ -19,6 +19,13 @@ int lunsys_open_fuse_inode(const char *mountpoint, unsigned long long device, un
 /// sync_file_range(fd, offset, to the end, WAIT_BEFORE|WRITE|WAIT_AFTER): writes back the pages
 /// dirty at the call and waits for them; 0 or -1 with errno.
 int lunsys_write_back_and_wait(int fd, long long offset);
+/// sync_file_range(fd, offset, length, WRITE): starts writing back the dirty pages of the
+/// range and returns without waiting for them; 0 or -1 with errno.
+int lunsys_start_write_back(int fd, long long offset, long long length);
+/// cachestat(2) (Linux 6.5): how many pages of the range the page cache holds, and how many of
+/// those are dirty, found without reading anything; 0, or -1 with errno (ENOSYS before 6.5).
+int lunsys_cachestat(int fd, long long offset, long long length,
+                     unsigned long long *cached, unsigned long long *dirty);
 
 
 /// CRC-32C (Castagnoli) of `length` bytes continuing from `crc` (0 to start), with the

@@ -11,6 +11,9 @@ public protocol BlockDevice: AnyObject, Sendable {
     func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(LunError)
     /// Writes all of `buffer` at `offset`.
     func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError)
+    /// The same, saying whether the engine will read the range back soon (a RAID 5
+    /// read-modify-write reads old data and parity), so that a drive with a cache keeps it.
+    func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, keepInCache: Bool) throws(LunError)
     /// Makes every completed write durable (fdatasync).
     func sync() throws(LunError)
     /// Makes the range read as zeros (a hole punched in a file, or zeros written).
@@ -23,6 +26,9 @@ public protocol BlockDevice: AnyObject, Sendable {
 }
 
 extension BlockDevice {
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, keepInCache: Bool) throws(LunError) {
+        try write(buffer, at: offset)
+    }
     public func prefetch(at offset: UInt64, length: Int) {}
     public var takesParallelTransfers: Bool { false }
 }

@@ -1,29 +1,42 @@
 // A drive backed by a file or a block device: pread/pwrite with EINTR retried, fdatasync as
 // the durability barrier, and holes punched to zero a range where the file system allows it.
 //
-// Transfers go through the host's page cache (docs/PERFORMANCE.md section 12): what was just
-// written is then read from memory, as a file read right after it was written is for
-// qemu-storage-daemon, and RAID 5's read-modify-writes find their old data and parity there.
-// With `directMinimumBytes` set (LUNFS_DIRECT_MIN_BYTES in the environment, or a caller),
-// aligned transfers of at least that many bytes go through a second descriptor opened
-// O_DIRECT instead, straight between the request's memory and the disk; large writes then go
-// to all their drives in one io_uring submission (DriveSubmission). The kernel keeps the two
-// views coherent: a direct read first writes back cached dirty pages of its range, a direct
-// write drops the cached pages of its range. fdatasync works on the file, so it covers both.
+// Which transfers use the host's page cache (docs/PERFORMANCE.md section 12):
+// - small ones (under 64 KiB) go through it: a 4 KiB block just written is read from memory,
+//   and many small writes reach the disk together;
+// - a large write goes through a second descriptor opened O_DIRECT, straight from the
+//   request's memory to the disk (no copy, no dirty pages for the kernel to throttle), unless
+//   the engine will read it back soon (RAID 5: a read-modify-write reads old data and parity):
+//   then it goes through the cache and starts its own write-back at once (sync_file_range, not
+//   waited for), so a stream of such writes does not pile dirty pages up either;
+// - a large read goes direct when the cache holds no page of its range (cachestat), and
+//   through the cache otherwise, where the bytes already are.
+// The kernel keeps the two views coherent (a direct read first writes back cached dirty pages
+// of its range, a direct write drops the cached pages of its range), and fdatasync works on
+// the file, so it covers both.
+//
+// `LUNFS_DIRECT_MIN_BYTES` (or a caller's `directMinimumBytes`) chooses another rule: N > 0
+// sends aligned transfers of at least N bytes direct both ways, reads included and whatever
+// the engine will read back (65536: the rule until 2026-12-01); 0 sends everything through the
+// page cache (the rule of 2026-12-01). Direct writes of one request go to all their drives in
+// one io_uring submission (DriveSubmission).
 #if canImport(Glibc)
 import Glibc
 #endif
 import CLunSys
+import Synchronization
 
 public final class FileDevice: BlockDevice, @unchecked Sendable {
     public let name: String
     public let sizeBytes: UInt64
     /// Open for the life of the device; exposed so the FUSE layer can reply from it directly.
     public let fileDescriptor: Int32
-    /// The same file opened O_DIRECT, or -1 where that is refused (tmpfs) or turned off.
+    /// The same file opened O_DIRECT, or -1 where that is refused (tmpfs) or not used.
     private let directDescriptor: Int32
-    /// Transfers of at least this many bytes, aligned to `directAlignment`, go direct; 0: none.
-    private let directMinimumBytes: Int
+    /// Which transfers go direct.
+    let rule: TransferRule
+    /// Reads that went direct because the cache held nothing of their range (for tests).
+    let coldDirectReads = Atomic<Int>(0)
     private var punchWorks = true
     /// Aligned buffers for direct writes whose source memory is not aligned.
     private let bounceBuffers = BounceBuffers(byteCount: 1 << 20, alignment: FileDevice.directAlignment)
@@ -31,12 +44,22 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
     /// Offset, length and memory alignment of a direct transfer (a page covers every common
     /// logical block size).
     static let directAlignment = 4096
-    /// Default for `directMinimumBytes`: no direct transfers. `LUNFS_DIRECT_MIN_BYTES`
-    /// overrides it (65536 is the rule before 2026-12-01: 64 KiB and more direct).
-    static let defaultDirectMinimumBytes = 0
+    /// The size from which a transfer is large (the default rule).
+    static let largeTransferBytes = 64 << 10
+
+    /// The three rules of the top of the file.
+    enum TransferRule: Equatable {
+        /// Large writes direct (or written back at once when kept in the cache), large reads
+        /// direct when nothing of their range is cached, the rest through the cache.
+        case largeBypassCache
+        /// Aligned transfers of at least this many bytes direct both ways.
+        case directFrom(Int)
+        /// Everything through the page cache.
+        case pageCache
+    }
 
     /// Opens an existing drive file or block device read-write. `directMinimumBytes`: nil for
-    /// the environment's or the default rule.
+    /// the environment's rule or, without one, the default (see the top of the file).
     public init(path: String, directMinimumBytes: Int? = nil) throws(LunError) {
         let fd = Glibc.open(path, O_RDWR | O_CLOEXEC)
         guard fd >= 0 else { throw .io("cannot open drive \(path): \(String(cString: strerror(errno)))") }
@@ -51,21 +74,53 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
         self.name = path
         self.sizeBytes = size
         self.fileDescriptor = fd
-        var minimum = Self.defaultDirectMinimumBytes
+        var chosen: Int? = nil
         if let text = getenv("LUNFS_DIRECT_MIN_BYTES"), let value = Int(String(cString: text)), value >= 0 {
-            minimum = value
+            chosen = value
         }
-        if let directMinimumBytes { minimum = directMinimumBytes }
-        self.directMinimumBytes = minimum
-        self.directDescriptor = minimum == 0 ? -1 : lunsys_open_direct(path, O_RDWR | O_CLOEXEC)
+        if let directMinimumBytes { chosen = directMinimumBytes }
+        switch chosen {
+        case nil: rule = .largeBypassCache
+        case 0: rule = .pageCache
+        case let bytes?: rule = .directFrom(bytes)
+        }
+        self.directDescriptor = rule == .pageCache ? -1 : lunsys_open_direct(path, O_RDWR | O_CLOEXEC)
     }
 
-    /// Whether a transfer of `count` bytes at `offset` goes direct (the memory side: reads
-    /// need aligned memory, writes copy unaligned memory into a bounce buffer).
+    /// Whether a transfer of `count` bytes at `offset` may go direct at all: aligned, and a
+    /// direct descriptor open.
     @inline(__always)
-    private func goesDirect(_ count: Int, _ offset: UInt64) -> Bool {
+    private func directPossible(_ count: Int, _ offset: UInt64) -> Bool {
         let a = Self.directAlignment
-        return directDescriptor >= 0 && count >= directMinimumBytes && count % a == 0 && offset % UInt64(a) == 0
+        return directDescriptor >= 0 && count > 0 && count % a == 0 && offset % UInt64(a) == 0
+    }
+
+    /// Whether a write of `count` bytes at `offset` goes direct (the memory side: unaligned
+    /// memory is copied into a bounce buffer).
+    @inline(__always)
+    private func writesDirect(_ count: Int, _ offset: UInt64, keepInCache: Bool) -> Bool {
+        guard directPossible(count, offset) else { return false }
+        switch rule {
+        case .largeBypassCache: return !keepInCache && count >= Self.largeTransferBytes
+        case .directFrom(let bytes): return count >= bytes
+        case .pageCache: return false
+        }
+    }
+
+    /// Whether a read of `count` bytes at `offset` into `memory` goes direct.
+    private func readsDirect(_ count: Int, _ offset: UInt64, into memory: UnsafeRawPointer) -> Bool {
+        guard directPossible(count, offset), Self.isAligned(memory) else { return false }
+        switch rule {
+        case .largeBypassCache:
+            guard count >= Self.largeTransferBytes else { return false }
+            var cached: UInt64 = 0, dirty: UInt64 = 0
+            // A kernel without cachestat (before 6.5): through the cache.
+            guard lunsys_cachestat(fileDescriptor, Int64(offset), Int64(count), &cached, &dirty) == 0, cached == 0 else { return false }
+            coldDirectReads.add(1, ordering: .relaxed)
+            return true
+        case .directFrom(let bytes): return count >= bytes
+        case .pageCache: return false
+        }
     }
 
     @inline(__always)
@@ -96,7 +151,7 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(LunError) {
         guard let base = buffer.baseAddress else { return }
-        var fd = goesDirect(buffer.count, offset) && Self.isAligned(base) ? directDescriptor : fileDescriptor
+        var fd = readsDirect(buffer.count, offset, into: base) ? directDescriptor : fileDescriptor
         var done = 0
         while done < buffer.count {
             let n = pread(fd, base + done, buffer.count - done, off_t(offset) + off_t(done))
@@ -115,16 +170,29 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
     public var takesParallelTransfers: Bool { true }
 
     public func prefetch(at offset: UInt64, length: Int) {
-        // Only reads that will go through the page cache gain from it.
-        guard !goesDirect(length, offset) else { return }
+        // Only reads that will go through the page cache gain from it (a large one whose range
+        // is not cached goes direct under the default rule).
+        switch rule {
+        case .largeBypassCache: guard length < Self.largeTransferBytes else { return }
+        case .directFrom(let bytes): guard length < bytes || !directPossible(length, offset) else { return }
+        case .pageCache: break
+        }
         _ = posix_fadvise(fileDescriptor, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
     }
 
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
+        try write(buffer, at: offset, keepInCache: false)
+    }
+
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, keepInCache: Bool) throws(LunError) {
         precondition(offset + UInt64(buffer.count) <= sizeBytes, "write past the end of drive \(name)")
         guard let base = buffer.baseAddress else { return }
-        guard goesDirect(buffer.count, offset) else {
+        guard writesDirect(buffer.count, offset, keepInCache: keepInCache) else {
             try write(fileDescriptor, buffer, at: offset)
+            if rule == .largeBypassCache && buffer.count >= Self.largeTransferBytes {
+                // Not waited for; a failure of the write-back is fdatasync's to report.
+                _ = lunsys_start_write_back(fileDescriptor, Int64(offset), Int64(buffer.count))
+            }
             return
         }
         if !Self.isAligned(base) {
@@ -148,8 +216,8 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
     /// The descriptor a write of `buffer` at `offset` goes to when it goes direct from the
     /// caller's memory as it is, for a caller that makes the write itself (DriveSubmission's
     /// io_uring); nil when it would go through the page cache or a bounce buffer.
-    func directDescriptor(forWriteOf buffer: UnsafeRawBufferPointer, at offset: UInt64) -> Int32? {
-        guard let base = buffer.baseAddress, goesDirect(buffer.count, offset), Self.isAligned(base),
+    func directDescriptor(forWriteOf buffer: UnsafeRawBufferPointer, at offset: UInt64, keepInCache: Bool) -> Int32? {
+        guard let base = buffer.baseAddress, writesDirect(buffer.count, offset, keepInCache: keepInCache), Self.isAligned(base),
               buffer.count <= Int(UInt32.max) else { return nil }
         precondition(offset + UInt64(buffer.count) <= sizeBytes, "write past the end of drive \(name)")
         return directDescriptor

@@ -47,17 +47,18 @@ final class BlockChecksums: @unchecked Sendable {
     }
 
     /// Writes whole blocks and then their checksums. A failing drive leaves service (DriveSet).
-    func write(_ drive: Int, _ data: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
+    /// `keepInCache`: the engine will read the blocks back soon (BlockDevice).
+    func write(_ drive: Int, _ data: UnsafeRawBufferPointer, at offset: UInt64, keepInCache: Bool = false) throws(LunError) {
         Self.assertBlocks(offset, data.count)
-        try write(data, sums: BlockSums(of: data, drive: drive, at: offset))
+        try write(data, sums: BlockSums(of: data, drive: drive, at: offset), keepInCache: keepInCache)
     }
 
     /// Writes whole blocks and then `sums`, their checksums computed beforehand (a mirror's
     /// copy or a parity block, see BlockSums), to the place the sums are for.
-    func write(_ data: UnsafeRawBufferPointer, sums: BlockSums) throws(LunError) {
+    func write(_ data: UnsafeRawBufferPointer, sums: BlockSums, keepInCache: Bool = false) throws(LunError) {
         let offset = sums.first * UInt64(Self.blockBytes)
         precondition(data.count == sums.count * Self.blockBytes, "checksums for other blocks")
-        try drives.write(sums.drive, data, at: offset)
+        try drives.write(sums.drive, data, at: offset, keepInCache: keepInCache)
         try store(sums) { (bytes, at) throws(LunError) in try drives.write(sums.drive, bytes, at: at) }
     }
 

@@ -150,9 +150,10 @@ final class DriveSet: @unchecked Sendable {
     }
 
     /// Writes to a drive; a failing drive is taken out of service and the error rethrown.
-    func write(_ i: Int, _ buffer: UnsafeRawBufferPointer, at offset: UInt64) throws(LunError) {
+    /// `keepInCache`: the engine will read the range back soon (BlockDevice).
+    func write(_ i: Int, _ buffer: UnsafeRawBufferPointer, at offset: UInt64, keepInCache: Bool = false) throws(LunError) {
         guard let d = device(i) else { throw .io("drive \(i) is not available") }
-        do { try d.write(buffer, at: offset) } catch { noteWriteError(i); markFailed(i, error); throw error }
+        do { try d.write(buffer, at: offset, keepInCache: keepInCache) } catch { noteWriteError(i); markFailed(i, error); throw error }
         counts[i].completed.add(1, ordering: .releasing)
     }
 
@@ -186,7 +187,8 @@ final class DriveSet: @unchecked Sendable {
         let finish = { (k: Int) in
             let (i, done) = rest[k], w = writes[i]
             do throws(LunError) {
-                try self.write(w.drive, UnsafeRawBufferPointer(rebasing: w.data[done...]), at: w.offset + UInt64(done))
+                try self.write(w.drive, UnsafeRawBufferPointer(rebasing: w.data[done...]), at: w.offset + UInt64(done),
+                               keepInCache: w.keepInCache)
             } catch { errors[i] = error }
         }
         if sideBySide, let pool = transfers, rest.count > 1 {

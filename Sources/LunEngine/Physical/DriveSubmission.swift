@@ -17,6 +17,8 @@ struct DriveWrite {
     let drive: Int
     let data: UnsafeRawBufferPointer
     let offset: UInt64
+    /// The engine will read the range back soon (BlockDevice.write(_:at:keepInCache:)).
+    var keepInCache = false
 }
 
 enum DriveSubmission {
@@ -35,7 +37,7 @@ enum DriveSubmission {
         var which: [Int] = []
         for (i, w) in writes.enumerated() {
             guard let file = device(w.drive) as? FileDevice,
-                  let fd = file.directDescriptor(forWriteOf: w.data, at: w.offset) else { continue }
+                  let fd = file.directDescriptor(forWriteOf: w.data, at: w.offset, keepInCache: w.keepInCache) else { continue }
             ops.append(lunsys_ring_write(fd: fd, data: w.data.baseAddress, length: UInt32(w.data.count),
                                          offset: w.offset, result: 0))
             which.append(i)

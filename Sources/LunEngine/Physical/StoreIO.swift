@@ -367,7 +367,7 @@ struct StoreIO: @unchecked Sendable {
                 UnsafeRawBufferPointer(rebasing: segment[column * stripeUnit + within..<column * stripeUnit + within + count])
             } ?? UnsafeRawBufferPointer(parity)
             guard drives.isAvailable(m.drive) else { throw .io("drive \(m.drive) is not available") }
-            try checksums.write(m.drive, bytes, at: physicalOffset(m, rseg: rseg, within: within))
+            try checksums.write(m.drive, bytes, at: physicalOffset(m, rseg: rseg, within: within), keepInCache: true)
         }
         // A few blocks per member, written on the calling thread: handing them to the
         // transfer pool costs more than the writes.
@@ -409,9 +409,12 @@ struct StoreIO: @unchecked Sendable {
                 // The data goes first: a crash between the two leaves parity stale for this
                 // range; the store is in the write-intent set, so recovery settles it.
                 if drives.isAvailable(dataMember.drive) {
-                    do { try checksums.write(dataMember.drive, piece, at: physicalOffset(dataMember, rseg: rseg, within: within)); landed += 1 } catch {}
+                    do {
+                        try checksums.write(dataMember.drive, piece, at: physicalOffset(dataMember, rseg: rseg, within: within), keepInCache: true)
+                        landed += 1
+                    } catch {}
                 }
-                try checksums.write(parityMember.drive, UnsafeRawBufferPointer(parity), at: at)
+                try checksums.write(parityMember.drive, UnsafeRawBufferPointer(parity), at: at, keepInCache: true)
                 landed += 1
             } catch {
                 drives.noteError()
@@ -421,7 +424,7 @@ struct StoreIO: @unchecked Sendable {
             }
             if landed > 0 { return }
         }
-        try checksums.write(dataMember.drive, piece, at: physicalOffset(dataMember, rseg: rseg, within: within))
+        try checksums.write(dataMember.drive, piece, at: physicalOffset(dataMember, rseg: rseg, within: within), keepInCache: true)
     }
 
     /// Parity of a range with column `column` replaced by `newData`, from the checked data columns.

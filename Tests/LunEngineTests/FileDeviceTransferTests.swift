@@ -1,0 +1,134 @@
+// FileDevice's default transfer rule, on real files of the host's file system: a large write
+// goes direct; one the engine keeps in the cache starts its own write-back, a small one does
+// not; a large read of a range the page cache holds no page of goes direct, one of a range it
+// holds a page of (a dirty one included) goes through the cache, and either returns the bytes
+// last written. The rules LUNFS_DIRECT_MIN_BYTES chooses keep their behaviour. Asserted on
+// bytes read back and on cachestat's view of the cache.
+import XCTest
+import Foundation
+import CLunSys
+@testable import LunEngine
+
+final class FileDeviceTransferTests: XCTestCase {
+    private static let fileBytes: UInt64 = 8 << 20
+    private let MiB = 1 << 20
+    private var root = ""
+
+    override func setUpWithError() throws {
+        // Not tmpfs: O_DIRECT and write-back need a disk file system (the pools' /var/tmp).
+        root = "/var/tmp/lunfs-transfer-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+    }
+
+    override func tearDown() { try? FileManager.default.removeItem(atPath: root) }
+
+    private func pattern(_ count: Int, seed: UInt64) -> UnsafeMutableRawBufferPointer {
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 4096)
+        var rng = TestRandom(seed: seed)
+        for i in 0..<count { b[i] = UInt8(truncatingIfNeeded: rng.next()) }
+        return b
+    }
+
+    /// (cached, dirty) pages of the range.
+    private func cacheState(_ device: FileDevice, _ offset: UInt64, _ count: Int) throws -> (UInt64, UInt64) {
+        var cached: UInt64 = 0, dirty: UInt64 = 0
+        guard lunsys_cachestat(device.fileDescriptor, Int64(offset), Int64(count), &cached, &dirty) == 0 else {
+            throw XCTSkip("cachestat is not available on this kernel (errno \(errno))")
+        }
+        return (cached, dirty)
+    }
+
+    /// Syncs the file and asks the kernel to drop its (clean) pages, then checks it did.
+    private func dropCache(_ device: FileDevice) throws {
+        try device.sync()
+        XCTAssertEqual(posix_fadvise(device.fileDescriptor, 0, 0, POSIX_FADV_DONTNEED), 0)
+        XCTAssertEqual(try cacheState(device, 0, Int(Self.fileBytes)).0, 0, "the test's setup: nothing cached")
+    }
+
+    private func readBack(_ device: FileDevice, _ offset: UInt64, _ count: Int) throws -> UnsafeMutableRawBufferPointer {
+        let back = UnsafeMutableRawBufferPointer.allocate(byteCount: count, alignment: 4096)
+        back.initializeMemory(as: UInt8.self, repeating: 0xEE)
+        try device.read(into: back, at: offset)
+        return back
+    }
+
+    func testLargeTransfersGoDirectUnlessTheCacheHoldsTheirRange() throws {
+        let device = try FileDevice.createFile(path: root + "/d", sizeBytes: Self.fileBytes)
+        let a = pattern(MiB, seed: 1), b = pattern(4096, seed: 2)
+        defer { a.deallocate(); b.deallocate() }
+        try device.write(UnsafeRawBufferPointer(a), at: UInt64(MiB))
+        XCTAssertEqual(try cacheState(device, UInt64(MiB), MiB).0, 0, "a large write goes direct and leaves nothing cached")
+        let cold = try readBack(device, UInt64(MiB), MiB)
+        defer { cold.deallocate() }
+        XCTAssertTrue(cold.elementsEqual(a), "a cold read")
+        XCTAssertEqual(device.coldDirectReads.load(ordering: .relaxed), 1, "a 1 MiB read of a range with nothing cached goes direct")
+        XCTAssertEqual(try cacheState(device, UInt64(MiB), MiB).0, 0, "and leaves nothing cached")
+
+        // One dirty page in an otherwise cold range: the read goes through the cache and sees it.
+        try device.write(UnsafeRawBufferPointer(b), at: UInt64(MiB + 65536))
+        XCTAssertEqual(try cacheState(device, UInt64(MiB), MiB).1, 1, "a small write leaves its page dirty")
+        let mixed = try readBack(device, UInt64(MiB), MiB)
+        defer { mixed.deallocate() }
+        var expected = [UInt8](a)
+        expected.replaceSubrange(65536..<65536 + 4096, with: b)
+        XCTAssertTrue(mixed.elementsEqual(expected), "a read of a range with a dirty page returns that page's new bytes")
+        XCTAssertEqual(device.coldDirectReads.load(ordering: .relaxed), 1, "a range with a cached page is read through the cache")
+
+        // Small reads and reads into unaligned memory stay with the cache, and are right.
+        try dropCache(device)
+        let small = try readBack(device, UInt64(MiB + 65536), 4096)
+        defer { small.deallocate() }
+        XCTAssertTrue(small.elementsEqual(b))
+        try dropCache(device)
+        let unaligned = UnsafeMutableRawBufferPointer.allocate(byteCount: MiB + 16, alignment: 4096)
+        defer { unaligned.deallocate() }
+        try device.read(into: UnsafeMutableRawBufferPointer(rebasing: unaligned[16..<MiB + 16]), at: UInt64(MiB))
+        XCTAssertTrue(unaligned[16..<MiB + 16].elementsEqual(expected), "a read into unaligned memory")
+        XCTAssertEqual(device.coldDirectReads.load(ordering: .relaxed), 1, "neither went direct")
+    }
+
+    func testALargeWriteKeptInTheCacheStartsItsWriteBackAndASmallOneDoesNot() throws {
+        let device = try FileDevice.createFile(path: root + "/d", sizeBytes: Self.fileBytes)
+        let a = pattern(MiB, seed: 3), b = pattern(4096, seed: 4)
+        defer { a.deallocate(); b.deallocate() }
+        try device.write(UnsafeRawBufferPointer(b), at: 0, keepInCache: true)
+        try device.write(UnsafeRawBufferPointer(a), at: UInt64(2 * MiB), keepInCache: true)
+        XCTAssertEqual(try cacheState(device, 0, 4096).1, 1, "a small write stays dirty until the commit's fdatasync")
+        // The kernel's own flusher would leave the pages dirty for 30 s (dirty_expire_centisecs).
+        let deadline = Date().addingTimeInterval(5)
+        var state = try cacheState(device, UInt64(2 * MiB), MiB)
+        while state.1 > 0 && Date() < deadline {
+            usleep(10_000)
+            state = try cacheState(device, UInt64(2 * MiB), MiB)
+        }
+        XCTAssertEqual(state.1, 0, "a large write's pages are written back without an fdatasync")
+        XCTAssertEqual(state.0, UInt64(MiB / 4096), "and stay in the cache, clean")
+        let back = try readBack(device, UInt64(2 * MiB), MiB)
+        defer { back.deallocate() }
+        XCTAssertTrue(back.elementsEqual(a))
+        XCTAssertEqual(device.coldDirectReads.load(ordering: .relaxed), 0, "read from the cache")
+    }
+
+    func testTheRulesLUNFS_DIRECT_MIN_BYTESChoosesKeepTheirBehaviour() throws {
+        let a = pattern(MiB, seed: 5)
+        defer { a.deallocate() }
+        // 0: everything through the cache as it is; a large write stays dirty, a cold read is cached.
+        let cached = try FileDevice.createFile(path: root + "/cached", sizeBytes: Self.fileBytes, directMinimumBytes: 0)
+        try cached.write(UnsafeRawBufferPointer(a), at: 0)
+        XCTAssertEqual(try cacheState(cached, 0, MiB).1, UInt64(MiB / 4096), "no write-back started")
+        try dropCache(cached)
+        let one = try readBack(cached, 0, MiB)
+        defer { one.deallocate() }
+        XCTAssertTrue(one.elementsEqual(a))
+        XCTAssertEqual(try cacheState(cached, 0, MiB).0, UInt64(MiB / 4096), "read through the cache")
+        XCTAssertEqual(cached.coldDirectReads.load(ordering: .relaxed), 0)
+        // 65536: the rule until 2026-12-01; large transfers go direct both ways and leave nothing cached.
+        let direct = try FileDevice.createFile(path: root + "/direct", sizeBytes: Self.fileBytes, directMinimumBytes: 64 << 10)
+        try direct.write(UnsafeRawBufferPointer(a), at: 0)
+        XCTAssertEqual(try cacheState(direct, 0, MiB).0, 0, "a direct write leaves nothing cached")
+        let two = try readBack(direct, 0, MiB)
+        defer { two.deallocate() }
+        XCTAssertTrue(two.elementsEqual(a))
+        XCTAssertEqual(try cacheState(direct, 0, MiB).0, 0, "a direct read leaves nothing cached")
+    }
+}
