@@ -109,6 +109,54 @@ final class FileDeviceTransferTests: XCTestCase {
         XCTAssertEqual(device.coldDirectReads.load(ordering: .relaxed), 0, "read from the cache")
     }
 
+    /// The engine's side: a pool on file drives under the default rule. A RAID 1 1 MiB write in
+    /// place goes direct and leaves its two copies out of the cache; a RAID 5 write of part of
+    /// a stripe (a read-modify-write, whose data and parity the next one reads back) leaves its
+    /// data and parity cached. Every byte reads back through the pool, also after a reopen.
+    func testTheEngineKeepsRAID5PartialStripeWritesCachedAndSendsOthersDirect() throws {
+        let size: UInt64 = 64 << 20
+        var devices = try (0..<5).map { try FileDevice.createFile(path: "\(root)/p\($0)", sizeBytes: size) }
+        try Pool.format(devices: devices, raid: .raid5)
+        var pool = try Pool.open(devices: devices, sizes: devices.map(\.sizeBytes))
+        let mirror = try pool.createDisk(named: "m", raid: .raid1)
+        let striped = try pool.createDisk(named: "s", raid: .raid5)
+        let first = pattern(MiB, seed: 6), second = pattern(MiB, seed: 7), piece = pattern(65536, seed: 8)
+        defer { first.deallocate(); second.deallocate(); piece.deallocate() }
+        for disk in [mirror, striped] { try pool.write(disk, at: 0, from: UnsafeRawBufferPointer(first)) }
+        try pool.commit()
+        func cachedPages() throws -> UInt64 {
+            try devices.reduce(0) { try $0 + cacheState($1, 0, Int(size)).0 }
+        }
+        func dropAll() throws { for d in devices { try dropCache(d) } }
+
+        try dropAll()
+        try pool.write(mirror, at: 0, from: UnsafeRawBufferPointer(second))
+        let mirrorPages = try cachedPages()
+        XCTAssertLessThan(mirrorPages, 64, "a 1 MiB RAID 1 write went direct (caching its copies would be 512 pages)")
+
+        try dropAll()
+        try pool.write(striped, at: 65536, from: UnsafeRawBufferPointer(piece))
+        let stripedPages = try cachedPages()
+        XCTAssertGreaterThanOrEqual(stripedPages, 32, "a 64 KiB RAID 5 read-modify-write keeps its data and parity (16 pages each) cached")
+
+        var expected = [UInt8](first)
+        expected.replaceSubrange(65536..<131072, with: piece)
+        for reopen in [false, true] {
+            if reopen {
+                try pool.close()
+                devices = try (0..<5).map { try FileDevice(path: "\(root)/p\($0)") }
+                pool = try Pool.open(devices: devices, sizes: devices.map(\.sizeBytes))
+            }
+            let back = UnsafeMutableRawBufferPointer.allocate(byteCount: MiB, alignment: 4096)
+            defer { back.deallocate() }
+            XCTAssertEqual(try pool.read(mirror, at: 0, into: back), MiB)
+            XCTAssertTrue(back.elementsEqual(second), "RAID 1 bytes, reopened: \(reopen)")
+            XCTAssertEqual(try pool.read(striped, at: 0, into: back), MiB)
+            XCTAssertTrue(back.elementsEqual(expected), "RAID 5 bytes, reopened: \(reopen)")
+        }
+        try pool.close()
+    }
+
     func testTheRulesLUNFS_DIRECT_MIN_BYTESChoosesKeepTheirBehaviour() throws {
         let a = pattern(MiB, seed: 5)
         defer { a.deallocate() }
