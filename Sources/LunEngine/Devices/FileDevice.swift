@@ -115,9 +115,7 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
             guard count >= Self.largeTransferBytes else { return false }
             var cached: UInt64 = 0, dirty: UInt64 = 0
             // A kernel without cachestat (before 6.5): through the cache.
-            guard lunsys_cachestat(fileDescriptor, Int64(offset), Int64(count), &cached, &dirty) == 0, cached == 0 else { return false }
-            coldDirectReads.add(1, ordering: .relaxed)
-            return true
+            return lunsys_cachestat(fileDescriptor, Int64(offset), Int64(count), &cached, &dirty) == 0 && cached == 0
         case .directFrom(let bytes): return count >= bytes
         case .pageCache: return false
         }
@@ -151,7 +149,11 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(LunError) {
         guard let base = buffer.baseAddress else { return }
-        var fd = readsDirect(buffer.count, offset, into: base) ? directDescriptor : fileDescriptor
+        var fd = fileDescriptor
+        if readsDirect(buffer.count, offset, into: base) {
+            fd = directDescriptor
+            if rule == .largeBypassCache { coldDirectReads.add(1, ordering: .relaxed) }
+        }
         var done = 0
         while done < buffer.count {
             let n = pread(fd, base + done, buffer.count - done, off_t(offset) + off_t(done))
