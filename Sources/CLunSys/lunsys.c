@@ -204,3 +204,57 @@ long lunsys_getxattr(const char *path, const char *name, void *value, unsigned l
 int lunsys_setxattr(const char *path, const char *name, const void *value, unsigned long size, int flags) {
     return setxattr(path, name, value, size, flags);
 }
+
+// The mapping and its guarded copy (lunsys.h). A store into a shared mapping that the kernel
+// cannot back (a read error, no space for a hole, a file cut short) raises SIGBUS instead of
+// returning an error; the handler jumps back into the copy that touched the mapping, which
+// returns -1. The jump skips only C frames (memcpy's), never Swift ones. SA_NODEFER keeps
+// SIGBUS unblocked in the handler, so leaving it by a jump needs no saved signal mask, and
+// sigsetjmp(…, 0) costs no system call.
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <sys/mman.h>
+
+static _Thread_local sigjmp_buf *guarded_copy_exit;
+
+static void on_bus_error(int signal_number, siginfo_t *info, void *context) {
+    (void)info; (void)context;
+    sigjmp_buf *exit_to = guarded_copy_exit;
+    if (exit_to) siglongjmp(*exit_to, 1);
+    // Not inside a guarded copy: the default action, when the instruction faults again.
+    signal(signal_number, SIG_DFL);
+}
+
+static void install_bus_handler(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_sigaction = on_bus_error;
+    action.sa_flags = SA_SIGINFO | SA_NODEFER;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGBUS, &action, NULL);
+}
+
+static pthread_once_t bus_handler_once = PTHREAD_ONCE_INIT;
+
+void *lunsys_map_shared(int fd, long long offset, unsigned long long length) {
+    pthread_once(&bus_handler_once, install_bus_handler);
+    void *address = mmap(NULL, (size_t)length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)offset);
+    return address == MAP_FAILED ? NULL : address;
+}
+
+void lunsys_unmap(void *address, unsigned long long length) { munmap(address, (size_t)length); }
+
+int lunsys_guarded_copy(void *destination, const void *source, unsigned long long length) {
+    sigjmp_buf exit_to;
+    if (sigsetjmp(exit_to, 0) != 0) {
+        guarded_copy_exit = NULL;
+        return -1;
+    }
+    guarded_copy_exit = &exit_to;
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    memcpy(destination, source, (size_t)length);
+    __atomic_signal_fence(__ATOMIC_SEQ_CST);
+    guarded_copy_exit = NULL;
+    return 0;
+}

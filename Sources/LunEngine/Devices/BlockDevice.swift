@@ -20,6 +20,10 @@ public protocol BlockDevice: AnyObject, Sendable {
     func zero(at offset: UInt64, length: UInt64) throws(LunError)
     /// A hint that the range will be read soon: the read may start now, in the background.
     func prefetch(at offset: UInt64, length: Int)
+    /// A hint, given once before the drive serves I/O, that the range from `offset` to the end
+    /// takes many tiny writes (the checksum area): a drive may map it and copy them into
+    /// memory, a store instead of a system call each. `sync` still covers them.
+    func mapForTinyWrites(from offset: UInt64)
     /// Whether the engine may have several transfers to this drive in flight from one request
     /// (real drives); false keeps every call in program order (simulated drives).
     var takesParallelTransfers: Bool { get }
@@ -30,5 +34,6 @@ extension BlockDevice {
         try write(buffer, at: offset)
     }
     public func prefetch(at offset: UInt64, length: Int) {}
+    public func mapForTinyWrites(from offset: UInt64) {}
     public var takesParallelTransfers: Bool { false }
 }

@@ -20,6 +20,12 @@
 // the engine will read back (65536: the rule until 2026-12-01); 0 sends everything through the
 // page cache (the rule of 2026-12-01). Direct writes of one request go to all their drives in
 // one io_uring submission (DriveSubmission).
+//
+// The checksum area (mapForTinyWrites) is mapped shared and written by copying into the
+// mapping: a 4-byte checksum costs a store, not a pwrite (docs/PERFORMANCE.md section 7).
+// The mapping is the same page cache a pwrite writes into, so a crash or kill -9 keeps what
+// a pwrite would, and fdatasync writes it back the same way. A page the kernel cannot back
+// raises SIGBUS, which the copy catches (lunsys_guarded_copy) and turns into an I/O error.
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -38,6 +44,11 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
     /// Reads that went direct because the cache held nothing of their range (for tests).
     let coldDirectReads = Atomic<Int>(0)
     private var punchWorks = true
+    /// The tail of the drive mapped for tiny writes: set before the drive serves I/O.
+    private var mappedTail: (start: UInt64, base: UnsafeMutableRawPointer, length: UInt64)?
+    private var replacedTails: [(start: UInt64, base: UnsafeMutableRawPointer, length: UInt64)] = []
+    /// Whether tiny writes go into a mapping (for tests).
+    var mapsTinyWrites: Bool { mappedTail != nil }
     /// Aligned buffers for direct writes whose source memory is not aligned.
     private let bounceBuffers = BounceBuffers(byteCount: 1 << 20, alignment: FileDevice.directAlignment)
 
@@ -142,7 +153,22 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
 
     public func unlock() { _ = flock(fileDescriptor, LOCK_UN) }
 
+    /// Maps the tail once; a pool opened again on this device maps it again only if the tail
+    /// starts elsewhere, and keeps the old mapping to the end (a thread may still copy into it).
+    public func mapForTinyWrites(from offset: UInt64) {
+        if let tail = mappedTail {
+            if tail.start == offset { return }
+            replacedTails.append(tail)
+            mappedTail = nil
+        }
+        let page = UInt64(sysconf(Int32(_SC_PAGESIZE)))
+        guard offset % page == 0, offset < sizeBytes,
+              let base = lunsys_map_shared(fileDescriptor, Int64(offset), sizeBytes - offset) else { return }
+        mappedTail = (offset, base, sizeBytes - offset)
+    }
+
     deinit {
+        for tail in replacedTails + (mappedTail.map { [$0] } ?? []) { lunsys_unmap(tail.base, tail.length) }
         close(fileDescriptor)
         if directDescriptor >= 0 { close(directDescriptor) }
     }
@@ -189,6 +215,12 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: UInt64, keepInCache: Bool) throws(LunError) {
         precondition(offset + UInt64(buffer.count) <= sizeBytes, "write past the end of drive \(name)")
         guard let base = buffer.baseAddress else { return }
+        if let tail = mappedTail, offset >= tail.start {
+            guard lunsys_guarded_copy(tail.base + Int(offset - tail.start), base, UInt64(buffer.count)) == 0 else {
+                throw .io("write \(name) at \(offset): the mapped page could not be written (SIGBUS: a disk error, no space, or the drive was cut short)")
+            }
+            return
+        }
         guard writesDirect(buffer.count, offset, keepInCache: keepInCache) else {
             try write(fileDescriptor, buffer, at: offset)
             if rule == .largeBypassCache && buffer.count >= Self.largeTransferBytes {
@@ -220,6 +252,7 @@ public final class FileDevice: BlockDevice, @unchecked Sendable {
     /// io_uring); nil when it would go through the page cache or a bounce buffer.
     func directDescriptor(forWriteOf buffer: UnsafeRawBufferPointer, at offset: UInt64, keepInCache: Bool) -> Int32? {
         guard let base = buffer.baseAddress, writesDirect(buffer.count, offset, keepInCache: keepInCache), Self.isAligned(base),
+              offset < mappedTail?.start ?? .max,
               buffer.count <= Int(UInt32.max) else { return nil }
         precondition(offset + UInt64(buffer.count) <= sizeBytes, "write past the end of drive \(name)")
         return directDescriptor

@@ -3,7 +3,8 @@
 // blocks (4 MiB of one drive), so a few thousand pages cover the working set of a busy pool.
 //
 // Writes still put their checksums on the drive at once, next to their data, and then into
-// the page here if it is in memory. Deferring them to the commit would save a pwrite per
+// the page here if it is in memory (a file drive takes them into a shared mapping of its
+// checksum area: the host page cache, as a pwrite, without the system call; FileDevice). Deferring them to the commit would save a pwrite per
 // write but widen the window in which a drive holds data without its checksum from one
 // device call to a commit interval, and recovery relies on that window being short: after a
 // power cut, a mirror whose writes all landed must agree with its checksums so that it wins

@@ -75,7 +75,10 @@ final class DriveSet: @unchecked Sendable {
     /// Sets the checksum areas of the slots there are, before the pool serves I/O.
     func setChecksumAreaStarts(_ starts: [UInt64]) {
         precondition(starts.count == count)
-        for (i, s) in starts.enumerated() { areaStarts[i] = s }
+        for (i, s) in starts.enumerated() {
+            areaStarts[i] = s
+            devices[i]?.mapForTinyWrites(from: s)
+        }
     }
 
     var count: Int { slotCount.load(ordering: .acquiring) }
@@ -93,6 +96,7 @@ final class DriveSet: @unchecked Sendable {
         precondition(devices[i] == nil)
         devices[i] = device
         areaStarts[i] = checksumAreaStart
+        device.mapForTinyWrites(from: checksumAreaStart)
         failed[i].value.store(false, ordering: .releasing)
         slotCount.store(i + 1, ordering: .releasing)
         return i
