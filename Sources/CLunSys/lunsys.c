@@ -217,13 +217,16 @@ int lunsys_setxattr(const char *path, const char *name, const void *value, unsig
 #include <sys/mman.h>
 
 static _Thread_local sigjmp_buf *guarded_copy_exit;
+/// The handler before ours (the Swift runtime's backtracer, or the default action).
+static struct sigaction previous_bus_action;
 
 static void on_bus_error(int signal_number, siginfo_t *info, void *context) {
     (void)info; (void)context;
     sigjmp_buf *exit_to = guarded_copy_exit;
     if (exit_to) siglongjmp(*exit_to, 1);
-    // Not inside a guarded copy: the default action, when the instruction faults again.
-    signal(signal_number, SIG_DFL);
+    // Not inside a guarded copy: the handler before ours takes the fault when the
+    // instruction runs again.
+    sigaction(signal_number, &previous_bus_action, NULL);
 }
 
 static void install_bus_handler(void) {
@@ -232,7 +235,7 @@ static void install_bus_handler(void) {
     action.sa_sigaction = on_bus_error;
     action.sa_flags = SA_SIGINFO | SA_NODEFER;
     sigemptyset(&action.sa_mask);
-    sigaction(SIGBUS, &action, NULL);
+    sigaction(SIGBUS, &action, &previous_bus_action);
 }
 
 static pthread_once_t bus_handler_once = PTHREAD_ONCE_INIT;

@@ -2,10 +2,11 @@
 // instead of with pwrite), on real files: tiny writes from several threads read back right
 // through pread, after fdatasync and in a new open of the file; a write the kernel cannot back
 // (the file cut short under the mapping) is an I/O error, not a crash, and leaves the rest of
-// the drive working; an engine pool of file drives keeps its checksums through the mapping.
+// the drive working, while such a store outside the guarded copy still ends the process; an engine pool of file drives keeps its checksums through the mapping.
 import XCTest
 import Foundation
 import Dispatch
+import CLunSys
 @testable import LunEngine
 
 final class FileDeviceMappedTailTests: XCTestCase {
@@ -99,6 +100,44 @@ final class FileDeviceMappedTailTests: XCTestCase {
         defer { data.deallocate() }
         try device.read(into: data, at: 4096)
         XCTAssertTrue(data.allSatisfy { $0 == 0x3C })
+    }
+
+    /// The handler catches only SIGBUS inside a guarded copy: a store into a mapping that
+    /// the kernel cannot back anywhere else must still end the process (not loop, not pass
+    /// silently). Run in a child: this test binary again, with only this test and a variable
+    /// that makes it do the unguarded store.
+    func testASIGBUSOutsideAGuardedCopyStillEndsTheProcess() throws {
+        let path = root + "/d"
+        let device = try FileDevice.createFile(path: path, sizeBytes: Self.fileBytes)
+        device.mapForTinyWrites(from: Self.tailStart)  // installs the handler
+        XCTAssertEqual(truncate(path, off_t(Self.tailStart)), 0)
+        var value: UInt32 = 1
+        XCTAssertThrowsError(try withUnsafeBytes(of: &value) { try device.write($0, at: Self.tailStart + 8192) })
+        if getenv("LUNFS_TEST_UNGUARDED_SIGBUS") != nil {
+            let other = try XCTUnwrap(lunsys_map_shared(device.fileDescriptor, Int64(Self.tailStart), 1 << 20))
+            other.storeBytes(of: 1, toByteOffset: 8192, as: UInt8.self)  // SIGBUS, not caught
+            print("UNGUARDED STORE RETURNED")
+            return
+        }
+        let child = Process()
+        child.executableURL = URL(fileURLWithPath: CommandLine.arguments[0])
+        child.arguments = ["LunEngineTests.FileDeviceMappedTailTests/testASIGBUSOutsideAGuardedCopyStillEndsTheProcess"]
+        var environment = ProcessInfo.processInfo.environment
+        environment["LUNFS_TEST_UNGUARDED_SIGBUS"] = "1"
+        environment["SWIFT_BACKTRACE"] = "enable=no"
+        child.environment = environment
+        let output = Pipe()
+        child.standardOutput = output
+        child.standardError = output
+        try child.run()
+        // A handler that swallowed the fault would loop on it for ever.
+        DispatchQueue.global().asyncAfter(deadline: .now() + 60) { if child.isRunning { child.terminate() } }
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        child.waitUntilExit()
+        XCTAssertTrue(text.contains("testASIGBUSOutsideAGuardedCopyStillEndsTheProcess"), "the child ran this test: \(text.suffix(2000))")
+        XCTAssertFalse(text.contains("UNGUARDED STORE RETURNED"), text)
+        XCTAssertEqual(child.terminationReason, .uncaughtSignal, "the child died of a signal: \(text.suffix(2000))")
+        XCTAssertEqual(child.terminationStatus, SIGBUS)
     }
 
     func testAPoolOfFileDrivesKeepsItsChecksumsInTheMappedArea() throws {
