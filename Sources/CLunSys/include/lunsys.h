@@ -28,7 +28,8 @@ int lunsys_cachestat(int fd, long long offset, long long length,
                      unsigned long long *cached, unsigned long long *dirty);
 
 /// mmap(2) of `length` bytes of `fd` from `offset` (a multiple of the page size), shared and
-/// writable; NULL with errno set when the file cannot be mapped.
+/// writable, a fault reading only its own page (MADV_RANDOM); NULL with errno set when the file
+/// cannot be mapped.
 void *lunsys_map_shared(int fd, long long offset, unsigned long long length);
 /// munmap(2).
 void lunsys_unmap(void *address, unsigned long long length);
@@ -36,7 +37,7 @@ void lunsys_unmap(void *address, unsigned long long length);
 /// returns 0; -1 when touching the mapping raised SIGBUS (the page could not be read from the
 /// disk, or allocated on it, or the file was cut shorter than the mapping), with part of the
 /// bytes perhaps copied. Only a SIGBUS raised inside this copy is caught: one anywhere else
-/// still ends the process.
+/// goes to the handler there was before the first mapping (by default, it ends the process).
 int lunsys_guarded_copy(void *destination, const void *source, unsigned long long length);
 
 /// CRC-32C (Castagnoli) of `length` bytes continuing from `crc` (0 to start), with the

@@ -4,17 +4,18 @@
 //
 // Writes still put their checksums on the drive at once, next to their data, and then into
 // the page here if it is in memory (a file drive takes them into a shared mapping of its
-// checksum area: the host page cache, as a pwrite, without the system call; FileDevice). Deferring them to the commit would save a pwrite per
-// write but widen the window in which a drive holds data without its checksum from one
-// device call to a commit interval, and recovery relies on that window being short: after a
-// power cut, a mirror whose writes all landed must agree with its checksums so that it wins
-// over a copy that a misdirected write garbled (the threaded crash simulation found exactly
-// that case when the writes were deferred; docs/PERFORMANCE.md section 7).
+// checksum area: the host page cache, as a pwrite, without the system call; FileDevice).
+// Deferring them to the commit would save that per write but widen the window in which a
+// drive holds data without its checksum from one device call to a commit interval, and
+// recovery relies on that window being short: after a power cut, a mirror whose writes all
+// landed must agree with its checksums so that it wins over a copy that a misdirected write
+// garbled (the threaded crash simulation found exactly that case when the writes were
+// deferred; docs/PERFORMANCE.md section 7).
 //
 // Why a page here never disagrees with its drive once a write has returned: the write updates
-// the page after its pwrite returned, under the page's lock; a load reads the drive under the
-// same lock. A load before the update is corrected by the update; a load after it reads what
-// the pwrite put there.
+// the page after its drive write returned, under the page's lock; a load reads the drive under
+// the same lock. A load before the update is corrected by the update; a load after it reads
+// what the drive write put there (a pread sees a mapping's stores: both are the page cache).
 import Synchronization
 
 final class ChecksumPages: @unchecked Sendable {
