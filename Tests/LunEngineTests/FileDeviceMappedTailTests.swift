@@ -145,9 +145,8 @@ final class FileDeviceMappedTailTests: XCTestCase {
         // reads back right (a checksum the mapping lost would fail both copies: EIO), and each
         // drive's checksum area, read from the file, holds the checksum of every block.
         let size: UInt64 = 64 << 20
-        var devices = try (0..<3).map { try FileDevice.createFile(path: "\(root)/p\($0)", sizeBytes: size) }
-        try Pool.format(devices: devices, raid: .raid1)
-        var pool = try Pool.open(devices: devices, sizes: devices.map(\.sizeBytes))
+        let files = FileDrivePool(prefix: "\(root)/p", count: 3)
+        var (pool, devices) = try files.create(size: size, raid: .raid1)
         XCTAssertTrue(devices.allSatisfy(\.mapsTinyWrites), "the pool mapped every drive's checksum area")
         let disk = try pool.createDisk(named: "m", raid: .raid1)
         try pool.resize(disk, to: 16 << 20)
@@ -164,8 +163,7 @@ final class FileDeviceMappedTailTests: XCTestCase {
             if i % 100 == 99 { try pool.commit() }
         }
         try pool.close()
-        devices = try (0..<3).map { try FileDevice(path: "\(root)/p\($0)") }
-        pool = try Pool.open(devices: devices, sizes: devices.map(\.sizeBytes))
+        (pool, devices) = try files.reopen()
         for (at, byte) in written {
             XCTAssertEqual(try pool.read(disk, at: at, into: block), 4096)
             XCTAssertTrue(block.allSatisfy { $0 == byte }, "block at \(at)")

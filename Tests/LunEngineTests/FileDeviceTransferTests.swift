@@ -117,9 +117,8 @@ final class FileDeviceTransferTests: XCTestCase {
     /// data and parity cached. Every byte reads back through the pool, also after a reopen.
     func testTheEngineKeepsRAID5PartialStripeWritesCachedAndSendsOthersDirect() throws {
         let size: UInt64 = 64 << 20
-        var devices = try (0..<5).map { try FileDevice.createFile(path: "\(root)/p\($0)", sizeBytes: size) }
-        try Pool.format(devices: devices, raid: .raid5)
-        var pool = try Pool.open(devices: devices, sizes: devices.map(\.sizeBytes))
+        let files = FileDrivePool(prefix: "\(root)/p", count: 5)
+        var (pool, devices) = try files.create(size: size, raid: .raid5)
         let mirror = try pool.createDisk(named: "m", raid: .raid1)
         let striped = try pool.createDisk(named: "s", raid: .raid5)
         let first = pattern(MiB, seed: 6), second = pattern(MiB, seed: 7), piece = pattern(65536, seed: 8)
@@ -146,8 +145,7 @@ final class FileDeviceTransferTests: XCTestCase {
         for reopen in [false, true] {
             if reopen {
                 try pool.close()
-                devices = try (0..<5).map { try FileDevice(path: "\(root)/p\($0)") }
-                pool = try Pool.open(devices: devices, sizes: devices.map(\.sizeBytes))
+                (pool, devices) = try files.reopen()
             }
             let back = UnsafeMutableRawBufferPointer.allocate(byteCount: MiB, alignment: 4096)
             defer { back.deallocate() }
@@ -166,9 +164,8 @@ final class FileDeviceTransferTests: XCTestCase {
     /// the bytes last written, and so does every range after a reopen.
     func testMixedTransfersFromSeveralThreadsWithACommitterReadBackRight() throws {
         let size: UInt64 = 96 << 20
-        var devices = try (0..<5).map { try FileDevice.createFile(path: "\(root)/t\($0)", sizeBytes: size) }
-        try Pool.format(devices: devices, raid: .raid5)
-        var pool = try Pool.open(devices: devices, sizes: devices.map(\.sizeBytes))
+        let driveFiles = FileDrivePool(prefix: "\(root)/t", count: 5)
+        var (pool, devices) = try driveFiles.create(size: size, raid: .raid5)
         let disk = try pool.createDisk(named: "vm", raid: .raid5)
         let writers = 3, range = 4 * MiB, steps = 60
         // Each writer keeps its own expectation and hands it over when done.
@@ -225,8 +222,7 @@ final class FileDeviceTransferTests: XCTestCase {
         committing.wait()
         XCTAssertEqual(failures.messages, [])
         try pool.close()
-        devices = try (0..<5).map { try FileDevice(path: "\(root)/t\($0)") }
-        pool = try Pool.open(devices: devices, sizes: devices.map(\.sizeBytes))
+        (pool, devices) = try driveFiles.reopen()
         let back = UnsafeMutableRawBufferPointer.allocate(byteCount: range, alignment: 4096)
         defer { back.deallocate() }
         for w in 0..<writers {
