@@ -17,6 +17,9 @@ final class BlockChecksums: @unchecked Sendable {
     let pages: ChecksumPages
     /// Blocks a read rewrote from a good copy.
     let repairs = Atomic<Int>(0)
+    /// RAID 5 read-modify-writes whose old blocks the new parity's checksum vouched for
+    /// (StoreIO.parityVouchedForByItsChecksum), for tests.
+    let parityVouched = Atomic<Int>(0)
 
     static let blockBytes = ChecksumArea.blockBytes
 
@@ -113,6 +116,16 @@ final class BlockChecksums: @unchecked Sendable {
         let bad = try verify(drive, UnsafeRawBufferPointer(buffer), at: offset)
         if !bad.isEmpty { drives.errorCounts[drive].checksumErrors.add(bad.count, ordering: .relaxed) }
         return bad
+    }
+
+    /// The checksums stored for `count` blocks at byte `offset` of `drive`.
+    func stored(_ drive: Int, at offset: UInt64, count: Int) throws(LunError) -> BlockSums {
+        Self.assertBlocks(offset, count * Self.blockBytes)
+        var values = [UInt32](repeating: 0, count: count)
+        try values.withUnsafeMutableBufferPointer { (sums) throws(LunError) in
+            try pages.read(drive, first: Self.firstBlock(offset), into: sums)
+        }
+        return BlockSums(stored: values, drive: drive, first: Self.firstBlock(offset))
     }
 
     /// The blocks of `data` (read from `offset` of `drive`) whose stored checksum differs.

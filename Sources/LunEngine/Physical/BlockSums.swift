@@ -25,6 +25,13 @@ struct BlockSums {
         }
     }
 
+    /// Checksums as the checksum area stores them (little-endian), for blocks from `first`.
+    init(stored: [UInt32], drive: Int, first: UInt64) {
+        self.drive = drive
+        self.first = first
+        self.stored = stored
+    }
+
     private init(drive: Int, first: UInt64, count: Int, _ checksum: (Int) -> UInt32) {
         self.drive = drive
         self.first = first

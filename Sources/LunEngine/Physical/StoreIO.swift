@@ -379,52 +379,111 @@ struct StoreIO: @unchecked Sendable {
     }
 
     /// new parity = old parity ^ old data ^ new data; with the data member gone, the parity
-    /// alone carries the new bytes, which reconstruction then returns. Old data and old parity
-    /// are checked; a damaged old parity is computed afresh from the data columns.
+    /// alone carries the new bytes, which reconstruction then returns. With both members in
+    /// service the old blocks are vouched for by the new parity's checksum (below); otherwise,
+    /// or when that check fails, old data and old parity are checked one by one, a damaged old
+    /// data block is repaired from the others and a damaged old parity computed afresh.
     private func readModifyWrite(store: Int, rseg: Int, column: Int, within: Int, _ piece: UnsafeRawBufferPointer) throws(LunError) {
         let layout = layout(store, .raid5)
         let dataMember = table.member(store, layout.dataMember(column: column))
         let parityMember = table.member(store, layout.parityMember!)
+        let dataAt = physicalOffset(dataMember, rseg: rseg, within: within)
+        let parityAt = physicalOffset(parityMember, rseg: rseg, within: within)
+        let newData = BlockSums(of: piece, drive: dataMember.drive, at: dataAt)
         let n = piece.count
-        let delta = scratchBuffer(n)
-        defer { delta.deallocate() }
+        let parity = scratchBuffer(n)
+        defer { parity.deallocate() }
         // The two old reads go to different drives: let the parity's start while the data's runs.
-        if drives.isAvailable(parityMember.drive) {
-            drives.prefetch(parityMember.drive, at: physicalOffset(parityMember, rseg: rseg, within: within), length: n)
-        }
-        try readColumn(store: store, level: .raid5, rseg: rseg, column: column, within: within, into: delta, lockHeld: true, { "" })
-        xorBytes(into: delta.baseAddress!, from: piece.baseAddress!, count: n)   // old ^ new
-        var landed = 0
-        if drives.isAvailable(parityMember.drive) {
-            let parity = scratchBuffer(n)
-            defer { parity.deallocate() }
-            let at = physicalOffset(parityMember, rseg: rseg, within: within)
-            do {
-                if try checksums.read(parityMember.drive, into: parity, at: at).isEmpty {
+        if drives.isAvailable(parityMember.drive) { drives.prefetch(parityMember.drive, at: parityAt, length: n) }
+        var paritySums = parityVouchedForByItsChecksum(dataDrive: dataMember.drive, dataAt: dataAt,
+                                                       parityDrive: parityMember.drive, parityAt: parityAt,
+                                                       piece, newData, into: parity)
+        if paritySums == nil && drives.isAvailable(parityMember.drive) {
+            let delta = scratchBuffer(n)
+            defer { delta.deallocate() }
+            var oldDataRead = true
+            do throws(LunError) {
+                try readColumn(store: store, level: .raid5, rseg: rseg, column: column, within: within, into: delta, lockHeld: true, { "" })
+            } catch { oldDataRead = false }
+            do throws(LunError) {
+                if oldDataRead, try checksums.read(parityMember.drive, into: parity, at: parityAt).isEmpty {
+                    xorBytes(into: delta.baseAddress!, from: piece.baseAddress!, count: n)   // old ^ new
                     xorBytes(into: parity.baseAddress!, from: delta.baseAddress!, count: n)
                 } else {
+                    // The old data is not needed: the new bytes replace all of it.
                     try parityFromData(store: store, rseg: rseg, within: within, column: column, newData: piece, into: parity)
-                    drives.log("RAID 5 store \(store) RSEG \(rseg): parity on drive \(parityMember.drive) offset \(at) failed its checksum; computed it again from the data")
+                    drives.log("RAID 5 store \(store) RSEG \(rseg): "
+                               + (oldDataRead ? "parity on drive \(parityMember.drive) offset \(parityAt) failed its checksum"
+                                              : "old data on drive \(dataMember.drive) offset \(dataAt) unreadable")
+                               + "; parity computed again from the other data columns")
                 }
+                paritySums = BlockSums(of: UnsafeRawBufferPointer(parity), drive: parityMember.drive, at: parityAt)
+            } catch {
+                // Neither the old data nor the other columns: damage in two columns of the
+                // row, and nothing is written.
+                guard oldDataRead else { throw error }
+                drives.noteError()
+                // Parity not rewritten would pass its checksum with old contents and rebuild
+                // old bytes later: the parity drive leaves service instead.
+                if drives.isAvailable(parityMember.drive) { drives.markFailed(parityMember.drive, error) }
+            }
+        }
+        if let paritySums {
+            var landed = 0
+            do {
                 // The data goes first: a crash between the two leaves parity stale for this
                 // range; the store is in the write-intent set, so recovery settles it.
                 if drives.isAvailable(dataMember.drive) {
                     do {
-                        try checksums.write(dataMember.drive, piece, at: physicalOffset(dataMember, rseg: rseg, within: within), keepInCache: true)
+                        try checksums.write(piece, sums: newData, keepInCache: true)
                         landed += 1
                     } catch {}
                 }
-                try checksums.write(parityMember.drive, UnsafeRawBufferPointer(parity), at: at, keepInCache: true)
+                try checksums.write(UnsafeRawBufferPointer(parity), sums: paritySums, keepInCache: true)
                 landed += 1
             } catch {
                 drives.noteError()
-                // Parity not rewritten would pass its checksum with old contents and rebuild
-                // old bytes later: the parity drive leaves service instead.
                 if landed < 2 && drives.isAvailable(parityMember.drive) { drives.markFailed(parityMember.drive, error) }
             }
             if landed > 0 { return }
         }
-        try checksums.write(dataMember.drive, piece, at: physicalOffset(dataMember, rseg: rseg, within: within), keepInCache: true)
+        try checksums.write(piece, sums: newData, keepInCache: true)
+    }
+
+    /// The new parity of a read-modify-write from old data and old parity read without a
+    /// check of their own, and its checksums; nil, with `parity` to be filled again, when a
+    /// member is out of service or unreadable or the check fails.
+    ///
+    /// The check: CRC-32C is linear (BlockSums), so the parity P' = P ^ D ^ D' must have the
+    /// checksum that follows from the stored checksums of the old parity P and old data D and
+    /// the new data's. Its CRC equals that one exactly when P ^ D differs from what those
+    /// stored checksums describe by an error the CRC cannot see, as for any checked read. So
+    /// two CRC passes (new data, new parity) do the work of four (two verifications and two
+    /// new checksums). Damage in P and D that cancels out in P ^ D is missed, and harmless:
+    /// P' is right, and both old blocks are overwritten.
+    private func parityVouchedForByItsChecksum(dataDrive: Int, dataAt: UInt64, parityDrive: Int, parityAt: UInt64,
+                                               _ piece: UnsafeRawBufferPointer, _ newData: BlockSums,
+                                               into parity: UnsafeMutableRawBufferPointer) -> BlockSums? {
+        guard drives.isAvailable(dataDrive) && drives.isAvailable(parityDrive) else { return nil }
+        let old = scratchBuffer(piece.count)
+        defer { old.deallocate() }
+        do throws(LunError) {
+            try drives.read(dataDrive, into: old, at: dataAt)
+            try drives.read(parityDrive, into: parity, at: parityAt)
+            let expected = BlockSums.parity(of: [try checksums.stored(parityDrive, at: parityAt, count: newData.count),
+                                                 try checksums.stored(dataDrive, at: dataAt, count: newData.count), newData],
+                                            drive: parityDrive, at: parityAt)
+            xorBytes(into: parity.baseAddress!, from: old.baseAddress!, count: piece.count)
+            xorBytes(into: parity.baseAddress!, from: piece.baseAddress!, count: piece.count)
+            let actual = BlockSums(of: UnsafeRawBufferPointer(parity), drive: parityDrive, at: parityAt)
+            if actual.stored == expected.stored {
+                checksums.parityVouched.add(1, ordering: .relaxed)
+                return actual
+            }
+        } catch {
+            drives.noteError()   // the checked path reads again and deals with the drive
+        }
+        return nil
     }
 
     /// Parity of a range with column `column` replaced by `newData`, from the checked data columns.
