@@ -31,22 +31,35 @@ final class ParityVouchedWriteTests: XCTestCase {
         try b.withUnsafeBytes { try device.write($0, at: offset) }
     }
 
-    /// Writes 4 KiB over a block after `damage`, then reads every byte back with all drives,
-    /// and again with the block's data drive missing (so through the parity). Returns the
-    /// number of writes the new parity vouched for and the checksum errors counted.
-    @discardableResult
-    private func writeOver(_ damage: Damage, offset: Int = 3 * 4096, seed: UInt64) throws -> (vouched: Int, checksumErrors: Int) {
+    /// A RAID 5 pool on five memory drives whose disk holds one whole stripe row (written as a
+    /// full stripe: no read-modify-write yet), committed.
+    private func rowPool(seed: UInt64) throws -> (drives: MemoryDrives, pool: Pool, id: DiskID, data: [UInt8], rng: TestRandom) {
         let drives = MemoryDrives(count: 5, sizeBytes: 64 << 20)
         try drives.format(raid: .raid5)
         let pool = try drives.open()
         let id = try pool.createDisk(named: "vm")
         var rng = TestRandom(seed: seed)
-        var data = rng.bytes(Int(pool.geometry.rsegSizeBytes))
-        try pool.write(id, at: 0, data)   // a whole stripe row: no read-modify-write yet
+        let data = rng.bytes(Int(pool.geometry.rsegSizeBytes))
+        try pool.write(id, at: 0, data)
         try pool.commit()
+        return (drives, pool, id, data, rng)
+    }
+
+    private func checksumErrors(_ pool: Pool) -> Int {
+        (0..<5).map { pool.drives.errorCounts[$0].checksumErrors.load(ordering: .relaxed) }.reduce(0, +)
+    }
+
+    /// Writes `blocks` blocks at `offset` after `damage` to block `damagedBlock` of them, then
+    /// reads every byte back with all drives, and again with the data drive missing (so
+    /// through the parity). Returns the number of writes the new parity vouched for and the
+    /// checksum errors counted.
+    @discardableResult
+    private func writeOver(_ damage: Damage, offset: Int = 3 * 4096, blocks: Int = 1, damagedBlock: Int = 0,
+                           seed: UInt64) throws -> (vouched: Int, checksumErrors: Int) {
+        var (drives, pool, id, data, rng) = try rowPool(seed: seed)
         let place = places(pool, id, offset: offset)
         XCTAssertNotEqual(place.data.drive, place.parity.drive)
-        let byte = UInt64(1 + rng.below(4094))
+        let byte = UInt64(damagedBlock * 4096) + UInt64(1 + rng.below(4094))
         switch damage {
         case .none: break
         case .oldData: try xorByte(drives.devices[place.data.drive], at: place.data.at + byte, 0x5A)
@@ -58,13 +71,13 @@ final class ParityVouchedWriteTests: XCTestCase {
             try xorByte(drives.devices[place.data.drive], at: place.data.at + byte, 0x5A)
             try xorByte(drives.devices[place.parity.drive], at: place.parity.at + byte + 1, 0x21)
         }
-        let errorsBefore = (0..<5).map { pool.drives.errorCounts[$0].checksumErrors.load(ordering: .relaxed) }.reduce(0, +)
+        let errorsBefore = checksumErrors(pool)
         let vouchedBefore = pool.storeIO.checksums.parityVouched.load(ordering: .relaxed)
-        let patch = rng.bytes(4096)
+        let patch = rng.bytes(blocks * 4096)
         try pool.write(id, at: UInt64(offset), patch)
-        data.replaceSubrange(offset..<offset + 4096, with: patch)
+        data.replaceSubrange(offset..<offset + patch.count, with: patch)
         let vouched = pool.storeIO.checksums.parityVouched.load(ordering: .relaxed) - vouchedBefore
-        let errors = (0..<5).map { pool.drives.errorCounts[$0].checksumErrors.load(ordering: .relaxed) }.reduce(0, +) - errorsBefore
+        let errors = checksumErrors(pool) - errorsBefore
         assertSameBytes(try pool.readBytes(id, at: 0, count: data.count), data, "\(damage): read with every drive")
         let scrub = pool.scrub(repair: false)
         XCTAssertEqual(scrub.damagedBlocks, 0, "\(damage): the write left damage behind")
@@ -94,10 +107,77 @@ final class ParityVouchedWriteTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(r.checksumErrors, 1)
     }
 
+    /// Old data and old parity both damaged: the old data cannot be repaired, and is not
+    /// needed; the new parity comes from the other data columns.
     func testDamageInBothOldBlocksIsCaught() throws {
         let r = try writeOver(.bothDifferent, seed: 4)
         XCTAssertEqual(r.vouched, 0)
         XCTAssertGreaterThanOrEqual(r.checksumErrors, 2)
+    }
+
+    /// A write of several blocks with one damaged block among them (the fourth): the check
+    /// is per block, and one failing block sends the whole piece down the checked path.
+    func testOneDamagedBlockOfAMultiBlockWriteIsCaught() throws {
+        for damage in [Damage.oldData, .oldParity] {
+            let r = try writeOver(damage, offset: 2 * 4096, blocks: 4, damagedBlock: 3, seed: 6)
+            XCTAssertEqual(r.vouched, 0, "\(damage)")
+            XCTAssertGreaterThanOrEqual(r.checksumErrors, 1, "\(damage)")
+        }
+        XCTAssertEqual(try writeOver(.none, offset: 2 * 4096, blocks: 4, seed: 7).vouched, 1)
+    }
+
+    /// The old data damaged and the same block of another data column too: nothing can give
+    /// the new parity, so the write fails with EIO and changes neither the row's blocks nor
+    /// their checksums (the write-intent commit before it may change metadata).
+    func testDamageInTwoDataColumnsFailsTheWriteAndWritesNothing() throws {
+        var (drives, pool, id, _, rng) = try rowPool(seed: 8)
+        let offset = 5 * 4096
+        let place = places(pool, id, offset: offset)
+        let other = places(pool, id, offset: offset + Int(pool.geometry.stripeUnitBytes))
+        XCTAssertNotEqual(other.data.drive, place.data.drive)
+        try xorByte(drives.devices[place.data.drive], at: place.data.at + 17, 0x5A)
+        try xorByte(drives.devices[other.data.drive], at: other.data.at + 900, 0x33)
+        let row = [place.data, place.parity, other.data]
+        func snapshot() throws -> [[UInt8]] {
+            try row.map { p in
+                var block = [UInt8](repeating: 0, count: 4096)
+                try block.withUnsafeMutableBytes { try drives.devices[p.drive].read(into: $0, at: p.at) }
+                let sum = try pool.storeIO.checksums.stored(p.drive, at: p.at, count: 1).stored[0]
+                return block + withUnsafeBytes(of: sum) { Array($0) }
+            }
+        }
+        let before = try snapshot()
+        XCTAssertThrowsError(try pool.write(id, at: UInt64(offset), rng.bytes(4096))) { error in
+            XCTAssertEqual((error as? LunError)?.errno, EIO, "\(error)")
+        }
+        XCTAssertTrue(try snapshot() == before, "the refused write changed a block or checksum of its row")
+        XCTAssertTrue(pool.drives.isAvailable(place.parity.drive), "no drive leaves service for damage in two columns")
+        try pool.close()
+    }
+
+    /// A member missing: with the parity gone the new data is written alone, with the data
+    /// gone the parity alone carries it. Either way it reads back, and again after the drive
+    /// returns and is rebuilt.
+    func testWritesWithTheDataOrTheParityDriveMissing() throws {
+        for missingParity in [true, false] {
+            var (drives, pool, id, data, rng) = try rowPool(seed: missingParity ? 9 : 10)
+            let offset = 6 * 4096
+            let place = places(pool, id, offset: offset)
+            try pool.close()
+            let missing = missingParity ? place.parity.drive : place.data.drive
+            let degraded = try drives.open(missing: [missing])
+            let patch = rng.bytes(4096)
+            try degraded.write(id, at: UInt64(offset), patch)
+            data.replaceSubrange(offset..<offset + 4096, with: patch)
+            XCTAssertEqual(degraded.storeIO.checksums.parityVouched.load(ordering: .relaxed), 0)
+            assertSameBytes(try degraded.readBytes(id, at: 0, count: data.count), data, "drive \(missing) missing")
+            try degraded.close()
+            let healed = try drives.open()
+            XCTAssertEqual(healed.rebuiltStaleDriveIndexes, [missing])
+            assertSameBytes(try healed.readBytes(id, at: 0, count: data.count), data, "after drive \(missing) was rebuilt")
+            XCTAssertEqual(healed.scrub(repair: false).damagedBlocks, 0)
+            try healed.close()
+        }
     }
 
     /// The same byte flipped the same way in old data and old parity cancels out in their XOR:
@@ -110,15 +190,8 @@ final class ParityVouchedWriteTests: XCTestCase {
     /// Many writes over randomly damaged blocks of several columns: every outcome reads back
     /// right, with all drives and through the parity.
     func testRandomDamageUnderManyWritesNeverLeavesAWrongParity() throws {
-        let drives = MemoryDrives(count: 5, sizeBytes: 64 << 20)
-        try drives.format(raid: .raid5)
-        let pool = try drives.open()
-        let id = try pool.createDisk(named: "vm")
-        var rng = TestRandom(seed: 77)
-        let rowBytes = Int(pool.geometry.rsegSizeBytes)
-        var data = rng.bytes(rowBytes)
-        try pool.write(id, at: 0, data)
-        try pool.commit()
+        var (drives, pool, id, data, rng) = try rowPool(seed: 77)
+        let rowBytes = data.count
         var damaged = 0
         for _ in 0..<200 {
             let offset = Int(rng.below(UInt64(rowBytes / 4096))) * 4096

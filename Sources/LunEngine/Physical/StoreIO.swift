@@ -9,6 +9,8 @@
 // rebuilt from the other RAID 5 members, each of them checked too; the good bytes are returned
 // and written over the bad copy. With no good copy the read fails with EIO: never wrong bytes.
 // Writes cover whole 4 KiB blocks: a partial first or last block is merged with what it holds.
+// The old blocks a RAID 5 read-modify-write reads are checked through the new parity's
+// checksum instead, one CRC pass where each would need its own (readModifyWrite).
 
 struct StoreIO: @unchecked Sendable {
     let table: RSDTable
@@ -379,7 +381,8 @@ struct StoreIO: @unchecked Sendable {
     }
 
     /// new parity = old parity ^ old data ^ new data; with the data member gone, the parity
-    /// alone carries the new bytes, which reconstruction then returns. With both members in
+    /// alone carries the new bytes, which reconstruction then returns; with the parity member
+    /// gone, the new data is written alone and nothing is read. With both members in
     /// service the old blocks are vouched for by the new parity's checksum (below); otherwise,
     /// or when that check fails, old data and old parity are checked one by one, a damaged old
     /// data block is repaired from the others and a damaged old parity computed afresh.
@@ -395,33 +398,37 @@ struct StoreIO: @unchecked Sendable {
         defer { parity.deallocate() }
         // The two old reads go to different drives: let the parity's start while the data's runs.
         if drives.isAvailable(parityMember.drive) { drives.prefetch(parityMember.drive, at: parityAt, length: n) }
-        var paritySums = parityVouchedForByItsChecksum(dataDrive: dataMember.drive, dataAt: dataAt,
-                                                       parityDrive: parityMember.drive, parityAt: parityAt,
-                                                       piece, newData, into: parity)
+        var paritySums = vouchedNewParity(dataDrive: dataMember.drive, dataAt: dataAt,
+                                          parityDrive: parityMember.drive, parityAt: parityAt,
+                                          piece, newData, into: parity)
         if paritySums == nil && drives.isAvailable(parityMember.drive) {
             let delta = scratchBuffer(n)
             defer { delta.deallocate() }
-            var oldDataRead = true
+            var oldDataError: LunError?
             do throws(LunError) {
                 try readColumn(store: store, level: .raid5, rseg: rseg, column: column, within: within, into: delta, lockHeld: true, { "" })
-            } catch { oldDataRead = false }
+            } catch { oldDataError = error }
             do throws(LunError) {
-                if oldDataRead, try checksums.read(parityMember.drive, into: parity, at: parityAt).isEmpty {
+                if oldDataError == nil, try checksums.read(parityMember.drive, into: parity, at: parityAt).isEmpty {
                     xorBytes(into: delta.baseAddress!, from: piece.baseAddress!, count: n)   // old ^ new
                     xorBytes(into: parity.baseAddress!, from: delta.baseAddress!, count: n)
                 } else {
                     // The old data is not needed: the new bytes replace all of it.
                     try parityFromData(store: store, rseg: rseg, within: within, column: column, newData: piece, into: parity)
                     drives.log("RAID 5 store \(store) RSEG \(rseg): "
-                               + (oldDataRead ? "parity on drive \(parityMember.drive) offset \(parityAt) failed its checksum"
-                                              : "old data on drive \(dataMember.drive) offset \(dataAt) unreadable")
+                               + (oldDataError.map { "old data on drive \(dataMember.drive) offset \(dataAt) unreadable (\($0))" }
+                                  ?? "parity on drive \(parityMember.drive) offset \(parityAt) failed its checksum")
                                + "; parity computed again from the other data columns")
                 }
                 paritySums = BlockSums(of: UnsafeRawBufferPointer(parity), drive: parityMember.drive, at: parityAt)
             } catch {
-                // Neither the old data nor the other columns: damage in two columns of the
-                // row, and nothing is written.
-                guard oldDataRead else { throw error }
+                if let oldDataError {
+                    // Neither the old data nor the other columns can be read: damage in two
+                    // columns of the row. Nothing is written.
+                    drives.log("RAID 5 store \(store) RSEG \(rseg): write refused: old data on drive \(dataMember.drive) "
+                               + "offset \(dataAt) unreadable (\(oldDataError)), and so is another column (\(error))")
+                    throw error
+                }
                 drives.noteError()
                 // Parity not rewritten would pass its checksum with old contents and rebuild
                 // old bytes later: the parity drive leaves service instead.
@@ -456,12 +463,12 @@ struct StoreIO: @unchecked Sendable {
     ///
     /// The check: CRC-32C is linear (BlockSums), so the parity P' = P ^ D ^ D' must have the
     /// checksum that follows from the stored checksums of the old parity P and old data D and
-    /// the new data's. Its CRC equals that one exactly when P ^ D differs from what those
-    /// stored checksums describe by an error the CRC cannot see, as for any checked read. So
-    /// two CRC passes (new data, new parity) do the work of four (two verifications and two
-    /// new checksums). Damage in P and D that cancels out in P ^ D is missed, and harmless:
-    /// P' is right, and both old blocks are overwritten.
-    private func parityVouchedForByItsChecksum(dataDrive: Int, dataAt: UInt64, parityDrive: Int, parityAt: UInt64,
+    /// the new data's. If P ^ D is not what those stored checksums describe, P' fails that
+    /// comparison unless the difference is one a CRC cannot see: the odds of any checked read.
+    /// So two CRC passes (new data, new parity) do the work of four (two checks and two new
+    /// checksums). Damage in P and D that cancels out in P ^ D is missed, and harmless: P' is
+    /// right, and both old blocks are overwritten.
+    private func vouchedNewParity(dataDrive: Int, dataAt: UInt64, parityDrive: Int, parityAt: UInt64,
                                                _ piece: UnsafeRawBufferPointer, _ newData: BlockSums,
                                                into parity: UnsafeMutableRawBufferPointer) -> BlockSums? {
         guard drives.isAvailable(dataDrive) && drives.isAvailable(parityDrive) else { return nil }
