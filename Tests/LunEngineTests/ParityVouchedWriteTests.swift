@@ -222,4 +222,71 @@ final class ParityVouchedWriteTests: XCTestCase {
             try degraded.close()
         }
     }
+
+    /// Three writers on disjoint blocks of the same stripe rows, a committer, and a snapshot
+    /// taken in the middle: the read-modify-writes run beside each other's (on other rows'
+    /// locks) and beside commits and the snapshot's copy on write. Every byte of the disk reads
+    /// back, with all drives and through the parity with each drive missing; every block of
+    /// the snapshot holds a version its writer wrote.
+    func testWritersACommitterAndASnapshotReadBackThroughTheParity() throws {
+        let drives = MemoryDrives(count: 5, sizeBytes: 96 << 20)
+        try drives.format(raid: .raid5)
+        let pool = try drives.open()
+        let id = try pool.createDisk(named: "vm")
+        var rng = TestRandom(seed: 91)
+        let blocks = 4 * Int(pool.geometry.rsegSizeBytes) / 4096
+        var image = rng.bytes(blocks * 4096)
+        try pool.write(id, at: 0, image)
+        try pool.commit()
+        let failures = ThreadFailures()
+        let committer = BackgroundCommitter(pool, failures: failures)
+        let writers = 3
+        // history[b]: every version block b ever had, oldest first.
+        var history = (0..<blocks).map { [Array(image[$0 * 4096..<($0 + 1) * 4096])] }
+        let histories = (0..<writers).map { _ in BlockHistory() }
+        let halfway = DispatchSemaphore(value: 0)
+        let threads = (0..<writers).map { t in
+            Thread {
+                var r = TestRandom(seed: 100 + UInt64(t))
+                var mine: [Int: [[UInt8]]] = [:]
+                for step in 0..<400 {
+                    let b = Int(r.below(UInt64(blocks / writers))) * writers + t
+                    let bytes = r.bytes(4096)
+                    do { try pool.write(id, at: UInt64(b * 4096), bytes) } catch { failures.add("writer \(t): \(error)"); break }
+                    mine[b, default: []].append(bytes)
+                    if step == 200 { halfway.signal() }
+                }
+                histories[t].lock.withLock { histories[t].blocks = mine }
+            }
+        }
+        threads.forEach { $0.start() }
+        for _ in 0..<writers { halfway.wait() }
+        let snapshot = try pool.createSnapshot(of: id, named: "mid")
+        while !threads.allSatisfy(\.isFinished) { usleep(1000) }
+        committer.stop()
+        XCTAssertEqual(failures.messages, [])
+        for h in histories { h.lock.withLock { for (b, v) in h.blocks { history[b] += v } } }
+        for b in 0..<blocks { image.replaceSubrange(b * 4096..<(b + 1) * 4096, with: history[b].last!) }
+        XCTAssertGreaterThan(pool.storeIO.checksums.parityVouched.load(ordering: .relaxed), 600,
+                             "most writes were read-modify-writes vouched for by their parity")
+        assertSameBytes(try pool.image(id), image, "the disk")
+        let taken = try pool.image(snapshot)
+        for b in 0..<blocks where !history[b].contains(where: { sameBytes($0, Array(taken[b * 4096..<(b + 1) * 4096])) }) {
+            XCTFail("snapshot block \(b) holds bytes its writer never wrote"); break
+        }
+        XCTAssertEqual(pool.scrub(repair: false).inconsistentBlocks, 0)
+        try pool.close()
+        for missing in 0..<5 {
+            let degraded = try drives.open(missing: [missing], readOnly: true)
+            assertSameBytes(try degraded.image(id), image, "the disk with drive \(missing) missing")
+            assertSameBytes(try degraded.image(snapshot), taken, "the snapshot with drive \(missing) missing")
+            try degraded.close()
+        }
+    }
+}
+
+/// The versions one writer thread wrote to its blocks, oldest first.
+private final class BlockHistory: @unchecked Sendable {
+    let lock = NSLock()
+    var blocks: [Int: [[UInt8]]] = [:]
 }
