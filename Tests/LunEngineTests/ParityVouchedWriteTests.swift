@@ -31,15 +31,15 @@ final class ParityVouchedWriteTests: XCTestCase {
         try b.withUnsafeBytes { try device.write($0, at: offset) }
     }
 
-    /// A RAID 5 pool on five memory drives whose disk holds one whole stripe row (written as a
-    /// full stripe: no read-modify-write yet), committed.
-    private func rowPool(seed: UInt64) throws -> (drives: MemoryDrives, pool: Pool, id: DiskID, data: [UInt8], rng: TestRandom) {
-        let drives = MemoryDrives(count: 5, sizeBytes: 64 << 20)
+    /// A RAID 5 pool on five memory drives whose disk holds `rows` whole stripe rows (written
+    /// as full stripes: no read-modify-write yet), committed.
+    private func rowPool(seed: UInt64, rows: Int = 1) throws -> (drives: MemoryDrives, pool: Pool, id: DiskID, data: [UInt8], rng: TestRandom) {
+        let drives = MemoryDrives(count: 5, sizeBytes: 96 << 20)
         try drives.format(raid: .raid5)
         let pool = try drives.open()
         let id = try pool.createDisk(named: "vm")
         var rng = TestRandom(seed: seed)
-        let data = rng.bytes(Int(pool.geometry.rsegSizeBytes))
+        let data = rng.bytes(rows * Int(pool.geometry.rsegSizeBytes))
         try pool.write(id, at: 0, data)
         try pool.commit()
         return (drives, pool, id, data, rng)
@@ -229,15 +229,10 @@ final class ParityVouchedWriteTests: XCTestCase {
     /// back, with all drives and through the parity with each drive missing; every block of
     /// the snapshot holds a version its writer wrote.
     func testWritersACommitterAndASnapshotReadBackThroughTheParity() throws {
-        let drives = MemoryDrives(count: 5, sizeBytes: 96 << 20)
-        try drives.format(raid: .raid5)
-        let pool = try drives.open()
-        let id = try pool.createDisk(named: "vm")
-        var rng = TestRandom(seed: 91)
-        let blocks = 4 * Int(pool.geometry.rsegSizeBytes) / 4096
-        var image = rng.bytes(blocks * 4096)
-        try pool.write(id, at: 0, image)
-        try pool.commit()
+        let made = try rowPool(seed: 91, rows: 4)
+        let (drives, pool, id) = (made.drives, made.pool, made.id)
+        var image = made.data
+        let blocks = image.count / 4096
         let failures = ThreadFailures()
         let committer = BackgroundCommitter(pool, failures: failures)
         let writers = 3
