@@ -54,7 +54,8 @@ static void reap(struct io_uring *ring, struct lunsys_ring_write *writes, int n)
     }
 }
 
-int lunsys_ring_write_all(struct lunsys_ring_write *writes, int count) {
+int lunsys_ring_write_all(struct lunsys_ring_write *writes, int count,
+                          void (*in_flight)(void *context), void *context) {
     struct io_uring *ring = ring_of_thread();
     if (!ring) return -1;
     for (int i = 0; i < count; i++) writes[i].result = -ECANCELED;
@@ -68,8 +69,9 @@ int lunsys_ring_write_all(struct lunsys_ring_write *writes, int count) {
         int submitted = 0, reaped = 0;
         while (submitted < n) {
             /* One system call when all goes well: submit, then wait for every write not yet
-               reaped (a short submission returns without waiting). */
-            int e = io_uring_submit_and_wait(ring, n - reaped);
+               reaped (a short submission returns without waiting). With work to do while
+               the writes are in flight, two: submit, work, then wait. */
+            int e = in_flight ? io_uring_submit(ring) : io_uring_submit_and_wait(ring, n - reaped);
             if (e > 0) { submitted += e; continue; }
             if (e == -EINTR) continue;
             if (submitted > reaped) {   /* short of room: let the writes in flight finish */
@@ -85,6 +87,10 @@ int lunsys_ring_write_all(struct lunsys_ring_write *writes, int count) {
             thread_ring = NULL;
             thread_ring_unavailable = 1;
             return 0;
+        }
+        if (in_flight) {
+            in_flight(context);
+            in_flight = NULL;
         }
         reap(ring, writes, submitted - reaped);
     }

@@ -24,7 +24,7 @@ final class DegradedWriteTests: XCTestCase {
     /// Drive missing when the pool opens (not only lost while it runs): the first write
     /// already needs a new store, and gets one.
     func testRAID5PoolOpenedWithADriveMissingAllocatesDegradedStores() throws {
-        var set = SimulatedDriveSet(count: 5, sizeBytes: 64 << 20, seed: 1103)
+        let set = SimulatedDriveSet(count: 5, sizeBytes: 64 << 20, seed: 1103)
         try Pool.format(devices: set.devices, raid: .raid5)
         var devices: [BlockDevice?] = set.devices
         devices[2] = nil

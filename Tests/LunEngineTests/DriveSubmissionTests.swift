@@ -2,7 +2,7 @@
 // bytes and checksums on file drives as the pwrite path: a batch of direct pieces, small pieces,
 // a piece from unaligned memory and one to a drive out of service, written both ways to two
 // sets of drive files, leaves the two sets byte for byte equal, and every piece reads back and
-// passes its checksums.
+// passes its checksums. The ring's set takes its checksums computed while its writes are in flight.
 import XCTest
 import Foundation
 @testable import LunEngine
@@ -47,7 +47,23 @@ final class DriveSubmissionTests: XCTestCase {
                 let data = UnsafeRawBufferPointer(rebasing: memory[p.2..<p.2 + p.3])
                 return (data, BlockSums(of: data, drive: p.0, at: p.1))
             }
-            let errors = sums.writeAll(runs, sideBySide: true)
+            let errors: [LunError?]
+            if drives === ringDrives {
+                // The checksums computed while the data is in flight: once, before the ring's
+                // writes are counted (DriveSet counts them once the ring has waited for them).
+                var calls = 0, ringWritesDuring = -1
+                errors = sums.writeAll(runs.map { DriveWrite(drive: $0.sums.drive, data: $0.data, offset: $0.sums.first * UInt64(bb)) },
+                                       sideBySide: true) {
+                    calls += 1
+                    ringWritesDuring = drives.ringWrites.load(ordering: .relaxed)
+                    return pieces.map { p in BlockSums(of: UnsafeRawBufferPointer(rebasing: memory[p.2..<p.2 + p.3]), drive: p.0, at: p.1) }
+                }
+                XCTAssertEqual(calls, 1)
+                XCTAssertEqual(ringWritesDuring, 0, "the checksums were computed after the ring's writes were counted")
+                XCTAssertEqual(drives.workWhileInFlight.load(ordering: .relaxed), 1, "the checksums were not computed while the writes were in flight")
+            } else {
+                errors = sums.writeAll(runs, sideBySide: true)
+            }
             XCTAssertTrue(errors.allSatisfy { $0 == nil }, "\(errors)")
             // A drive out of service: its piece fails, the others are not held back.
             drives.setInService(5, false)
@@ -60,6 +76,7 @@ final class DriveSubmissionTests: XCTestCase {
         }
         XCTAssertEqual(ringDrives.ringWrites.load(ordering: .relaxed), 6, "the six direct pieces of the first batch went through the ring (the second has one direct piece: pwrite)")
         XCTAssertEqual(plainDrives.ringWrites.load(ordering: .relaxed), 0)
+        XCTAssertEqual(plainDrives.workWhileInFlight.load(ordering: .relaxed), 0)
         for (a, b) in zip(ringPaths, plainPaths) {
             let x = try Data(contentsOf: URL(fileURLWithPath: a)), y = try Data(contentsOf: URL(fileURLWithPath: b))
             XCTAssertTrue(x == y, "\(a) and \(b) differ")

@@ -70,12 +70,25 @@ final class BlockChecksums: @unchecked Sendable {
     /// landed. Returns what each run threw.
     func writeAll(_ runs: [(data: UnsafeRawBufferPointer, sums: BlockSums)], sideBySide: Bool) -> [LunError?] {
         let bb = UInt64(Self.blockBytes)
-        for run in runs { precondition(run.data.count == run.sums.count * Self.blockBytes, "checksums for other blocks") }
-        var errors = drives.writeAll(runs.map { DriveWrite(drive: $0.sums.drive, data: $0.data, offset: $0.sums.first * bb) },
-                                     sideBySide: sideBySide)
-        for (i, run) in runs.enumerated() where errors[i] == nil {
+        return writeAll(runs.map { DriveWrite(drive: $0.sums.drive, data: $0.data, offset: $0.sums.first * bb) },
+                        sideBySide: sideBySide) { runs.map(\.sums) }
+    }
+
+    /// The same, with the checksums computed by `sums` (one per write, in order) while the data
+    /// is in flight, when the drives take it that way (DriveSet.writeAll): the CRC pass over a
+    /// large write then takes none of its time. The checksums still reach the drive only after
+    /// the data has returned, as above.
+    func writeAll(_ writes: [DriveWrite], sideBySide: Bool, sums: () -> [BlockSums]) -> [LunError?] {
+        var computed: [BlockSums] = []
+        var errors = drives.writeAll(writes, sideBySide: sideBySide) { computed = sums() }
+        precondition(computed.count == writes.count)
+        for (i, w) in writes.enumerated() {
+            let run = computed[i]
+            precondition(run.drive == w.drive && run.first * UInt64(Self.blockBytes) == w.offset
+                         && run.count * Self.blockBytes == w.data.count, "checksums for other blocks")
+            guard errors[i] == nil else { continue }
             do throws(LunError) {
-                try store(run.sums) { (bytes, at) throws(LunError) in try drives.write(run.sums.drive, bytes, at: at) }
+                try store(run) { (bytes, at) throws(LunError) in try drives.write(run.drive, bytes, at: at) }
             } catch { errors[i] = error }
         }
         return errors

@@ -163,17 +163,27 @@ final class DriveSet: @unchecked Sendable {
 
     /// Whether `writeAll` may use io_uring (LUNFS_DRIVE_URING=0 says no; a test compares both).
     var usesRing = DriveSubmission.ringEnabled
-    /// Writes the ring made whole (for tests).
+    /// Writes the ring made whole, and batches whose `whileInFlight` ran while the ring's
+    /// writes were in flight (for tests).
     let ringWrites = Atomic<Int>(0)
+    let workWhileInFlight = Atomic<Int>(0)
 
     /// Makes every write of a batch and returns what each threw. Direct writes to file drives
     /// go together through this thread's io_uring (DriveSubmission) when `usesRing`; the
     /// others, and the rest of any the ring did not finish, go through `write`, side by side
     /// on the transfer pool when `sideBySide` asks and the drives allow it. A write the ring
     /// failed is made again by `write`, which takes the drive out of service if it fails again.
-    func writeAll(_ writes: [DriveWrite], sideBySide: Bool) -> [LunError?] {
+    /// `whileInFlight` is called once, for work that needs the buffers but not the writes'
+    /// result: while the ring's writes are in flight, or else before the others are made.
+    func writeAll(_ writes: [DriveWrite], sideBySide: Bool, whileInFlight: () -> Void = {}) -> [LunError?] {
         var rest: [(index: Int, done: Int)] = []
-        if usesRing, let made = DriveSubmission.submit(writes, device: device) {
+        let submitted = usesRing ? DriveSubmission.submit(writes, device: device, whileInFlight: whileInFlight) : nil
+        if submitted?.workDone == true {
+            workWhileInFlight.add(1, ordering: .relaxed)
+        } else {
+            whileInFlight()
+        }
+        if let made = submitted?.made {
             for (i, w) in writes.enumerated() {
                 if let n = made[i], n == w.data.count {
                     counts[w.drive].completed.add(1, ordering: .releasing)

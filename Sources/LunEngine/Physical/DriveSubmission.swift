@@ -31,8 +31,11 @@ enum DriveSubmission {
     /// Makes those of `writes` that go direct to file drives through this thread's ring, all
     /// submitted together. Returns, per write, the bytes the ring wrote (negative: -errno) or
     /// nil for a write it did not take; nil in place of the whole answer when it took none
-    /// (fewer than two such writes, or no ring on this thread).
-    static func submit(_ writes: [DriveWrite], device: (Int) -> BlockDevice?) -> [Int?]? {
+    /// (fewer than two such writes, or no ring on this thread). `whileInFlight` is called once
+    /// the writes are submitted and before they are waited for, or not at all when the ring
+    /// took none of them: the answer says which.
+    static func submit(_ writes: [DriveWrite], device: (Int) -> BlockDevice?,
+                       whileInFlight: () -> Void) -> (made: [Int?], workDone: Bool)? {
         var ops: [lunsys_ring_write] = []
         var which: [Int] = []
         for (i, w) in writes.enumerated() {
@@ -43,10 +46,28 @@ enum DriveSubmission {
             which.append(i)
         }
         guard ops.count >= 2 else { return nil }
-        let made = ops.withUnsafeMutableBufferPointer { lunsys_ring_write_all($0.baseAddress, Int32($0.count)) }
+        let (made, workDone) = withoutActuallyEscaping(whileInFlight) { body in
+            var work = InFlightWork(body: body)
+            let made = withUnsafeMutablePointer(to: &work) { context in
+                ops.withUnsafeMutableBufferPointer {
+                    lunsys_ring_write_all($0.baseAddress, Int32($0.count), { context in
+                        let work = context!.assumingMemoryBound(to: InFlightWork.self)
+                        work.pointee.body()
+                        work.pointee.done = true
+                    }, context)
+                }
+            }
+            return (made, work.done)
+        }
         guard made == 0 else { return nil }
         var results = [Int?](repeating: nil, count: writes.count)
         for (k, i) in which.enumerated() { results[i] = Int(ops[k].result) }
-        return results
+        return (results, workDone)
+    }
+
+    /// What the ring calls while the writes are in flight, and whether it did.
+    private struct InFlightWork {
+        let body: () -> Void
+        var done = false
     }
 }

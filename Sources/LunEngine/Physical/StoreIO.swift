@@ -285,28 +285,38 @@ struct StoreIO: @unchecked Sendable {
     /// piece is written while one copy lands. The CRC runs over the bytes once; the second
     /// copy's checksums are derived (BlockSums).
     private func writeColumns(_ store: Int, _ level: RAIDLevel, _ rseg: Int, _ offset: Int, _ buffer: UnsafeRawBufferPointer) throws(LunError) {
-        var runs: [(data: UnsafeRawBufferPointer, sums: BlockSums)] = []
+        var runs: [DriveWrite] = []
         var pieceOfRun: [Int] = []
         var pieces = 0
         var unwritable: LunError?
         forEachColumn(offset: offset, count: buffer.count) { column, within, at, n in
             let piece = UnsafeRawBufferPointer(rebasing: buffer[at..<at + n])
-            var summed: BlockSums?
+            let before = runs.count
             for member in layout(store, level).copies(column: column) {
                 let m = table.member(store, member)
                 // RAID 0 has no other copy: a missing drive fails the write in DriveSet.
                 guard level == .raid0 || drives.isAvailable(m.drive) else { continue }
-                let place = physicalOffset(m, rseg: rseg, within: within)
-                let sums = summed?.copy(toDrive: m.drive, at: place) ?? BlockSums(of: piece, drive: m.drive, at: place)
-                summed = sums
-                runs.append((piece, sums))
+                runs.append(DriveWrite(drive: m.drive, data: piece, offset: physicalOffset(m, rseg: rseg, within: within)))
                 pieceOfRun.append(pieces)
             }
-            if summed == nil { unwritable = .io("no member of store \(store) is available") }
+            if runs.count == before { unwritable = .io("no member of store \(store) is available") }
             pieces += 1
         }
         if let unwritable { throw unwritable }
-        let errors = checksums.writeAll(runs, sideBySide: buffer.count >= 2 * Self.sideBySideMinimumBytes)
+        // One CRC pass per piece; a mirror's copy takes its checksums from the first copy's.
+        let sums = { () -> [BlockSums] in
+            var sums: [BlockSums] = []
+            sums.reserveCapacity(runs.count)
+            for (r, run) in runs.enumerated() {
+                if r > 0 && pieceOfRun[r] == pieceOfRun[r - 1] {
+                    sums.append(sums[r - 1].copy(toDrive: run.drive, at: run.offset))
+                } else {
+                    sums.append(BlockSums(of: run.data, drive: run.drive, at: run.offset))
+                }
+            }
+            return sums
+        }
+        let errors = checksums.writeAll(runs, sideBySide: buffer.count >= 2 * Self.sideBySideMinimumBytes, sums: sums)
         var landed = [Bool](repeating: false, count: pieces)
         var lastError: LunError?
         for (r, error) in errors.enumerated() {
