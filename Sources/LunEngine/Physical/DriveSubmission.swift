@@ -6,7 +6,8 @@
 // the page cache, which ext4 cannot do without blocking, so io_uring would hand each to a
 // worker thread at three times the cost of a pwrite. Everything else, and a write the ring
 // did not finish, is made by DriveSet.write as before; simulated drives never see the ring,
-// so the crash simulation keeps its program order.
+// so the crash simulation keeps its program order. Between submitting and waiting the caller
+// can work on the buffers: a write's checksums are computed there, off its critical path.
 import CLunSys
 #if canImport(Glibc)
 import Glibc

@@ -282,8 +282,8 @@ struct StoreIO: @unchecked Sendable {
 
     /// RAID 0 and 1: each column piece to its member, or to both members of its mirror; the
     /// data of every piece first, together (DriveSet.writeAll), then their checksums. A RAID 1
-    /// piece is written while one copy lands. The CRC runs over the bytes once; the second
-    /// copy's checksums are derived (BlockSums).
+    /// piece is written while one copy lands. The CRC runs over the bytes once, while the data
+    /// is in flight where the ring takes it; the second copy's checksums are derived (BlockSums).
     private func writeColumns(_ store: Int, _ level: RAIDLevel, _ rseg: Int, _ offset: Int, _ buffer: UnsafeRawBufferPointer) throws(LunError) {
         var runs: [DriveWrite] = []
         var pieceOfRun: [Int] = []
