@@ -332,25 +332,30 @@ struct StoreIO: @unchecked Sendable {
         for column in 1..<4 {
             xorBytes(into: parity.baseAddress!, from: buffer.baseAddress! + column * stripeUnit, count: stripeUnit)
         }
-        // The data columns' checksums first; the parity's follow from them without a CRC pass.
         let layout = layout(store, .raid5)
-        let parityMember = layout.parityMember!
-        let dataSums = (0..<5).map { member -> BlockSums? in
-            guard let column = layout.column(ofMember: member) else { return nil }
-            let m = table.member(store, member)
-            return BlockSums(of: UnsafeRawBufferPointer(rebasing: buffer[column * stripeUnit..<(column + 1) * stripeUnit]),
-                             drive: m.drive, at: physicalOffset(m, rseg: rseg, within: 0))
-        }
-        let pm = table.member(store, parityMember)
-        let paritySums = BlockSums.parity(of: dataSums.compactMap { $0 }, drive: pm.drive, at: physicalOffset(pm, rseg: rseg, within: 0))
-        let sums = (0..<5).map { dataSums[$0] ?? paritySums }
         let bytes = { (member: Int) -> UnsafeRawBufferPointer in
             layout.column(ofMember: member).map { column in
                 UnsafeRawBufferPointer(rebasing: buffer[column * stripeUnit..<(column + 1) * stripeUnit])
             } ?? UnsafeRawBufferPointer(parity)
         }
-        let present = (0..<5).filter { drives.isAvailable(table.member(store, $0).drive) }
-        let errors = checksums.writeAll(present.map { (bytes($0), sums[$0]) }, sideBySide: true)
+        let place = { (member: Int) -> (drive: Int, offset: UInt64) in
+            let m = self.table.member(store, member)
+            return (m.drive, self.physicalOffset(m, rseg: rseg, within: 0))
+        }
+        let present = (0..<5).filter { drives.isAvailable(place($0).drive) }
+        // The data columns' checksums, computed while the row is in flight; the parity's follow
+        // from them without a CRC pass.
+        let sums = { () -> [BlockSums] in
+            let dataSums = (0..<5).map { member -> BlockSums? in
+                guard layout.column(ofMember: member) != nil else { return nil }
+                return BlockSums(of: bytes(member), drive: place(member).drive, at: place(member).offset)
+            }
+            let pm = place(layout.parityMember!)
+            let paritySums = BlockSums.parity(of: dataSums.compactMap { $0 }, drive: pm.drive, at: pm.offset)
+            return present.map { dataSums[$0] ?? paritySums }
+        }
+        let errors = checksums.writeAll(present.map { DriveWrite(drive: place($0).drive, data: bytes($0), offset: place($0).offset) },
+                                        sideBySide: true, sums: sums)
         let failures = 5 - present.count + errors.filter { $0 != nil }.count
         if failures > 1 { throw .io("RAID 5 store \(store) lost \(failures) members") }
     }
