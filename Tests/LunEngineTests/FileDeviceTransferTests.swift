@@ -161,12 +161,23 @@ final class FileDeviceTransferTests: XCTestCase {
     /// (direct) and 64 KiB read-modify-writes (kept cached) in their own ranges and read each
     /// change back with 1 MiB reads, while a committer commits and the drive files' pages are
     /// dropped now and then (so reads go direct cold, or through the cache). Every read returns
-    /// the bytes last written, and so does every range after a reopen.
+    /// the bytes last written, and so does every range after a reopen; scrub finds no damage.
+    /// RAID 0 and 1 the same, with writes made direct: there the 1 MiB writes' checksums are
+    /// computed while their data is in flight (DriveSubmission), as in RAID 5's full stripes.
     func testMixedTransfersFromSeveralThreadsWithACommitterReadBackRight() throws {
+        try mixedTransfersFromSeveralThreads(.raid5)
+    }
+
+    func testMixedTransfersOnRAID0AndRAID1FromSeveralThreadsWithACommitterReadBackRight() throws {
+        try mixedTransfersFromSeveralThreads(.raid0)
+        try mixedTransfersFromSeveralThreads(.raid1)
+    }
+
+    private func mixedTransfersFromSeveralThreads(_ level: RAIDLevel) throws {
         let size: UInt64 = 96 << 20
-        let driveFiles = FileDrivePool(prefix: "\(root)/t", count: 5)
-        var (pool, devices) = try driveFiles.create(size: size, raid: .raid5)
-        let disk = try pool.createDisk(named: "vm", raid: .raid5)
+        let driveFiles = FileDrivePool(prefix: "\(root)/t\(level)", count: 5)
+        var (pool, devices) = try driveFiles.create(size: size, raid: level)
+        let disk = try pool.createDisk(named: "vm", raid: level)
         let writers = 3, range = 4 * MiB, steps = 60
         // Each writer keeps its own expectation and hands it over when done.
         try pool.resize(disk, to: UInt64(writers * range))
@@ -220,14 +231,19 @@ final class FileDeviceTransferTests: XCTestCase {
         writing.wait()
         stop.store(true, ordering: .relaxed)
         committing.wait()
-        XCTAssertEqual(failures.messages, [])
+        XCTAssertEqual(failures.messages, [], "\(level)")
+        if DriveSubmission.ringEnabled {
+            XCTAssertGreaterThan(pool.drives.workWhileInFlight.load(ordering: .relaxed), 0,
+                                 "\(level): no write's checksums were computed while its data was in flight")
+        }
+        XCTAssertEqual(pool.scrub(repair: false).damagedBlocks, 0, "\(level)")
         try pool.close()
         (pool, devices) = try driveFiles.reopen()
         let back = UnsafeMutableRawBufferPointer.allocate(byteCount: range, alignment: 4096)
         defer { back.deallocate() }
         for w in 0..<writers {
             XCTAssertEqual(try pool.read(disk, at: UInt64(w * range), into: back), range)
-            XCTAssertTrue(back.elementsEqual(try XCTUnwrap(expected.bytes[w])), "writer \(w)'s range after a reopen")
+            XCTAssertTrue(back.elementsEqual(try XCTUnwrap(expected.bytes[w])), "\(level): writer \(w)'s range after a reopen")
         }
         try pool.close()
     }
