@@ -91,6 +91,9 @@ int lunsys_ring_write_all(struct lunsys_ring_write *writes, int count,
         if (in_flight) {
             in_flight(context);
             in_flight = NULL;
+            /* One wait for them all, as io_uring_submit_and_wait above (reap alone may sleep
+               once per write); an interrupted wait leaves the rest to reap. */
+            io_uring_submit_and_wait(ring, submitted - reaped);
         }
         reap(ring, writes, submitted - reaped);
     }

@@ -163,8 +163,8 @@ final class DriveSet: @unchecked Sendable {
 
     /// Whether `writeAll` may use io_uring (LUNFS_DRIVE_URING=0 says no; a test compares both).
     var usesRing = DriveSubmission.ringEnabled
-    /// Writes the ring made whole, and batches whose `whileInFlight` ran while the ring's
-    /// writes were in flight (for tests).
+    /// Writes the ring made whole, and batches whose `whileInFlight` ran before the ring had
+    /// waited for any of their writes (for tests).
     let ringWrites = Atomic<Int>(0)
     let workWhileInFlight = Atomic<Int>(0)
 
@@ -178,11 +178,8 @@ final class DriveSet: @unchecked Sendable {
     func writeAll(_ writes: [DriveWrite], sideBySide: Bool, whileInFlight: () -> Void = {}) -> [LunError?] {
         var rest: [(index: Int, done: Int)] = []
         let submitted = usesRing ? DriveSubmission.submit(writes, device: device, whileInFlight: whileInFlight) : nil
-        if submitted?.workDone == true {
-            workWhileInFlight.add(1, ordering: .relaxed)
-        } else {
-            whileInFlight()
-        }
+        if submitted?.workDone != true { whileInFlight() }
+        if submitted?.workInFlight == true { workWhileInFlight.add(1, ordering: .relaxed) }
         if let made = submitted?.made {
             for (i, w) in writes.enumerated() {
                 if let n = made[i], n == w.data.count {

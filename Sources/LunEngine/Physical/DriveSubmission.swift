@@ -34,9 +34,10 @@ enum DriveSubmission {
     /// nil for a write it did not take; nil in place of the whole answer when it took none
     /// (fewer than two such writes, or no ring on this thread). `whileInFlight` is called once
     /// the writes are submitted and before they are waited for, or not at all when the ring
-    /// took none of them: the answer says which.
+    /// refused them: `workDone` says which, and `workInFlight` whether none of the writes had
+    /// been reaped when it ran (for tests). It must not use the ring itself.
     static func submit(_ writes: [DriveWrite], device: (Int) -> BlockDevice?,
-                       whileInFlight: () -> Void) -> (made: [Int?], workDone: Bool)? {
+                       whileInFlight: () -> Void) -> (made: [Int?], workDone: Bool, workInFlight: Bool)? {
         var ops: [lunsys_ring_write] = []
         var which: [Int] = []
         for (i, w) in writes.enumerated() {
@@ -47,28 +48,33 @@ enum DriveSubmission {
             which.append(i)
         }
         guard ops.count >= 2 else { return nil }
-        let (made, workDone) = withoutActuallyEscaping(whileInFlight) { body in
-            var work = InFlightWork(body: body)
-            let made = withUnsafeMutablePointer(to: &work) { context in
-                ops.withUnsafeMutableBufferPointer {
-                    lunsys_ring_write_all($0.baseAddress, Int32($0.count), { context in
+        let (made, work) = withoutActuallyEscaping(whileInFlight) { body in
+            ops.withUnsafeMutableBufferPointer { ops in
+                var work = InFlightWork(body: body, ops: ops)
+                let made = withUnsafeMutablePointer(to: &work) { context in
+                    lunsys_ring_write_all(ops.baseAddress, Int32(ops.count), { context in
                         let work = context!.assumingMemoryBound(to: InFlightWork.self)
+                        // Until the ring waits for a write, its result is the -ECANCELED it started with.
+                        work.pointee.inFlight = work.pointee.ops.allSatisfy { $0.result == -ECANCELED }
                         work.pointee.body()
                         work.pointee.done = true
                     }, context)
                 }
+                return (made, (done: work.done, inFlight: work.inFlight))
             }
-            return (made, work.done)
         }
-        guard made == 0 else { return nil }
+        // The ring returns -1 only before it submits anything, so before it calls the work.
+        guard made == 0 else { precondition(!work.done); return nil }
         var results = [Int?](repeating: nil, count: writes.count)
         for (k, i) in which.enumerated() { results[i] = Int(ops[k].result) }
-        return (results, workDone)
+        return (results, work.done, work.inFlight)
     }
 
-    /// What the ring calls while the writes are in flight, and whether it did.
+    /// What the ring calls while the writes are in flight, and what it found when it did.
     private struct InFlightWork {
         let body: () -> Void
+        let ops: UnsafeMutableBufferPointer<lunsys_ring_write>
         var done = false
+        var inFlight = false
     }
 }
