@@ -72,7 +72,8 @@ struct lunsys_ring_write {
 /// returns when every one has completed: 0. -1 when this thread has no ring (nothing written).
 /// `in_flight` (may be NULL) is called with `context` once the first writes are submitted and
 /// before they are waited for, so the caller can work while they are in flight; it is not
-/// called when the ring refuses the first of them, which the caller must notice.
+/// called when the ring refuses writes before the first batch of 32 is all submitted, which
+/// the caller must notice.
 int lunsys_ring_write_all(struct lunsys_ring_write *writes, int count,
                           void (*in_flight)(void *context), void *context);
 
