@@ -163,6 +163,8 @@ final class FileDeviceTransferTests: XCTestCase {
     /// change back with 1 MiB reads, while a committer commits and the drive files' pages are
     /// dropped now and then (so reads go direct cold, or through the cache). Every read returns
     /// the bytes last written, and so does every range after a reopen; scrub finds no damage.
+    /// Halfway, a snapshot is taken while the committer runs: the writes after it copy shared
+    /// segments, and the snapshot still reads what the first half wrote after the reopen.
     /// RAID 0 and 1 the same, with writes made direct: there the 1 MiB writes' checksums are
     /// computed while their data is in flight (DriveSubmission), as in RAID 5's full stripes.
     func testMixedTransfersFromSeveralThreadsWithACommitterReadBackRight() throws {
@@ -179,8 +181,9 @@ final class FileDeviceTransferTests: XCTestCase {
         let driveFiles = FileDrivePool(prefix: "\(root)/t\(level)", count: 5)
         var (pool, devices) = try driveFiles.create(size: size, raid: level)
         let disk = try pool.createDisk(named: "vm", raid: level)
-        let writers = 3, range = 4 * MiB, steps = 60
-        // Each writer keeps its own expectation and hands it over when done.
+        let writers = 3, range = 4 * MiB, steps = 30
+        // Each writer keeps its own expectation and hands it over when done; a second phase
+        // starts from it, after a snapshot taken while the committer runs.
         try pool.resize(disk, to: UInt64(writers * range))
         final class Expected: @unchecked Sendable {
             let lock = NSLock()
@@ -201,35 +204,43 @@ final class FileDeviceTransferTests: XCTestCase {
             }
         }
         let mib = MiB
-        for w in 0..<writers {
-            DispatchQueue.global().async(group: writing) {
-                var rng = TestRandom(seed: UInt64(900 + w))
-                let base = w * range
-                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: mib, alignment: 4096)
-                defer { buffer.deallocate() }
-                var mine = [UInt8](repeating: 0, count: range)
-                defer { expected.lock.withLock { expected.bytes[w] = mine } }
-                for step in 0..<steps {
-                    let large = step < 4 || rng.next() % 3 == 0
-                    let count = large ? mib : 65536
-                    let at = large ? Int(rng.next() % 4) * mib : Int(rng.next() % UInt64(range / 65536)) * 65536
-                    for i in 0..<count { buffer[i] = UInt8(truncatingIfNeeded: rng.next()) }
-                    mine.replaceSubrange(at..<at + count, with: buffer[0..<count])
-                    do {
-                        try open.write(disk, at: UInt64(base + at), from: UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
-                        let read = at / mib * mib
-                        buffer.initializeMemory(as: UInt8.self, repeating: 0xEE)
-                        let n = try open.read(disk, at: UInt64(base + read), into: buffer)
-                        if n != mib || !buffer.elementsEqual(mine[read..<read + mib]) {
-                            let bad = (0..<mib).filter { buffer[$0] != mine[read + $0] }
-                            failures.add("writer \(w) step \(step) (\(count) bytes at \(at)): MiB at \(read) read \(n) bytes, \(bad.count) wrong, first at \(bad.first ?? -1)")
-                        }
-                    } catch { failures.add("writer \(w) step \(step): \(error)") }
+        var snapshot: DiskID?
+        var atSnapshot: [Int: [UInt8]] = [:]
+        for phase in 0..<2 {
+            if phase == 1 {
+                snapshot = try pool.createSnapshot(of: disk, named: "mid")
+                atSnapshot = expected.lock.withLock { expected.bytes }
+            }
+            for w in 0..<writers {
+                DispatchQueue.global().async(group: writing) {
+                    var rng = TestRandom(seed: UInt64(900 + 10 * phase + w))
+                    let base = w * range
+                    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: mib, alignment: 4096)
+                    defer { buffer.deallocate() }
+                    var mine = expected.lock.withLock { expected.bytes[w] } ?? [UInt8](repeating: 0, count: range)
+                    defer { expected.lock.withLock { expected.bytes[w] = mine } }
+                    for step in 0..<steps {
+                        let large = step < 4 || rng.next() % 3 == 0
+                        let count = large ? mib : 65536
+                        let at = large ? Int(rng.next() % 4) * mib : Int(rng.next() % UInt64(range / 65536)) * 65536
+                        for i in 0..<count { buffer[i] = UInt8(truncatingIfNeeded: rng.next()) }
+                        mine.replaceSubrange(at..<at + count, with: buffer[0..<count])
+                        do {
+                            try open.write(disk, at: UInt64(base + at), from: UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
+                            let read = at / mib * mib
+                            buffer.initializeMemory(as: UInt8.self, repeating: 0xEE)
+                            let n = try open.read(disk, at: UInt64(base + read), into: buffer)
+                            if n != mib || !buffer.elementsEqual(mine[read..<read + mib]) {
+                                let bad = (0..<mib).filter { buffer[$0] != mine[read + $0] }
+                                failures.add("writer \(w) step \(step) (\(count) bytes at \(at)): MiB at \(read) read \(n) bytes, \(bad.count) wrong, first at \(bad.first ?? -1)")
+                            }
+                        } catch { failures.add("writer \(w) step \(step): \(error)") }
+                    }
                 }
             }
+            writing.wait()
         }
         // The writers end first; then the committer.
-        writing.wait()
         stop.store(true, ordering: .relaxed)
         committing.wait()
         XCTAssertEqual(failures.messages, [], "\(level)")
@@ -245,6 +256,8 @@ final class FileDeviceTransferTests: XCTestCase {
         for w in 0..<writers {
             XCTAssertEqual(try pool.read(disk, at: UInt64(w * range), into: back), range)
             XCTAssertTrue(back.elementsEqual(try XCTUnwrap(expected.bytes[w])), "\(level): writer \(w)'s range after a reopen")
+            XCTAssertEqual(try pool.read(try XCTUnwrap(snapshot), at: UInt64(w * range), into: back), range)
+            XCTAssertTrue(back.elementsEqual(try XCTUnwrap(atSnapshot[w])), "\(level): writer \(w)'s range in the snapshot after a reopen")
         }
         try pool.close()
     }

@@ -338,23 +338,23 @@ struct StoreIO: @unchecked Sendable {
                 UnsafeRawBufferPointer(rebasing: buffer[column * stripeUnit..<(column + 1) * stripeUnit])
             } ?? UnsafeRawBufferPointer(parity)
         }
-        let place = { (member: Int) -> (drive: Int, offset: UInt64) in
-            let m = self.table.member(store, member)
-            return (m.drive, self.physicalOffset(m, rseg: rseg, within: 0))
+        let place = (0..<5).map { member -> (drive: Int, offset: UInt64) in
+            let m = table.member(store, member)
+            return (m.drive, physicalOffset(m, rseg: rseg, within: 0))
         }
-        let present = (0..<5).filter { drives.isAvailable(place($0).drive) }
+        let present = (0..<5).filter { drives.isAvailable(place[$0].drive) }
         // The data columns' checksums, computed while the row is in flight; the parity's follow
         // from them without a CRC pass.
         let sums = { () -> [BlockSums] in
             let dataSums = (0..<5).map { member -> BlockSums? in
                 guard layout.column(ofMember: member) != nil else { return nil }
-                return BlockSums(of: bytes(member), drive: place(member).drive, at: place(member).offset)
+                return BlockSums(of: bytes(member), drive: place[member].drive, at: place[member].offset)
             }
-            let pm = place(layout.parityMember!)
+            let pm = place[layout.parityMember!]
             let paritySums = BlockSums.parity(of: dataSums.compactMap { $0 }, drive: pm.drive, at: pm.offset)
             return present.map { dataSums[$0] ?? paritySums }
         }
-        let errors = checksums.writeAll(present.map { DriveWrite(drive: place($0).drive, data: bytes($0), offset: place($0).offset) },
+        let errors = checksums.writeAll(present.map { DriveWrite(drive: place[$0].drive, data: bytes($0), offset: place[$0].offset) },
                                         sideBySide: true, sums: sums)
         let failures = 5 - present.count + errors.filter { $0 != nil }.count
         if failures > 1 { throw .io("RAID 5 store \(store) lost \(failures) members") }
